@@ -1,0 +1,346 @@
+"""Pure-PyTorch Mamba-3 scan: the executable spec every kernel is tested against.
+
+Shape glossary (used in every docstring of ``diffmamba.ops``):
+
+    B  batch                         T  time (sequence length)
+    H  heads                         P  value head dim (headdim)
+    N  state size (q/k dim)          R  MIMO rank (absent for SISO)
+    S  rotary angle pairs, S <= N // 2 (the pairs (2i, 2i+1), i < S, are rotated)
+    C  chunk length of the chunked form (a number of time steps; a MIMO chunk has C*R rows)
+
+Recurrence per head in the RoPE frame (docs/contracts.md §1, shared/spec/mamba3.md §1.3-1.6):
+
+    Phi_t = Phi_{t-1} + dphase_t (mod 2*pi)      kr_t = R(Phi_t) k_t,   qr_t = R(Phi_t) q_t
+    h_t   = exp(a_t) h_{t-1} + (1 - lam_t) dt_t exp(a_t) kr_{t-1} v_{t-1}^T + lam_t dt_t kr_t v_t^T
+    y_t   = h_t^T qr_t + D v_t
+
+with h stored as [P, N] per head. MIMO replaces each outer product by a sum over the R ranks and
+gives one output per rank. Everything here runs in float64 for float64 inputs and in float32
+otherwise (bf16/fp16 inputs are upcast); ``y`` comes back in ``v``'s dtype.
+
+Internally SISO tensors are given a rank axis of size 1 ("rank form"), so one code path serves both.
+``reverse=True`` is defined as flip -> forward scan -> flip along T and implemented exactly so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .state import Mamba3State
+
+TWO_PI = 2.0 * math.pi
+
+
+def rotate(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[2i], x[2i+1]), i < S, of the last axis by ``phase[..., i]``.
+
+    x: [..., N]; phase: [..., S] broadcastable against x's leading axes, S <= N // 2.
+    x0' = x0 cos - x1 sin, x1' = x0 sin + x1 cos; channels 2S..N-1 pass through unchanged.
+    """
+    num_pairs = phase.shape[-1]
+    if num_pairs == 0:
+        return x
+    pairs = x[..., : 2 * num_pairs].unflatten(-1, (num_pairs, 2))
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    cos, sin = phase.cos(), phase.sin()
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+    return torch.cat((rotated, x[..., 2 * num_pairs :]), dim=-1)
+
+
+def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """float64 if any input is float64, else float32 (low-precision inputs accumulate in fp32)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# rank form helpers
+
+
+def _to_rank_form(q, k, v, state: Optional[Mamba3State], time_axis: bool):
+    """Give SISO tensors a rank axis of size 1 (after H); MIMO tensors pass through."""
+    rank_axis = 3 if time_axis else 2
+    is_siso = q.dim() == rank_axis + 1
+    if is_siso:
+        q, k, v = q.unsqueeze(rank_axis), k.unsqueeze(rank_axis), v.unsqueeze(rank_axis)
+        if state is not None:
+            state = state._replace(k_prev=state.k_prev.unsqueeze(2), v_prev=state.v_prev.unsqueeze(2))
+    return is_siso, q, k, v, state
+
+
+def _from_rank_form(is_siso: bool, y: torch.Tensor, state: Mamba3State, time_axis: bool):
+    if not is_siso:
+        return y, state
+    y = y.squeeze(3 if time_axis else 2)
+    return y, state._replace(k_prev=state.k_prev.squeeze(2), v_prev=state.v_prev.squeeze(2))
+
+
+def _state_in_compute_dtype(state, batch, heads, rank, P, N, S, dtype, device) -> Mamba3State:
+    """The given rank-form state cast to the compute dtype, or a zero one (= no previous token)."""
+    if state is None:
+        zero = Mamba3State.zeros(batch, heads, P, N, S, R=rank, dtype=dtype, device=device)
+        return zero
+    return Mamba3State(*(t.to(dtype) for t in state))
+
+
+def _state_out(state: Mamba3State, k_dtype, v_dtype) -> Mamba3State:
+    """Contract dtypes: ssm/phase stay in the compute dtype, k_prev/v_prev in the input dtypes."""
+    return state._replace(k_prev=state.k_prev.to(k_dtype), v_prev=state.v_prev.to(v_dtype))
+
+
+def _flip_time(*tensors):
+    return tuple(t.flip(1) for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# one token
+
+
+def _step_core(q, k, v, a, dt, lam, dphase, D, state: Mamba3State):
+    """One token in rank form and compute dtype.
+
+    q, k: [B, H, R, N]; v: [B, H, R, P]; a, dt, lam: [B, H]; dphase: [B, H, S]; D: [H] or None.
+    Returns y [B, H, R, P] and the new state (k_prev rotated by its own phase).
+    """
+    phase = torch.remainder(state.phase + dphase, TWO_PI)
+    qr = rotate(q, phase.unsqueeze(2))
+    kr = rotate(k, phase.unsqueeze(2))
+    alpha = a.exp()
+    beta = (1.0 - lam) * dt * alpha
+    gamma = lam * dt
+    previous_input = torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
+    current_input = torch.einsum("bhrp,bhrn->bhpn", v, kr)
+    ssm = (
+        alpha[..., None, None] * state.ssm
+        + beta[..., None, None] * previous_input
+        + gamma[..., None, None] * current_input
+    )
+    y = torch.einsum("bhpn,bhrn->bhrp", ssm, qr)
+    if D is not None:
+        y = y + D[:, None, None] * v
+    return y, Mamba3State(ssm, kr, v, phase)
+
+
+def scan_step_ref(q, k, v, log_decay, dt, trap, dphase, D=None, state=None):
+    """One token: the recurrence of the module docstring, state in -> (y, state out).
+
+    q, k: [B, H, N] or [B, H, R, N]; v: [B, H, P] or [B, H, R, P]; log_decay, dt, trap: [B, H];
+    dphase: [B, H, S]; D: [H] or None; state: Mamba3State or None (fresh).
+    Returns y (v's shape and dtype) and the new Mamba3State.
+    """
+    dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
+    is_siso, q, k, v, state = _to_rank_form(q, k, v, state, time_axis=False)
+    batch, heads, rank, N = q.shape
+    state = _state_in_compute_dtype(
+        state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device
+    )
+    cast = [t.to(dtype) for t in (q, k, v, log_decay, dt, trap, dphase)]
+    y, new_state = _step_core(*cast, None if D is None else D.to(dtype), state)
+    new_state = _state_out(new_state, k.dtype, v.dtype)
+    return _from_rank_form(is_siso, y.to(v.dtype), new_state, time_axis=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-token loop
+
+
+def scan_recurrent_ref(
+    q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None
+):
+    """The recurrence, literally, one token at a time (slow; the ground truth).
+
+    q, k: [B, T, H, N] or [B, T, H, R, N]; v: [B, T, H, P] or [B, T, H, R, P];
+    log_decay, dt, trap: [B, T, H]; dphase: [B, T, H, S]; D: [H] or None.
+    Returns y (v's shape and dtype) and the final Mamba3State.
+    """
+    if reverse:
+        flipped = _flip_time(q, k, v, log_decay, dt, trap, dphase)
+        y, state = scan_recurrent_ref(*flipped, D=D, initial_state=initial_state)
+        return y.flip(1), state
+    dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
+    out_dtypes = (k.dtype, v.dtype)
+    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    batch, T, heads, rank, N = q.shape
+    state = _state_in_compute_dtype(
+        state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device
+    )
+    q, k, v, log_decay, dt, trap, dphase = (
+        t.to(dtype) for t in (q, k, v, log_decay, dt, trap, dphase)
+    )
+    D = None if D is None else D.to(dtype)
+    outputs = []
+    for t in range(T):
+        y_t, state = _step_core(
+            q[:, t], k[:, t], v[:, t], log_decay[:, t], dt[:, t], trap[:, t], dphase[:, t], D, state
+        )
+        outputs.append(y_t)
+    y = torch.stack(outputs, dim=1).to(out_dtypes[1])
+    return _from_rank_form(is_siso, y, _state_out(state, *out_dtypes), time_axis=True)
+
+
+def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
+    """Test oracle for the RoPE trick: rotate the *state* each step, keep q and k unrotated.
+
+    The complex-eigenvalue form of mamba3.md §1.4. With h stored as [P, N] the state's N axis
+    is rotated by R(dphase_t)^T each step (i.e. h <- h R(dphase_t) row-wise), which is the sign
+    that makes qr_t . kr_j = q_t . R(Phi_j - Phi_t) k_j hold:
+
+        h~_t = exp(a_t) [h~_{t-1} + (1 - lam_t) dt_t k_{t-1} v_{t-1}^T] R(dphase_t) + lam_t dt_t k_t v_t^T
+        y_t  = h~_t^T q_t + D v_t
+
+    Fresh start only, forward only. Shapes as ``scan_recurrent_ref``. Returns y and the final
+    state h~_T [B, H, P, N] in the unrotated frame; the RoPE-frame state is R(Phi_T) applied to it.
+    """
+    dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
+    is_siso, q, k, v, _ = _to_rank_form(q, k, v, None, time_axis=True)
+    q, k, v, log_decay, dt, trap, dphase = (
+        t.to(dtype) for t in (q, k, v, log_decay, dt, trap, dphase)
+    )
+    batch, T, heads, _, N = q.shape
+    h = torch.zeros(batch, heads, v.shape[-1], N, dtype=dtype, device=q.device)
+    previous_input = torch.zeros_like(h)
+    outputs = []
+    for t in range(T):
+        alpha = log_decay[:, t].exp()[..., None, None]
+        beta_over_alpha = ((1.0 - trap[:, t]) * dt[:, t])[..., None, None]
+        gamma = (trap[:, t] * dt[:, t])[..., None, None]
+        carried = rotate(h + beta_over_alpha * previous_input, -dphase[:, t].unsqueeze(2))
+        current_input = torch.einsum("bhrp,bhrn->bhpn", v[:, t], k[:, t])
+        h = alpha * carried + gamma * current_input
+        y_t = torch.einsum("bhpn,bhrn->bhrp", h, q[:, t])
+        if D is not None:
+            y_t = y_t + D.to(dtype)[:, None, None] * v[:, t]
+        outputs.append(y_t)
+        previous_input = current_input
+    y = torch.stack(outputs, dim=1)
+    return (y.squeeze(3) if is_siso else y), h
+
+
+# ----------------------------------------------------------------------------------------------
+# chunked (SSD-style) form
+
+
+def _strictly_lower_decay(local_cumsum: torch.Tensor, rank: int) -> torch.Tensor:
+    """exp(l_i - l_j) for j < i inside each chunk, 0 elsewhere; rows/cols repeated R times.
+
+    local_cumsum: [B, H, nc, C] inclusive cumsum of a_t reset at every chunk start.
+    Returns [B, H, nc, C*R, C*R] (the kron with ones(R, R) of the MIMO stacking).
+    """
+    C = local_cumsum.shape[-1]
+    difference = local_cumsum[..., :, None] - local_cumsum[..., None, :]
+    strictly_lower = torch.ones(C, C, dtype=torch.bool, device=local_cumsum.device).tril(-1)
+    # clamp first: the masked upper entries would otherwise be exp(positive) -> inf, and inf * 0
+    # in the backward pass is NaN.
+    decay = torch.where(strictly_lower, difference.clamp(max=0.0).exp(), 0.0)
+    if rank > 1:
+        decay = decay.repeat_interleave(rank, dim=-1).repeat_interleave(rank, dim=-2)
+    return decay
+
+
+def _to_chunks(x: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
+    """[B, T', H, R, X] (T' = num_chunks * chunk) -> [B, H, nc, C*R, X] (rows ordered (t, r))."""
+    batch, _, heads, rank, width = x.shape
+    x = x.reshape(batch, num_chunks, chunk, heads, rank, width).permute(0, 3, 1, 2, 4, 5)
+    return x.reshape(batch, heads, num_chunks, chunk * rank, width)
+
+
+def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
+    if pad == 0:
+        return x
+    return torch.cat((x, x.new_zeros(x.shape[0], pad, *x.shape[2:])), dim=1)
+
+
+def scan_chunked_ref(
+    q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None, chunk_size=64
+):
+    """Chunked parallel form with the shifted-scale trick (mamba3.md §2.2); autograd-friendly.
+
+    Shapes as ``scan_recurrent_ref``; returns y (v's shape and dtype) and the final Mamba3State,
+    equal to the per-token loop up to rounding. Per chunk of C time steps (C*R rows for MIMO):
+
+        y_i = exp(l_i) qr_i h_c^T                               inter-chunk (state entering it)
+            + sum_{j<i} (qr_i . k'_j) exp(l_i - l_j) v_j        intra-chunk, strictly lower
+            + (gamma_i (q_i . k_i) + D) v_i                     diagonal, unrotated q . k
+        h_{c+1} = exp(l_last) h_c + sum_j exp(l_last - l_j) v_j k'_j^T
+
+    with l the chunk-local cumsum of a, k'_t = kr_t (gamma_t + beta~_t), gamma_t = lam_t dt_t and
+    beta~_t = (1 - lam_{t+1}) dt_{t+1} (looks one token ahead across chunk boundaries; 0 for the
+    last token, so the returned h excludes the not-yet-known beta term of the next token).
+    """
+    if reverse:
+        flipped = _flip_time(q, k, v, log_decay, dt, trap, dphase)
+        y, state = scan_chunked_ref(
+            *flipped, D=D, initial_state=initial_state, chunk_size=chunk_size
+        )
+        return y.flip(1), state
+    dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
+    out_dtypes = (k.dtype, v.dtype)
+    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    batch, T, heads, rank, N = q.shape
+    P = v.shape[-1]
+    state = _state_in_compute_dtype(state, batch, heads, rank, P, N, dphase.shape[-1], dtype, q.device)
+    q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
+
+    # Cumulative phase: the running sum is taken in float64 so fp32 angles do not drift over long
+    # T, then reduced mod 2*pi before cos/sin (mamba3.md §6.3).
+    phase = torch.remainder(
+        state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI
+    ).to(dtype)
+    qr = rotate(q, phase.unsqueeze(3))
+    kr = rotate(k, phase.unsqueeze(3))
+
+    gamma = trap * dt
+    next_beta = ((1.0 - trap) * dt)[:, 1:]
+    beta_ahead = torch.cat((next_beta, next_beta.new_zeros(batch, 1, heads)), dim=1)
+    k_scaled = kr * (gamma + beta_ahead)[..., None, None]
+
+    # Diagonal: the R x R block gamma_t (q_t^(r) . k_t^(s)) on the unrotated vectors (the rotation
+    # cancels at equal times; this keeps rotation rounding off the diagonal), plus the D skip.
+    qk_diagonal = torch.einsum("bthrn,bthsn->bthrs", q, k) * gamma[..., None, None]
+    y_diagonal = torch.einsum("bthrs,bthsp->bthrp", qk_diagonal, v)
+    if D is not None:
+        y_diagonal = y_diagonal + D.to(dtype)[:, None, None] * v
+
+    # A resumed scan owes the first token's beta term to the cached previous token; the decay of
+    # chunk 0 supplies its exp(a_0) factor.
+    first_beta = ((1.0 - trap[:, 0]) * dt[:, 0])[..., None, None]
+    h_entering = state.ssm + first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
+
+    # Pad to whole chunks with inert tokens: a = 0 (decay 1) and zero keys/values/queries.
+    chunk = max(1, min(chunk_size, T))
+    num_chunks = -(-T // chunk)
+    pad = num_chunks * chunk - T
+    q_chunks = _to_chunks(_pad_time(qr, pad), num_chunks, chunk)
+    k_chunks = _to_chunks(_pad_time(k_scaled, pad), num_chunks, chunk)
+    v_chunks = _to_chunks(_pad_time(v, pad), num_chunks, chunk)
+    log_decay_chunks = _pad_time(log_decay, pad).reshape(batch, num_chunks, chunk, heads)
+    local_cumsum = log_decay_chunks.permute(0, 3, 1, 2).cumsum(dim=-1)  # [B, H, nc, C]
+
+    # Intra-chunk: strictly causal decayed attention over the C*R stacked rows.
+    scores = q_chunks @ k_chunks.transpose(-1, -2)
+    y_intra = (scores * _strictly_lower_decay(local_cumsum, rank)) @ v_chunks
+
+    # Each chunk's own contribution to the state after it, and its total decay.
+    decay_to_end = (local_cumsum[..., -1:] - local_cumsum).clamp(max=0.0).exp()
+    decay_to_end = decay_to_end.repeat_interleave(rank, dim=-1)[..., None]
+    chunk_inputs = (v_chunks * decay_to_end).transpose(-1, -2) @ k_chunks  # [B, H, nc, P, N]
+    chunk_decay = local_cumsum[..., -1].clamp(max=0.0).exp()  # [B, H, nc]
+
+    # Inter-chunk state passing: the only sequential part (nc = T / C steps).
+    entering = []
+    for c in range(num_chunks):
+        entering.append(h_entering)
+        h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
+    entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
+    decay_from_start = local_cumsum.clamp(max=0.0).exp().repeat_interleave(rank, dim=-1)[..., None]
+    y_inter = (q_chunks @ entering_states.transpose(-1, -2)) * decay_from_start
+
+    y = (y_intra + y_inter).reshape(batch, heads, num_chunks, chunk, rank, P)
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(batch, num_chunks * chunk, heads, rank, P)[:, :T]
+    y = (y + y_diagonal).to(out_dtypes[1])
+    final = Mamba3State(h_entering, kr[:, -1], v[:, -1], phase[:, -1])
+    return _from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)

@@ -1,0 +1,255 @@
+"""The one public entry to the Mamba-3 scan: ``mamba3_scan`` and ``mamba3_step`` (docs/contracts.md §1).
+
+Validates shapes and dtypes (``ValueError`` naming the expected shape), then dispatches:
+
+- ``impl="triton"``: ``diffmamba.kernels.mamba3_scan_triton`` / ``mamba3_step_triton`` (imported
+  lazily; an import failure is an error when asked for explicitly);
+- ``impl="reference"``: the chunked pure-PyTorch form (``reference.scan_chunked_ref``);
+- ``impl="recurrent"``: the per-token loop (``reference.scan_recurrent_ref``), for tests;
+- ``impl=None`` (auto): ``$DIFFMAMBA_SCAN_IMPL`` if set, else Triton for CUDA tensors when the
+  kernels import, else the chunked reference.
+
+The Triton entries are called with the same arguments as these functions (minus ``impl``) and
+must return ``(y, state_or_None)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from . import reference
+from .state import Mamba3State
+
+IMPL_ENV_VAR = "DIFFMAMBA_SCAN_IMPL"
+IMPLS = ("reference", "recurrent", "triton")
+_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SCALAR_DTYPES = (torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _check_shape(name: str, tensor, letters: str, expected: tuple) -> None:
+    """Raise ValueError unless tensor.shape == expected; ``None`` in expected matches any size."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [{letters}], got {type(tensor).__name__}")
+    got = tuple(tensor.shape)
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        shown = ", ".join(letter if e is None else str(e) for letter, e in zip(letters.split(", "), expected))
+        raise ValueError(f"{name} must have shape [{letters}] = [{shown}], got {_fmt(got)}")
+
+
+def _check_dtype(name: str, tensor: torch.Tensor, allowed) -> None:
+    if tensor.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise ValueError(f"{name} must have dtype in ({names}), got {str(tensor.dtype).replace('torch.', '')}")
+
+
+def _check_device(named: dict) -> None:
+    devices = {name: t.device for name, t in named.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all scan inputs must be on one device; got {listing}")
+
+
+def _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, state, time_axis: bool):
+    """Shared validation of scan (time_axis=True) and step (time_axis=False) inputs.
+
+    Returns (B, T or None, H, R or None, P, N, S).
+    """
+    lead = "B, T, H" if time_axis else "B, H"
+    num_lead = 3 if time_axis else 2
+    if not isinstance(q, torch.Tensor) or q.dim() not in (num_lead + 1, num_lead + 2):
+        got = _fmt(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"q must have shape [{lead}, N] (SISO) or [{lead}, R, N] (MIMO), got {got}")
+    is_mimo = q.dim() == num_lead + 2
+    lead_sizes = tuple(q.shape[:num_lead])
+    rank = q.shape[num_lead] if is_mimo else None
+    N = q.shape[-1]
+    rank_letters, rank_sizes = (", R", (rank,)) if is_mimo else ("", ())
+    _check_shape("k", k, f"{lead}{rank_letters}, N", lead_sizes + rank_sizes + (N,))
+    _check_shape("v", v, f"{lead}{rank_letters}, P", lead_sizes + rank_sizes + (None,))
+    P = v.shape[-1]
+    for name, tensor in (("log_decay", log_decay), ("dt", dt), ("trap", trap)):
+        _check_shape(name, tensor, lead, lead_sizes)
+    _check_shape("dphase", dphase, f"{lead}, S", lead_sizes + (None,))
+    S = dphase.shape[-1]
+    if S > N // 2:
+        raise ValueError(f"dphase must have shape [{lead}, S] with S <= N // 2 = {N // 2}, got {_fmt(dphase.shape)}")
+    heads = lead_sizes[-1]
+    if D is not None:
+        _check_shape("D", D, "H", (heads,))
+    if time_axis and lead_sizes[1] < 1:
+        raise ValueError(f"q must have at least one time step (T >= 1), got shape {_fmt(q.shape)}")
+
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        _check_dtype(name, tensor, _INPUT_DTYPES)
+    if k.dtype != q.dtype:
+        raise ValueError(f"k must have q's dtype {q.dtype}, got {k.dtype}")
+    for name, tensor in (("log_decay", log_decay), ("dt", dt), ("trap", trap), ("dphase", dphase)):
+        _check_dtype(name, tensor, _SCALAR_DTYPES)
+    if D is not None:
+        _check_dtype("D", D, _INPUT_DTYPES)
+    named = dict(q=q, k=k, v=v, log_decay=log_decay, dt=dt, trap=trap, dphase=dphase, D=D)
+
+    batch = lead_sizes[0]
+    if state is not None:
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise ValueError(f"state must be a Mamba3State(ssm, k_prev, v_prev, phase), got {type(state).__name__}")
+        state = Mamba3State(*state)
+        rank_letters_state = ", R" if is_mimo else ""
+        _check_shape("state.ssm", state.ssm, "B, H, P, N", (batch, heads, P, N))
+        _check_shape("state.k_prev", state.k_prev, f"B, H{rank_letters_state}, N", (batch, heads) + rank_sizes + (N,))
+        _check_shape("state.v_prev", state.v_prev, f"B, H{rank_letters_state}, P", (batch, heads) + rank_sizes + (P,))
+        _check_shape("state.phase", state.phase, "B, H, S", (batch, heads, S))
+        for name, tensor in zip(("state.ssm", "state.k_prev", "state.v_prev", "state.phase"), state):
+            _check_dtype(name, tensor, _INPUT_DTYPES)
+            named[name] = tensor
+    _check_device(named)
+    T = lead_sizes[1] if time_axis else None
+    return batch, T, heads, rank, P, N, S
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_entry(name: str):
+    """(function, None) if diffmamba.kernels provides ``name``, else (None, why not)."""
+    try:
+        import diffmamba.kernels as kernels
+    except ImportError as error:
+        return None, f"import diffmamba.kernels failed: {error}"
+    function = getattr(kernels, name, None)
+    if function is None:
+        return None, f"diffmamba.kernels has no {name}"
+    return function, None
+
+
+def _resolve_impl(impl: Optional[str], on_cuda: bool, triton_name: str):
+    """Returns (impl, triton function or None)."""
+    if impl is None:
+        impl = os.environ.get(IMPL_ENV_VAR) or None
+        if impl is not None and impl not in IMPLS:
+            raise ValueError(f"${IMPL_ENV_VAR} must be one of {IMPLS} or unset, got {impl!r}")
+    elif impl not in IMPLS:
+        raise ValueError(f"impl must be None or one of {IMPLS}, got {impl!r}")
+    if impl is None:
+        if not on_cuda:
+            return "reference", None
+        function, why_not = _triton_entry(triton_name)
+        if function is None:
+            warnings.warn(f"Triton scan unavailable ({why_not}); using the PyTorch reference", stacklevel=3)
+            return "reference", None
+        return "triton", function
+    if impl == "triton":
+        function, why_not = _triton_entry(triton_name)
+        if function is None:
+            raise ImportError(f"impl='triton' requested but {why_not}")
+        return "triton", function
+    return impl, None
+
+
+def mamba3_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    dt: torch.Tensor,
+    trap: torch.Tensor,
+    dphase: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    reverse: bool = False,
+    initial_state: Optional[Mamba3State] = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+    impl: Optional[str] = None,
+):
+    """Mamba-3 scan over T (glossary and recurrence: ``diffmamba/ops/reference.py``).
+
+    q, k: [B, T, H, N] (SISO) or [B, T, H, R, N] (MIMO), biased, NOT rotated;
+    v: [B, T, H, P] or [B, T, H, R, P]; log_decay (<= 0), dt (> 0), trap (in (0, 1)): [B, T, H];
+    dphase: [B, T, H, S], S <= N // 2; D: [H] or None.
+    reverse: anti-causal, exactly flip(scan(flip(inputs along T))).
+    Returns y (v's shape and dtype) and the final Mamba3State (None unless return_final_state).
+    """
+    _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, initial_state, time_axis=True)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if initial_state is not None:
+        initial_state = Mamba3State(*initial_state)
+    chosen, triton_function = _resolve_impl(impl, q.is_cuda, "mamba3_scan_triton")
+    if chosen == "triton":
+        return triton_function(
+            q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
+            initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk_size,
+        )
+    return _reference_scan(
+        q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state, return_final_state, chunk_size,
+        recurrent=chosen == "recurrent",
+    )
+
+
+def _reference_scan(q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state,
+                    return_final_state, chunk_size, recurrent: bool):
+    if recurrent:
+        y, state = reference.scan_recurrent_ref(
+            q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse, initial_state=initial_state
+        )
+    else:
+        y, state = reference.scan_chunked_ref(
+            q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
+            initial_state=initial_state, chunk_size=chunk_size,
+        )
+    return y, (state if return_final_state else None)
+
+
+def mamba3_scan_ref(
+    q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None,
+    return_final_state=False, chunk_size=64, impl: str = "reference",
+):
+    """``mamba3_scan`` pinned to a pure-PyTorch form: impl "reference" (chunked) or "recurrent"."""
+    if impl not in ("reference", "recurrent"):
+        raise ValueError(f"mamba3_scan_ref impl must be 'reference' or 'recurrent', got {impl!r}")
+    return mamba3_scan(
+        q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse, initial_state=initial_state,
+        return_final_state=return_final_state, chunk_size=chunk_size, impl=impl,
+    )
+
+
+def mamba3_step(
+    q_t: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    log_decay_t: torch.Tensor,
+    dt_t: torch.Tensor,
+    trap_t: torch.Tensor,
+    dphase_t: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    state: Optional[Mamba3State] = None,
+    impl: Optional[str] = None,
+):
+    """One token: the scan's tensors without the T axis; ``state`` None means fresh.
+
+    q_t, k_t: [B, H, N] or [B, H, R, N]; v_t: [B, H, P] or [B, H, R, P];
+    log_decay_t, dt_t, trap_t: [B, H]; dphase_t: [B, H, S]; D: [H] or None.
+    Returns (y_t, new state). A kernel may update ``state`` in place: always use the returned one.
+    """
+    _check_inputs(q_t, k_t, v_t, log_decay_t, dt_t, trap_t, dphase_t, D, state, time_axis=False)
+    if state is not None:
+        state = Mamba3State(*state)
+    chosen, triton_function = _resolve_impl(impl, q_t.is_cuda, "mamba3_step_triton")
+    if chosen == "triton":
+        return triton_function(q_t, k_t, v_t, log_decay_t, dt_t, trap_t, dphase_t, D, state)
+    return reference.scan_step_ref(q_t, k_t, v_t, log_decay_t, dt_t, trap_t, dphase_t, D=D, state=state)
