@@ -1,0 +1,85 @@
+"""``torch.autograd.Function`` around the Triton forward scan.
+
+Forward: ``scan_fwd.launch_fwd`` (Triton). Backward: see ``scan_bwd.scan_backward`` for which
+backward runs (documented in kernels/README.md). Gradients reach every input (q, k, v, log_decay,
+dt, trap, dphase, D), the initial state's four fields, and flow in through the final state's
+four fields as well as through y.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .configs import interpreting
+from .scan_bwd import scan_backward
+from .scan_fwd import launch_fwd
+
+
+def _rows(chunk_size: int, R: int) -> int:
+    """Rows of the intra-chunk block: chunk_size counts rows (time steps x rank), as a power of
+    two in [16, 128]; each chunk then holds rows // R time steps (64 rows = 16 steps at R = 4)."""
+    rows = 1
+    while rows < max(int(chunk_size), R):
+        rows *= 2
+    return max(16, min(rows, 128), R)
+
+
+def scan_forward(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final, config=None):
+    """Run the Triton forward on contiguous inputs. Returns y and the final state tuple or None.
+
+    q, k: [B, T, H, R, N]; v: [B, T, H, R, P] (rank form); init: 4-tuple (rank form) or None.
+    """
+    B, T, H, R, N = q.shape
+    P = v.shape[-1]
+    S = dph.shape[-1]
+    y = torch.empty_like(v)
+    final = None
+    if want_final:
+        sdt = torch.float32
+        final = (
+            torch.empty(B, H, P, N, device=q.device, dtype=sdt),
+            torch.empty(B, H, R, N, device=q.device, dtype=k.dtype),
+            torch.empty(B, H, R, P, device=q.device, dtype=v.dtype),
+            torch.empty(B, H, S, device=q.device, dtype=sdt),
+        )
+    dot_bf16 = (q.dtype == torch.bfloat16 or v.dtype == torch.bfloat16) and not interpreting()
+    launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, R=R, reverse=reverse,
+               rows=_rows(chunk_size, R), dot_bf16=dot_bf16, config=config)
+    return y, final
+
+
+class Mamba3ScanFn(torch.autograd.Function):
+    """y, (ssm, k_prev, v_prev, phase) = scan(q, k, v, a, dt, lam, dphase, D, init state)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, a, dt, lam, dph, D, h0, kp0, vp0, ph0, reverse, chunk_size, want_final):
+        has_init = h0 is not None
+        init = (h0, kp0, vp0, ph0) if has_init else None
+        y, final = scan_forward(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final)
+        ctx.save_for_backward(q, k, v, a, dt, lam, dph, D, h0, kp0, vp0, ph0)
+        ctx.reverse = reverse
+        ctx.chunk_size = chunk_size
+        ctx.want_final = want_final
+        if final is None:
+            return y, None, None, None, None
+        return (y, *final)
+
+    @staticmethod
+    def backward(ctx, dy, dh1, dkp1, dvp1, dph1):
+        q, k, v, a, dt, lam, dph, D, h0, kp0, vp0, ph0 = ctx.saved_tensors
+        init = (h0, kp0, vp0, ph0) if h0 is not None else None
+        dfinal = (dh1, dkp1, dvp1, dph1) if ctx.want_final else None
+        grads = scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                              reverse=ctx.reverse, chunk_size=ctx.chunk_size,
+                              needs=ctx.needs_input_grad[:12])
+        return (*grads, None, None, None)
+
+
+def mamba3_scan_autograd(q, k, v, a, dt, lam, dph, D, init: Optional[tuple], reverse: bool,
+                         chunk_size: int, want_final: bool):
+    """Rank-form entry used by ``diffmamba.kernels.mamba3_scan_triton``."""
+    h0, kp0, vp0, ph0 = init if init is not None else (None, None, None, None)
+    return Mamba3ScanFn.apply(q, k, v, a, dt, lam, dph, D, h0, kp0, vp0, ph0,
+                              bool(reverse), int(chunk_size), bool(want_final))

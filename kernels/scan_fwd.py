@@ -1,0 +1,230 @@
+"""Triton forward kernel of the chunked Mamba-3 scan (SISO and MIMO, both directions).
+
+Reference: ``diffmamba.ops.reference.scan_chunked_ref`` (chunked form) and
+``scan_recurrent_ref`` (per-token recurrence); the math is written out in ``kernels/README.md``
+and ``/work/shared/spec/mamba3.md`` §2.2-2.4.
+
+Design: one program per (batch, head, value block) walks all chunks of its sequence in order
+and carries the fp32 state [N, BLOCK_P] in registers (as the official SISO kernel does), so no
+chunk states ever touch HBM. Per chunk of ROWS = C*R rows (C time steps times R ranks):
+
+  rotary pre-pass   Phi = carry + cumsum(dphase) (fp32, mod 2pi); qr, kr = R(Phi) q, R(Phi) k
+  trapezoid scales  gamma_t = lam_t dt_t ; scale_t = gamma_t + (1 - lam_{t+1}) dt_{t+1}
+  intra-chunk       y += ((qr kr^T) * W) v,  W_ij = scale_j exp(l_i - l_j) for t(j) < t(i),
+                    gamma_i for t(j) == t(i) (the MIMO R x R diagonal block; SISO: i == j)
+  inter-chunk       y += exp(l_i) qr_i h^T ;  D skip y += D v
+  state passing     h <- exp(l_last) h + sum_j scale_j exp(l_last - l_j) kr_j v_j^T
+
+``reverse=True`` mirrors the time index (logical step s reads physical step T-1-s): the phase
+becomes a suffix sum and the trapezoid shift looks one physical token back, with no flipped
+copies of any tensor. The rotary pairs are (2i, 2i+1), i < S: q/k are loaded as even and odd
+halves [rows, N/2] and the state is kept as two halves [N/2, BLOCK_P] to match.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .configs import SCAN_FWD_CONFIGS, active
+
+TWO_PI = 6.283185307179586
+
+
+@triton.jit
+def _mod_2pi(x):
+    # floor-based reduction keeps the phase in [0, 2pi) so cos/sin see small arguments.
+    return x - 6.283185307179586 * tl.floor(x * 0.15915494309189535)
+
+
+@triton.jit
+def _dot(a, b, DOT_BF16: tl.constexpr):
+    # bf16 I/O: bf16 tensor-core operands with fp32 accumulation (as the official kernel does).
+    # fp32 I/O: full-precision fp32 dot (TF32 would cost ~1e-3 relative error).
+    if DOT_BF16:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+def _fwd_kernel_impl(
+    q_ptr, k_ptr, v_ptr, a_ptr, dt_ptr, lam_ptr, dph_ptr, D_ptr, y_ptr,
+    h0_ptr, kp0_ptr, vp0_ptr, ph0_ptr,
+    h1_ptr, kp1_ptr, vp1_ptr, ph1_ptr,
+    T, H,
+    R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_P: tl.constexpr, ROWS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+    HAS_D: tl.constexpr, DOT_BF16: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    CT: tl.constexpr = ROWS // R  # time steps per chunk
+
+    rows = tl.arange(0, ROWS)
+    t_loc = rows // R
+    r_idx = rows % R
+    first_rank = r_idx == 0
+    j = tl.arange(0, HALF)  # pair index: elements 2j, 2j+1
+    j_ok = j < (N // 2)
+    rot_ok = j < S
+    pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = pp < P
+
+    # ---- carried state: phase [HALF] and h^T split into even/odd key halves [HALF, BLOCK_P] ----
+    if HAS_INIT:
+        carry = tl.load(ph0_ptr + (b * H + h) * S + j, mask=rot_ok, other=0.0).to(tl.float32)
+        hbase = h0_ptr + (b * H + h) * P * N
+        hT_e = tl.load(hbase + pp[None, :] * N + 2 * j[:, None],
+                       mask=j_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+        hT_o = tl.load(hbase + pp[None, :] * N + 2 * j[:, None] + 1,
+                       mask=j_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+        # Trapezoid term of the first step from the cached previous token:
+        # (1 - lam_0) dt_0 k_prev v_prev^T is added before the first decay (mamba3.md §2.1).
+        t0 = T - 1 if REVERSE else 0
+        sc0 = (b * T + t0) * H + h
+        beta0 = (1.0 - tl.load(lam_ptr + sc0).to(tl.float32)) * tl.load(dt_ptr + sc0).to(tl.float32)
+        rr = tl.arange(0, R)
+        kpb = kp0_ptr + (b * H + h) * R * N + rr[:, None] * N
+        kp_e = tl.load(kpb + 2 * j[None, :], mask=j_ok[None, :], other=0.0).to(tl.float32)
+        kp_o = tl.load(kpb + 2 * j[None, :] + 1, mask=j_ok[None, :], other=0.0).to(tl.float32)
+        vp = tl.load(vp0_ptr + (b * H + h) * R * P + rr[:, None] * P + pp[None, :],
+                     mask=p_ok[None, :], other=0.0).to(tl.float32)
+        hT_e += beta0 * tl.sum(kp_e[:, :, None] * vp[:, None, :], axis=0)
+        hT_o += beta0 * tl.sum(kp_o[:, :, None] * vp[:, None, :], axis=0)
+    else:
+        carry = tl.zeros([HALF], dtype=tl.float32)
+        hT_e = tl.zeros([HALF, BLOCK_P], dtype=tl.float32)
+        hT_o = tl.zeros([HALF, BLOCK_P], dtype=tl.float32)
+
+    if HAS_D:
+        Dh = tl.load(D_ptr + h).to(tl.float32)
+    else:
+        Dh = 0.0
+
+    n_chunks = tl.cdiv(T, CT)
+    for c in range(0, n_chunks):
+        s_log = c * CT + t_loc  # logical step of each row
+        ok = s_log < T
+        if REVERSE:
+            t_phys = T - 1 - s_log
+            t_next = t_phys - 1
+        else:
+            t_phys = s_log
+            t_next = s_log + 1
+        nxt_ok = (s_log + 1) < T
+        sc = (b * T + t_phys) * H + h
+        scn = (b * T + t_next) * H + h
+
+        # ---- per-step scalars (fp32), repeated over the R rank rows of a step ----
+        a = tl.load(a_ptr + sc, mask=ok, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + sc, mask=ok, other=0.0).to(tl.float32)
+        lam = tl.load(lam_ptr + sc, mask=ok, other=0.0).to(tl.float32)
+        dt_n = tl.load(dt_ptr + scn, mask=nxt_ok, other=0.0).to(tl.float32)
+        lam_n = tl.load(lam_ptr + scn, mask=nxt_ok, other=0.0).to(tl.float32)
+        gamma = lam * dt
+        scale = gamma + (1.0 - lam_n) * dt_n  # zero look-ahead after the last step
+        # chunk-local inclusive cumsum of the log decay (reset per chunk, §6.1); counting only the
+        # first rank row of each step makes every rank row of step t see sum_{s<=t} a_s.
+        l = tl.cumsum(tl.where(first_rank, a, 0.0), axis=0)
+        l_last = tl.sum(tl.where(first_rank, a, 0.0), axis=0)
+
+        # ---- rotary phase ----
+        dph = tl.load(dph_ptr + sc[:, None] * S + j[None, :],
+                      mask=(ok & first_rank)[:, None] & rot_ok[None, :], other=0.0).to(tl.float32)
+        phi = _mod_2pi(carry[None, :] + tl.cumsum(dph, axis=0))
+        carry = _mod_2pi(carry + tl.sum(dph, axis=0))
+        cs = tl.cos(phi)
+        sn = tl.sin(phi)
+
+        # ---- q, k as even/odd halves, rotated in fp32 ----
+        row_off = ((b * T + t_phys) * H + h) * R + r_idx
+        qk_mask = ok[:, None] & j_ok[None, :]
+        qkb = row_off[:, None] * N + 2 * j[None, :]
+        qe = tl.load(q_ptr + qkb, mask=qk_mask, other=0.0).to(tl.float32)
+        qo = tl.load(q_ptr + qkb + 1, mask=qk_mask, other=0.0).to(tl.float32)
+        ke = tl.load(k_ptr + qkb, mask=qk_mask, other=0.0).to(tl.float32)
+        ko = tl.load(k_ptr + qkb + 1, mask=qk_mask, other=0.0).to(tl.float32)
+        qre = qe * cs - qo * sn
+        qro = qe * sn + qo * cs
+        kre = ke * cs - ko * sn
+        kro = ke * sn + ko * cs
+        v_mask = ok[:, None] & p_ok[None, :]
+        vv = tl.load(v_ptr + row_off[:, None] * P + pp[None, :], mask=v_mask, other=0.0).to(tl.float32)
+
+        # ---- intra-chunk: masked, decayed scores (every exponent <= 0, §6.2) ----
+        scores = _dot(qre, tl.trans(kre), DOT_BF16) + _dot(qro, tl.trans(kro), DOT_BF16)
+        ti = t_loc[:, None]
+        tj = t_loc[None, :]
+        decay = tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0))
+        w = tl.where(tj < ti, scale[None, :] * decay, tl.where(tj == ti, gamma[:, None], 0.0))
+        y = _dot(scores * w, vv, DOT_BF16)
+        # ---- inter-chunk: state entering the chunk, decayed to each row ----
+        y += tl.exp(l)[:, None] * (_dot(qre, hT_e, DOT_BF16) + _dot(qro, hT_o, DOT_BF16))
+        y += Dh * vv
+        tl.store(y_ptr + row_off[:, None] * P + pp[None, :], y.to(y_ptr.dtype.element_ty), mask=v_mask)
+
+        # ---- state passing ----
+        kw = scale * tl.exp(l_last - l)
+        dec = tl.exp(l_last)
+        hT_e = dec * hT_e + _dot(tl.trans(kre * kw[:, None]), vv, DOT_BF16)
+        hT_o = dec * hT_o + _dot(tl.trans(kro * kw[:, None]), vv, DOT_BF16)
+
+    if STORE_FINAL:
+        hbase1 = h1_ptr + (b * H + h) * P * N
+        st_mask = j_ok[:, None] & p_ok[None, :]
+        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None], hT_e, mask=st_mask)
+        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None] + 1, hT_o, mask=st_mask)
+        # last logical step: its key rotated by the final phase, its value, the phase.
+        t_last = 0 if REVERSE else T - 1
+        rr = tl.arange(0, R)
+        lrow = ((b * T + t_last) * H + h) * R + rr
+        vl = tl.load(v_ptr + lrow[:, None] * P + pp[None, :], mask=p_ok[None, :], other=0.0)
+        tl.store(vp1_ptr + (b * H + h) * R * P + rr[:, None] * P + pp[None, :], vl, mask=p_ok[None, :])
+        if pid_p == 0:
+            ce = tl.cos(carry)[None, :]
+            se = tl.sin(carry)[None, :]
+            kl_e = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :], mask=j_ok[None, :], other=0.0).to(tl.float32)
+            kl_o = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :] + 1, mask=j_ok[None, :], other=0.0).to(tl.float32)
+            kpb1 = kp1_ptr + (b * H + h) * R * N + rr[:, None] * N + 2 * j[None, :]
+            tl.store(kpb1, (kl_e * ce - kl_o * se).to(kp1_ptr.dtype.element_ty), mask=j_ok[None, :])
+            tl.store(kpb1 + 1, (kl_e * se + kl_o * ce).to(kp1_ptr.dtype.element_ty), mask=j_ok[None, :])
+            tl.store(ph1_ptr + (b * H + h) * S + j, carry, mask=rot_ok)
+
+
+_fwd_kernel = triton.jit(_fwd_kernel_impl)
+_fwd_kernel_tuned = triton.autotune(
+    configs=active(SCAN_FWD_CONFIGS),
+    key=["R", "N", "P", "S", "ROWS", "REVERSE", "HAS_INIT", "STORE_FINAL", "DOT_BF16"],
+)(triton.jit(_fwd_kernel_impl))
+
+
+def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows, dot_bf16, config=None):
+    """Launch the forward scan. All tensors contiguous; q/k/v viewed as [B, T, H, R, *].
+
+    ``init``/``final`` are (ssm, k_prev, v_prev, phase) tuples or None. ``config`` forces one
+    ``triton.Config`` (tests use it to run every autotune entry); None autotunes.
+    """
+    B, T, H = a.shape
+    N = q.shape[-1]
+    P = v.shape[-1]
+    S = dph.shape[-1]
+    half = triton.next_power_of_2(max(N // 2, 1))
+    dummy = a
+    h0, kp0, vp0, ph0 = init if init is not None else (dummy, dummy, dummy, dummy)
+    h1, kp1, vp1, ph1 = final if final is not None else (dummy, dummy, dummy, dummy)
+    args = (q, k, v, a, dt, lam, dph, D if D is not None else dummy, y,
+            h0, kp0, vp0, ph0, h1, kp1, vp1, ph1, T, H)
+    meta = dict(R=R, N=N, P=P, S=S, HALF=half, ROWS=rows, REVERSE=bool(reverse),
+                HAS_INIT=init is not None, STORE_FINAL=final is not None,
+                HAS_D=D is not None, DOT_BF16=bool(dot_bf16))
+    if config is not None:
+        bp = config.kwargs["BLOCK_P"]
+        grid = (B * H, triton.cdiv(P, min(bp, triton.next_power_of_2(P))))
+        _fwd_kernel[grid](*args, **meta, BLOCK_P=min(bp, triton.next_power_of_2(P)),
+                          num_warps=config.num_warps, num_stages=config.num_stages)
+    else:
+        grid = lambda m: (B * H, triton.cdiv(P, m["BLOCK_P"]))  # noqa: E731
+        _fwd_kernel_tuned[grid](*args, **meta)
