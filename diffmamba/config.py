@@ -151,6 +151,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" | "constant" (both after linear warm-up)
     warmup_steps: int = 100
     betas: tuple = (0.9, 0.98)
+    adam_eps: float = 1e-8
     weight_decay: float = 0.1  # never applied to norms, biases, dt_bias, D
     grad_clip: float = 1.0
     ema: float = 0.9999  # 0 disables the EMA copy
@@ -160,9 +161,11 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     log_every: int = 10
-    seed: int = 0
+    seed: int = 0  # model init, data order (with data.seed), noise; resume restores it exactly
     tensorboard: bool = False
     compile: bool = False
+    num_workers: int = 0  # DataLoader worker processes per rank (0 = load in the training process)
+    final_weights: str = "ema"  # weights exported to DIR/final: "ema" (if train.ema > 0) | "raw"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "eval_batches", "log_every", "keep_last"):
@@ -174,6 +177,17 @@ class TrainConfig:
         _check(self.mixed_precision in ("auto", "no", "bf16"), "train.mixed_precision",
                "must be 'auto', 'no' or 'bf16'")
         _check(len(self.betas) == 2, "train.betas", "needs two values")
+        _check(self.global_batch_size % self.micro_batch_size == 0, "train.global_batch_size",
+               f"{self.global_batch_size} is not a multiple of train.micro_batch_size = {self.micro_batch_size}; "
+               "global batch = micro batch x accumulation steps x processes")
+        _check(self.adam_eps > 0, "train.adam_eps", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = no clipping)")
+        for name in ("eval_every", "save_every"):
+            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0 (0 = only at the end), got {getattr(self, name)}")
+        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _check(self.final_weights in ("ema", "raw"), "train.final_weights", "must be 'ema' or 'raw'")
+        _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
         self.betas = tuple(float(b) for b in self.betas)
 
 
