@@ -11,12 +11,18 @@ from typing import Optional
 
 import torch
 
+from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
 
-from .autograd import mamba3_scan_autograd, scan_forward
+from . import autograd as _autograd
+from .autograd import mamba3_scan_autograd
 from .scan_step import launch_step
 
 __all__ = ["mamba3_scan_triton", "mamba3_step_triton"]
+
+
+def _wants_float64(*tensors) -> bool:
+    return any(t.dtype == torch.float64 for t in tensors)
 
 
 def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -33,8 +39,13 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
     log_decay, dt, trap: [B, T, H]; dphase: [B, T, H, S]; D: [H] or None.
     ``chunk_size`` counts rows of the intra-chunk block (time steps x R), rounded to a power of
     two in [16, 128]; it changes rounding only. Returns (y, Mamba3State or None). Differentiable
-    in every tensor argument, the initial state included.
+    in every tensor argument, the initial state included. float64 inputs (a testing dtype the
+    kernels do not compute in) are handed to ``reference.scan_chunked_ref``.
     """
+    if _wants_float64(q, k, v, log_decay, dt, trap, dphase):
+        y, state = reference.scan_chunked_ref(q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
+                                              initial_state=initial_state, chunk_size=chunk_size)
+        return y, (state if return_final_state else None)
     siso = q.dim() == 4
     if siso:
         q, k, v = q.unsqueeze(3), k.unsqueeze(3), v.unsqueeze(3)
@@ -62,8 +73,14 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
     q, k: [B, H, N] / [B, H, R, N]; v: [B, H, P] / [B, H, R, P]; log_decay, dt, trap: [B, H];
     dphase: [B, H, S]; D: [H] or None; state: Mamba3State or None (fresh).
     ``state.ssm`` is updated in place when it is a contiguous float32 tensor; k_prev, v_prev and
-    phase come back in new tensors. Not differentiable (decode only).
+    phase come back in new tensors. The kernel has no backward: when autograd is recording and an
+    input requires grad, or for float64 inputs, the step runs ``reference.scan_step_ref`` instead.
     """
+    tensors = [q, k, v, log_decay, dt, trap, dphase, D] + (list(state) if state is not None else [])
+    if _wants_float64(q, k, v, log_decay, dt, trap, dphase) or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    ):
+        return reference.scan_step_ref(q, k, v, log_decay, dt, trap, dphase, D=D, state=state)
     siso = q.dim() == 3
     if siso:
         q, k, v = q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2)
@@ -79,10 +96,10 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
             kp, vp = kp.unsqueeze(2), vp.unsqueeze(2)
         if ssm.dtype != torch.float32 or not ssm.is_contiguous():
             ssm = ssm.float().contiguous()
-    y = torch.empty_like(v)
-    kp1 = torch.empty(B, H, R, N, device=q.device, dtype=k.dtype)
-    vp1 = torch.empty(B, H, R, P, device=q.device, dtype=v.dtype)
-    ph1 = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
+    y = _autograd.new_empty(*v.shape, device=v.device, dtype=v.dtype)
+    kp1 = _autograd.new_empty(B, H, R, N, device=q.device, dtype=k.dtype)
+    vp1 = _autograd.new_empty(B, H, R, P, device=q.device, dtype=v.dtype)
+    ph1 = _autograd.new_empty(B, H, S, device=q.device, dtype=torch.float32)
     with torch.no_grad():
         launch_step(*(_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(),
                                        dphase.float(), D)),

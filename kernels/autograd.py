@@ -17,6 +17,19 @@ from .scan_bwd import scan_backward
 from .scan_fwd import launch_fwd
 
 
+# Tests set this to True so every output buffer starts as NaN: an element the kernel fails to
+# write then shows up as a mismatch instead of passing on leftover memory.
+POISON_OUTPUTS = False
+
+
+def new_empty(*shape, device, dtype) -> torch.Tensor:
+    """torch.empty, or NaN-filled when POISON_OUTPUTS is set."""
+    out = torch.empty(*shape, device=device, dtype=dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
+
 def _rows(chunk_size: int, R: int) -> int:
     """Rows of the intra-chunk block: chunk_size counts rows (time steps x rank), as a power of
     two in [16, 128]; each chunk then holds rows // R time steps (64 rows = 16 steps at R = 4)."""
@@ -34,15 +47,15 @@ def scan_forward(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_fi
     B, T, H, R, N = q.shape
     P = v.shape[-1]
     S = dph.shape[-1]
-    y = torch.empty_like(v)
+    y = new_empty(*v.shape, device=v.device, dtype=v.dtype)
     final = None
     if want_final:
         sdt = torch.float32
         final = (
-            torch.empty(B, H, P, N, device=q.device, dtype=sdt),
-            torch.empty(B, H, R, N, device=q.device, dtype=k.dtype),
-            torch.empty(B, H, R, P, device=q.device, dtype=v.dtype),
-            torch.empty(B, H, S, device=q.device, dtype=sdt),
+            new_empty(B, H, P, N, device=q.device, dtype=sdt),
+            new_empty(B, H, R, N, device=q.device, dtype=k.dtype),
+            new_empty(B, H, R, P, device=q.device, dtype=v.dtype),
+            new_empty(B, H, S, device=q.device, dtype=sdt),
         )
     dot_bf16 = (q.dtype == torch.bfloat16 or v.dtype == torch.bfloat16) and not interpreting()
     launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, R=R, reverse=reverse,
