@@ -1,0 +1,189 @@
+"""PNG plots of a comparison (matplotlib, Agg backend; no display needed).
+
+- ``gen_ppl_vs_nfe.png``: gen-PPL against NFE, one line per diffusion sampler (and system), the AR
+  gen-PPL as a horizontal line, one panel per (task, top-p); the judge is named in the title.
+- ``pareto.png``: quality-speed trade-off, gen-PPL against tokens/s, with the Pareto front.
+- ``likelihood.png``: perplexity bars; bounds drawn hatched, labelled "≤", with ±std error bars.
+- ``speed.png``: tokens/s against batch size per system/sampler/NFE, one panel per length.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+MARKERS = "osD^v<>ph*"
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _judge_name(results: dict) -> str:
+    judge = results.get("judge") or {}
+    return judge.get("name", "?")
+
+
+def plot_gen_ppl_vs_nfe(results: dict, path: str):
+    rows = [r for r in results.get("generation", []) if _finite(r.get("gen_ppl"))]
+    panels = sorted({(r.get("task"), r.get("top_p")) for r in rows}, key=lambda k: (str(k[0]), str(k[1])))
+    if not panels or not any(r.get("mode") not in ("ar", "reference") for r in rows):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (task, top_p) in zip(axes[0], panels):
+        g = [r for r in rows if (r.get("task"), r.get("top_p")) == (task, top_p)]
+        curves = sorted({(r["system"], r.get("sampler")) for r in g if r.get("mode") not in ("ar", "reference")})
+        for i, (system, sampler) in enumerate(curves):
+            pts = sorted((r["nfe"], r["gen_ppl"]) for r in g if (r["system"], r.get("sampler")) == (system, sampler)
+                         and _finite(r.get("nfe")))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
+                        label=f"{system}: {sampler}")
+        for j, r in enumerate(r for r in g if r.get("mode") == "ar"):
+            ax.axhline(r["gen_ppl"], color="black", linestyle="--", linewidth=1.2,
+                       label=f"{r['system']} (NFE = {r.get('nfe', '?'):g})" if _finite(r.get("nfe")) else r["system"])
+        for r in (r for r in g if r.get("mode") == "reference"):
+            ax.axhline(r["gen_ppl"], color="green", linestyle=":", linewidth=1.2, label="validation text")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("NFE (network evaluations per sample)")
+        ax.set_ylabel("generative perplexity (lower is better)")
+        ax.set_title(f"{task}, top-p {top_p}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"gen-PPL vs NFE, judge: {_judge_name(results)}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_points(results: dict) -> list[dict]:
+    """Join unconditional generation rows with speed rows of the same system, sampler and steps at the
+    generation length, taking the largest batch measured; one point per generation row that has one."""
+    speed = results.get("speed", [])
+    points = []
+    for r in results.get("generation", []):
+        if r.get("mode") == "reference" or r.get("task") != "unconditional" or not _finite(r.get("gen_ppl")):
+            continue
+        match = [s for s in speed if s["system"] == r["system"] and s.get("sampler") == r.get("sampler")
+                 and s.get("steps") == r.get("steps") and s["length"] == r.get("length")]
+        if not match:
+            continue
+        s = max(match, key=lambda s: s["batch_size"])
+        points.append({"system": r["system"], "mode": r.get("mode"), "sampler": r.get("sampler"), "nfe": r.get("nfe"),
+                       "top_p": r.get("top_p"), "gen_ppl": r["gen_ppl"], "tokens_per_s": s["tokens_per_s"],
+                       "batch_size": s["batch_size"], "length": s["length"]})
+    return points
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Points not dominated by another that is at least as fast and at least as good (and better in one)."""
+    front = []
+    for p in points:
+        dominated = any(q is not p and q["tokens_per_s"] >= p["tokens_per_s"] and q["gen_ppl"] <= p["gen_ppl"]
+                        and (q["tokens_per_s"] > p["tokens_per_s"] or q["gen_ppl"] < p["gen_ppl"]) for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: p["tokens_per_s"])
+
+
+def plot_pareto(results: dict, path: str):
+    points = pareto_points(results)
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups = sorted({(p["system"], p["sampler"]) for p in points})
+    for i, (system, sampler) in enumerate(groups):
+        g = [p for p in points if (p["system"], p["sampler"]) == (system, sampler)]
+        ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
+                   s=40, label=f"{system}: {sampler}")
+        for p in g:
+            ax.annotate(f"{p['nfe']:g}" if _finite(p.get("nfe")) else "", (p["tokens_per_s"], p["gen_ppl"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(points)
+    ax.plot([p["tokens_per_s"] for p in front], [p["gen_ppl"] for p in front], color="gray", linewidth=1,
+            linestyle="-", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"tokens/s (batch {max(p['batch_size'] for p in points)}; higher is better)")
+    ax.set_ylabel("gen-PPL (lower is better)")
+    ax.set_title(f"quality vs speed (labels: NFE), judge: {_judge_name(results)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_likelihood(results: dict, path: str):
+    rows = [r for r in results.get("likelihood", []) if _finite(r.get("ppl"))]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 4.0))
+    for i, r in enumerate(rows):
+        bound = r["kind"] == "bound"
+        err = r.get("ppl_std") if bound else None
+        ax.bar(i, r["ppl"], yerr=err, capsize=5, color="tab:orange" if bound else "tab:blue",
+               hatch="//" if bound else None, edgecolor="black")
+        ax.annotate(("≤ " if bound else "= ") + f"{r['ppl']:.3g}", (i, r["ppl"]), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['system']}\n({'bound' if r['kind'] == 'bound' else 'exact'})" for r in rows], fontsize=8)
+    ax.set_ylabel("validation perplexity (lower is better)")
+    ax.set_title("likelihood on the same tokens (hatched = upper bound)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_speed(results: dict, path: str):
+    rows = results.get("speed", [])
+    lengths = sorted({r["length"] for r in rows})
+    if not rows or len({r["batch_size"] for r in rows}) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5.5 * len(lengths), 4.0), squeeze=False)
+    for ax, length in zip(axes[0], lengths):
+        g = [r for r in rows if r["length"] == length]
+        for i, key in enumerate(sorted({(r["system"], r.get("sampler"), r.get("nfe")) for r in g}, key=str)):
+            pts = sorted((r["batch_size"], r["tokens_per_s"]) for r in g if (r["system"], r.get("sampler"), r.get("nfe")) == key)
+            label = f"{key[0]}: {key[1]}" + (f", NFE {key[2]:g}" if _finite(key[2]) else "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
+                    linestyle="--" if any(r.get("mode") == "ar" for r in g if r["system"] == key[0]) else "-",
+                    label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("tokens/s")
+        ax.set_title(f"length {length}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    env = results.get("speed_environment") or ""
+    fig.suptitle(f"generation throughput ({env[:90]})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_plots(results: dict, out_dir: str) -> dict:
+    """Draw every plot the results support; returns {name: path} of the files written."""
+    makers = {"gen_ppl_vs_nfe": plot_gen_ppl_vs_nfe, "pareto": plot_pareto,
+              "likelihood": plot_likelihood, "speed": plot_speed}
+    out = {}
+    for name, fn in makers.items():
+        path = fn(results, os.path.join(out_dir, f"{name}.png"))
+        if path:
+            out[name] = path
+    return out

@@ -1,0 +1,44 @@
+"""What is compared: a list of *systems*, each a named way of producing text from a checkpoint.
+
+    System(name="AR", mode="ar", checkpoint="runs/ar/final")
+    System(name="diffusion", mode="diffusion", checkpoint="runs/mdlm/final")
+    System(name="block L'=4", mode="block", checkpoint=..., settings={"block_size": 4})
+
+Every row of ``results.json`` names its system, so the report builder never has to know how many
+systems there are or which modes exist: a new mode (block diffusion) adds systems and rows, and the
+tables and plots pick them up. ``settings`` is copied into every row the system produces.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Modes the evaluators know how to run; block diffusion registers its own by extending these maps.
+AR_MODES = ("ar",)
+DIFFUSION_MODES = ("diffusion",)
+
+
+@dataclass
+class System:
+    name: str
+    mode: str  # "ar" | "diffusion" | a mode registered later (e.g. block diffusion)
+    checkpoint: str
+    settings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def is_ar(self) -> bool:
+        return self.mode in AR_MODES
+
+
+def default_systems(diffusion_ckpt: str | None, ar_ckpt: str | None) -> list[System]:
+    """The diffusion-vs-AR pair. Given one checkpoint for both, the same weights run in both modes,
+    and the names say so."""
+    systems = []
+    same = diffusion_ckpt is not None and ar_ckpt is not None and diffusion_ckpt == ar_ckpt
+    if ar_ckpt is not None:
+        systems.append(System("AR mode (same weights)" if same else "AR", "ar", ar_ckpt))
+    if diffusion_ckpt is not None:
+        systems.append(System("diffusion mode (same weights)" if same else "diffusion", "diffusion", diffusion_ckpt))
+    return systems
