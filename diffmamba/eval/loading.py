@@ -1,0 +1,158 @@
+"""Checkpoints for evaluation: the model, its tokenizer and the run config it was trained with.
+
+    ckpt = load_checkpoint("runs/mdlm")          # run folder (uses final/), final/ itself, or a step folder
+    ckpt.model, ckpt.tokenizer, ckpt.run_config  # run_config is None when the folder has none
+    require_same_tokenizer([ckpt_a, ckpt_b], "likelihood")
+
+Where the run config comes from: ``run_config.yaml`` in the model folder, else in its parent (the
+run folder ``diffmamba train`` writes). Evaluation rebuilds the validation split from it
+(``diffmamba.eval.data``) so every model is scored on the same tokens with the packing it was
+trained with.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from diffmamba.errors import UserError
+
+MODEL_FILES = ("config.json", "model.safetensors")
+RUN_CONFIG_NAMES = ("run_config.yaml", "config.yaml")
+_CACHE: dict[tuple, "Checkpoint"] = {}
+
+
+@dataclass
+class Checkpoint:
+    path: str  # as given by the user
+    model_dir: str  # the folder holding model.safetensors
+    model: torch.nn.Module
+    tokenizer: object  # diffmamba.data.tokenizer.Tokenizer
+    run_config: Optional[object]  # diffmamba.config.RunConfig or None
+    run_config_path: Optional[str]
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.model.config.max_seq_len)
+
+    @property
+    def trained_objective(self) -> Optional[str]:
+        return self.run_config.objective.name if self.run_config is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict:
+        return {"path": os.path.abspath(self.path), "model_dir": os.path.abspath(self.model_dir),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "trained_objective": self.trained_objective, "run_config": self.run_config_path,
+                "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id,
+                              "mask_id": self.tokenizer.mask_id, "fingerprint": self.tokenizer.fingerprint}}
+
+
+def _has_model(folder: str) -> bool:
+    return all(os.path.isfile(os.path.join(folder, f)) for f in MODEL_FILES)
+
+
+def find_model_dir(path: str, must_exist: bool = True) -> Optional[str]:
+    """The folder with the weights: ``path`` itself, ``path/final``, or the newest ``path/checkpoints/step_*``."""
+    candidates = [path, os.path.join(path, "final")]
+    latest = os.path.join(path, "checkpoints", "latest")
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            candidates.append(os.path.join(path, "checkpoints", f.read().strip()))
+    for c in candidates:
+        if os.path.isdir(c) and _has_model(c):
+            return c
+    if not must_exist:
+        return None
+    if not os.path.exists(path):
+        raise UserError(f"checkpoint {path} does not exist; pass a run folder from `diffmamba train` "
+                        "(its final/ is used) or a folder holding config.json + model.safetensors")
+    raise UserError(f"no model in {path} (looked for {' + '.join(MODEL_FILES)} there, in final/ and in "
+                    "checkpoints/latest); pass a run folder or a folder written by save_pretrained")
+
+
+def find_run_config(model_dir: str) -> Optional[str]:
+    for folder in (model_dir, os.path.dirname(os.path.abspath(model_dir)),
+                   os.path.dirname(os.path.dirname(os.path.abspath(model_dir)))):
+        for name in RUN_CONFIG_NAMES:
+            p = os.path.join(folder, name)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} requested but CUDA is not available; pass --device cpu")
+    return dev
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
+    """'auto' = bfloat16 on CUDA, float32 on CPU (as training's mixed_precision=auto)."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision for evaluation: weights stay float32 (as trained), matmuls run in ``dtype``."""
+    import contextlib
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
+    """Load model (float32 weights) + tokenizer + run config, cached per process by folder and device."""
+    from diffmamba.config import RunConfig, load_config
+    from diffmamba.data.tokenizer import load_tokenizer
+    from diffmamba.model import DiffMamba
+
+    dev = resolve_device(device)
+    model_dir = find_model_dir(path)
+    key = (os.path.abspath(model_dir), str(dev))
+    if key in _CACHE:
+        return _CACHE[key]
+    if not os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
+        raise UserError(f"{model_dir} has no tokenizer.json; evaluation needs the checkpoint's tokenizer "
+                        "(every checkpoint `diffmamba train` writes has one: copy it in with tokenizer.save(dir))")
+    model = DiffMamba.from_pretrained(model_dir).to(device=dev, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"{model_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
+                        f"{model.config.vocab_size}; the files come from different runs, save the checkpoint again")
+    cfg_path = find_run_config(model_dir)
+    run_config = load_config(RunConfig, cfg_path) if cfg_path else None
+    ckpt = Checkpoint(path, model_dir, model, tokenizer, run_config, cfg_path)
+    _CACHE[key] = ckpt
+    return ckpt
+
+
+def require_same_tokenizer(ckpts: Sequence[Checkpoint], what: str) -> None:
+    """Comparisons of token-level numbers need one tokenizer; say which differ and how to fix it."""
+    first = ckpts[0]
+    for other in ckpts[1:]:
+        if other.tokenizer.fingerprint != first.tokenizer.fingerprint:
+            raise UserError(f"{what}: checkpoints {first.path} and {other.path} use different tokenizers "
+                            f"(vocab {first.tokenizer.vocab_size} vs {other.tokenizer.vocab_size}, fingerprints "
+                            f"{first.tokenizer.fingerprint} vs {other.tokenizer.fingerprint}); per-token numbers are "
+                            "not comparable: train both with the same data.tokenizer, or compare text-level "
+                            "metrics only (eval generate)")
