@@ -44,9 +44,10 @@ def heavy_tail(u: torch.Tensor) -> torch.Tensor:
     """f(u) = 1 + u for u >= 0, 1 / (1 - u) for u < 0: positive, C^1 at 0 (mamba3.md §1.2).
 
     Written without ``torch.where`` so the branch that is not taken cannot produce an inf
-    gradient (1 / (1 - u) has a pole at u = 1) that would turn into NaN.
+    gradient (1 / (1 - u) has a pole at u = 1) that would turn into NaN. relu has gradient 0 at
+    u = 0 and the clamp 1 there, so the derivative at 0 is 1, not counted twice.
     """
-    return 1.0 + u.clamp(min=0.0) + (1.0 / (1.0 - u.clamp(max=0.0)) - 1.0)
+    return 1.0 + torch.relu(u) + (1.0 / (1.0 - u.clamp(max=0.0)) - 1.0)
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
