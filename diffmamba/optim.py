@@ -69,7 +69,6 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.num_updates = 0
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad]
 
     def current_decay(self) -> float:
@@ -97,13 +96,16 @@ class EMA:
                 for p, b in zip(live, backup):
                     p.copy_(b)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.params))
+    @torch.no_grad()
+    def load_from(self, model: nn.Module, full_state_dict: dict[str, torch.Tensor], num_updates: int) -> None:
+        """Take the EMA from a full (unsharded) model state dict, as checkpoints store it. It is
+        loaded into ``model`` (DDP/FSDP aware) and read back, then the training weights return."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], num_updates: int) -> None:
-        missing = [n for n in self.names if n not in tensors]
-        if missing:
-            raise KeyError(f"EMA state lacks {missing[0]} (and {len(missing) - 1} more)")
-        for p, n in zip(self.params, self.names):
-            p.copy_(tensors[n].to(p.dtype))
+        live = [p for p in model.parameters() if p.requires_grad]
+        backup = [p.detach().clone() for p in live]
+        set_model_state_dict(model, full_state_dict, options=StateDictOptions(full_state_dict=True))
+        for e, p, b in zip(self.params, live, backup):
+            e.copy_(p.detach().float())
+            p.copy_(b)
         self.num_updates = num_updates
