@@ -95,6 +95,9 @@ class DataConfig:
     source: str = "builtin"  # "builtin" | a local file / folder / glob | a Hub dataset name
     subset: Optional[str] = None  # Hub dataset config name
     text_field: str = "text"
+    # Documents of text files: "file" | "paragraph" (blank-line separated) | "line";
+    # "auto" = one per file when there are several files, else one per paragraph.
+    text_unit: str = "auto"
     tokenizer: str = "builtin"  # "builtin" (BPE trained on the built-in corpus) | "gpt2" | path to tokenizer.json / folder
     tokenizer_vocab_size: int = 4096  # vocabulary of a tokenizer trained by diffmamba
     seq_len: int = 256
@@ -109,6 +112,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         _check(self.packing in ("wrap", "pad"), "data.packing", f"must be 'wrap' or 'pad', got {self.packing!r}")
+        _check(self.text_unit in ("auto", "file", "paragraph", "line"), "data.text_unit",
+               f"must be 'auto', 'file', 'paragraph' or 'line', got {self.text_unit!r}")
+        _check(self.max_documents >= 0, "data.max_documents", "must be >= 0 (0 = all)")
         _check(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(self.tokenizer_vocab_size >= 260, "data.tokenizer_vocab_size", "must be >= 260 (256 bytes + specials)")
         _check(self.num_proc >= 1, "data.num_proc", "must be >= 1")
