@@ -110,3 +110,59 @@ def sample_text(tokenizer, ids: Sequence[int]) -> str:
     """Decoded text of generated ids, with EOS (document boundaries) written as a blank line, so a
     judge sees separate documents rather than words glued across a boundary."""
     return "\n\n".join(tokenizer.decode(doc) for doc in split_documents(ids, tokenizer.eos_id))
+
+
+# ---------------------------------------------------------------------------------- evaluation loop
+
+def evaluate_generation(systems, ckpts: dict, judge: Optional[Judge], data, *, tasks=("unconditional", "prompted"),
+                        num_samples: int = 16, length: int = 64, prompt_len: int = 32, batch_size: int = 8,
+                        samplers=("ancestral",), steps=(8, 32), top_ps=(0.9,), temperature: float = 1.0,
+                        seed: int = 0, device=None, amp=None, judge_batch_size: int = 8) -> tuple[list, list]:
+    """Generation rows (one per system x setting x task) plus the validation-text reference rows,
+    and the decoded samples ({system, setting, task, text, prompt}) for samples.jsonl."""
+    from tqdm.auto import tqdm
+
+    from diffmamba.eval.sampling import generate, settings_for
+
+    rows, records = [], []
+    tok = next(iter(ckpts.values())).tokenizer
+    task_inputs = {}
+    for task in tasks:
+        if task == "unconditional":
+            ref = [r[:length] for r in data.rows[:num_samples].tolist()]
+            task_inputs[task] = (None, None, ref)
+        else:
+            usable = data.rows[:, : prompt_len + length]
+            prompts = usable[:num_samples, :prompt_len]
+            ctx_text = [sample_text(tok, p) for p in prompts.tolist()]
+            task_inputs[task] = (prompts, ctx_text, usable[:num_samples, prompt_len:].tolist())
+    plan = [(s, st, task) for s in systems for st in settings_for(s, list(samplers), list(steps), list(top_ps),
+                                                                  temperature) for task in tasks]
+    bar = tqdm(total=len(plan) * num_samples, desc="generating", unit=" samples")
+    for system, setting, task in plan:
+        prompts, ctx_text, _ = task_inputs[task]
+        ck = ckpts[system.checkpoint]
+        out = generate(ck.model, system, setting, num_samples, length, batch_size, seed, device,
+                       prompts=prompts, eos_id=ck.tokenizer.eos_id, amp=amp, bar=bar)
+        texts = [sample_text(ck.tokenizer, ids) for ids in out.tokens]
+        row = {"system": system.name, "mode": system.mode, "task": task, **setting.as_dict(),
+               "nfe": sum(out.nfe) / len(out.nfe), "nfe_note": "network calls per batch, mean over batches",
+               "length": length, "prompt_length": prompt_len if task == "prompted" else 0, "batch_size": batch_size,
+               "seed": seed, **system.settings, **diversity_metrics(out.tokens)}
+        if judge is not None:
+            row.update(judge_metrics(judge, texts, ctx_text, batch_size=judge_batch_size), judge=judge.name)
+        rows.append(row)
+        for i, text in enumerate(texts):
+            records.append({"system": system.name, "task": task, **setting.as_dict(), "index": i,
+                            "prompt": ctx_text[i] if ctx_text else None, "text": text})
+    bar.close()
+    for task in tasks:  # what real text scores under the same metrics
+        _, ctx_text, ref = task_inputs[task]
+        row = {"system": "validation text", "mode": "reference", "task": task, "sampler": "-", "steps": None,
+               "nfe": None, "top_p": None, "temperature": None, "length": length,
+               "prompt_length": prompt_len if task == "prompted" else 0, **diversity_metrics(ref)}
+        if judge is not None:
+            row.update(judge_metrics(judge, [sample_text(tok, r) for r in ref], ctx_text,
+                                     batch_size=judge_batch_size), judge=judge.name)
+        rows.append(row)
+    return rows, records

@@ -32,13 +32,15 @@ def _judge_name(results: dict) -> str:
 
 def plot_gen_ppl_vs_nfe(results: dict, path: str):
     rows = [r for r in results.get("generation", []) if _finite(r.get("gen_ppl"))]
-    panels = sorted({(r.get("task"), r.get("top_p")) for r in rows}, key=lambda k: (str(k[0]), str(k[1])))
+    panels = sorted({(r.get("task"), r.get("top_p")) for r in rows if r.get("mode") != "reference"},
+                    key=lambda k: (str(k[0]), str(k[1])))
     if not panels or not any(r.get("mode") not in ("ar", "reference") for r in rows):
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (task, top_p) in zip(axes[0], panels):
-        g = [r for r in rows if (r.get("task"), r.get("top_p")) == (task, top_p)]
+        g = [r for r in rows if (r.get("task"), r.get("top_p")) == (task, top_p)
+             or (r.get("mode") == "reference" and r.get("task") == task)]
         curves = sorted({(r["system"], r.get("sampler")) for r in g if r.get("mode") not in ("ar", "reference")})
         for i, (system, sampler) in enumerate(curves):
             pts = sorted((r["nfe"], r["gen_ppl"]) for r in g if (r["system"], r.get("sampler")) == (system, sampler)

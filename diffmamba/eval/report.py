@@ -149,14 +149,15 @@ def likelihood_summary(rows: list[dict]) -> list[str]:
 
 def generation_summary(rows: list[dict]) -> list[str]:
     out = []
-    groups = sorted({(r.get("task"), r.get("top_p"), r.get("temperature"), r.get("length")) for r in rows},
-                    key=lambda k: tuple(str(x) for x in k))
+    refs = [r for r in rows if r.get("mode") == "reference" and _finite(r.get("gen_ppl"))]
+    groups = sorted({(r.get("task"), r.get("top_p"), r.get("temperature"), r.get("length")) for r in rows
+                     if r.get("mode") != "reference"}, key=lambda k: tuple(str(x) for x in k))
     for task, top_p, temp, length in groups:
         g = [r for r in rows if (r.get("task"), r.get("top_p"), r.get("temperature"), r.get("length"))
              == (task, top_p, temp, length) and _finite(r.get("gen_ppl"))]
         ar = _by_mode(g, ar=True)
         diff = _by_mode(g, ar=False)
-        ref = [r for r in g if r.get("mode") == "reference"]
+        ref = [r for r in refs if (r.get("task"), r.get("length")) == (task, length)]
         if not ar or not diff:
             continue
         a = min(ar, key=lambda r: r["gen_ppl"])

