@@ -63,24 +63,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=None, metavar="N",
                         help=f"total tokens per sample, prompt included (default {DEFAULT_LENGTH}, or the "
                              "[MASK:n] pattern's own length)")
-    parser.add_argument("--prompt", default="", help="fixed text: a prefix, or a pattern with [MASK:n] spans")
+    parser.add_argument("--prompt", default="", metavar="TEXT",
+                        help="fixed text: a prefix, or a pattern with [MASK:n] spans")
     parser.add_argument("--infill", default=None, metavar="SUFFIX",
                         help="fixed text after a generated span of --span tokens (that follows --prompt)")
     parser.add_argument("--span", type=int, default=None, metavar="N", help="tokens to generate before --infill")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--batch-size", metavar="N", type=int, default=None, help="samples per batch (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--temperature", metavar="S", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="samples per batch (default: all)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="same seed, same samples")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass in (0, 1]; 1 = off")
-    parser.add_argument("--block-length", type=int, default=0, metavar="N", help="confidence sampler: semi-AR block (0 = one)")
+    parser.add_argument("--block-length", type=int, default=0, metavar="N",
+                        help="confidence sampler: semi-AR block length (0 = one block)")
     parser.add_argument("--eta", type=float, default=0.008, metavar="E", help="remdm-cap: remasking cap")
-    parser.add_argument("--stop-at-eos", action="store_true", help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
     parser.add_argument("--stats", action="store_true", help="print NFE, tokens/s and wall time")
     parser.add_argument("--output", default=None, metavar="FILE.jsonl",
                         help="also write one JSON line per sample (text, ids, NFE, settings)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda[:i]")
-    parser.add_argument("--dtype", default="auto",
+    parser.add_argument("--device", default="auto", metavar="DEV", help="auto (cuda if available) | cpu | cuda[:i]")
+    parser.add_argument("--dtype", default="auto", metavar="DTYPE",
                         help="matmul precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
