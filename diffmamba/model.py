@@ -113,6 +113,8 @@ class DiffMamba(nn.Module):
         return_hidden: bool = False,
         fwd_states: Optional[list[Mamba3State]] = None,
         return_fwd_states: bool = False,
+        block_size: Optional[int] = None,
+        noisy: Optional[torch.Tensor] = None,
     ):
         """tokens: [B, T] int64 in [0, V] (V = mask). mode: "diffusion" (both directions) or "ar"
         (forward direction only: position i sees tokens <= i).
@@ -123,8 +125,17 @@ class DiffMamba(nn.Module):
         fwd_states / return_fwd_states: per-layer forward-direction states in and out (block
         diffusion and prefill); the reverse direction always starts from zero.
 
+        block_size / noisy: block diffusion training (``diffmamba.block.streams``): ``tokens`` is
+        the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
+        returned; dispatched from here so wrappers (DDP, compile) see one forward call.
+
         Returns logits [B, T, V + 1] (or hidden), plus the list of final states when asked.
         """
+        if block_size is not None:
+            from diffmamba.block.streams import block_streams
+
+            return block_streams(self, tokens, block_size, noisy=noisy, valid_mask=valid_mask,
+                                 return_hidden=return_hidden)
         if mode not in MODES:
             raise ValueError(f"mode must be 'diffusion' or 'ar', got {mode!r}")
         if tokens.dim() != 2:
