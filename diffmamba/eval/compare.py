@@ -121,10 +121,10 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
     for c in ckpts.values():
         if c.trained_objective is not None:
-            used_as = {s.mode for s in systems if s.checkpoint == c.path}
-            if c.trained_objective not in used_as and len(used_as) == 1:
+            for mode in sorted({s.mode for s in systems if s.checkpoint == c.path} - {c.trained_objective}):
                 notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and is "
-                             f"evaluated in mode '{next(iter(used_as))}'")
+                             f"evaluated in mode '{mode}' as well: those numbers come from weights never trained "
+                             "for that mode")
     need_data = {"likelihood", "generate", "infill"} & set(parts)
     data = None
     if need_data:

@@ -1,0 +1,112 @@
+"""`diffmamba eval ...` end to end on tiny checkpoints, and its one-line errors for bad input."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffmamba.cli import main
+
+SMALL = ["--max-rows", "4", "--batch-size", "2", "--seed", "3"]
+GEN = ["--samplers", "ancestral", "confidence", "--steps", "2", "4", "--length", "8", "--num-samples", "2",
+       "--prompt-len", "4"]
+SPEED = ["--batch-sizes", "1", "2", "--lengths", "8", "--speed-repeats", "1", "--warmup", "1",
+         "--speed-samplers", "ancestral", "--speed-steps", "2"]
+
+
+def _numbers(obj, path="results"):
+    """Every number in a nested structure, with where it sits."""
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+def test_compare_end_to_end(tiny_ckpts, tiny_hf_judge, tmp_path):
+    out = str(tmp_path / "report")
+    rc = main(["eval", "compare", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["ar"],
+               "--judge", tiny_hf_judge, "--out", out, "--repeats", "3", "--infill-span", "4", "--infill-rows", "2",
+               *SMALL, *GEN, *SPEED])
+    assert rc == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    bad = [(p, v) for p, v in _numbers(res) if isinstance(v, float) and not math.isfinite(v)
+           and not p.endswith(("distinct_4", "distinct_3"))]  # 4-grams of 2-token docs may not exist
+    assert not bad, bad
+    lik = {r["mode"]: r for r in res["likelihood"]}
+    assert lik["ar"]["kind"] == "exact" and lik["diffusion"]["kind"] == "bound"
+    assert lik["ar"]["tokens"] == lik["diffusion"]["tokens"] == res["validation"]["tokens"] == 4 * 32
+    assert len(lik["diffusion"]["repeats"]) == 3 and lik["diffusion"]["settings"]["seeds"] == [3, 4, 5]
+    gen = res["generation"]
+    samplers = {(r["system"], r["sampler"], r["steps"], r["task"]) for r in gen}
+    for task in ("unconditional", "prompted"):
+        assert ("AR", "ar", None, task) in samplers and ("validation text", "-", None, task) in samplers
+        for s in ("ancestral", "confidence"):
+            for n in (2, 4):
+                assert ("diffusion", s, n, task) in samplers
+    assert all(r["top_p"] == 0.9 for r in gen if r["mode"] != "reference")
+    assert all(r["judge"] == res["judge"]["name"] for r in gen)
+    assert {r["context"] for r in res["infill"]} == {"left only", "both sides"}
+    assert {(r["system"], r["batch_size"]) for r in res["speed"]} == {(s, b) for s in ("AR", "diffusion") for b in (1, 2)}
+    md = open(os.path.join(out, "report.md")).read()
+    assert res["judge"]["name"] in md and "≤" in md and "## Summary" in md and "Likelihood:" in md
+    for plot in ("gen_ppl_vs_nfe", "pareto", "likelihood", "speed"):
+        assert os.path.getsize(os.path.join(out, f"{plot}.png")) > 1000, plot
+    samples = [json.loads(line) for line in open(os.path.join(out, "samples.jsonl"))]
+    assert len(samples) == 2 * 2 * (1 + 2 * 2)  # samples x tasks x (AR + 2 samplers x 2 steps)
+
+
+def test_one_checkpoint_both_modes_and_script(tiny_ckpts, tmp_path):
+    out = str(tmp_path / "one")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "eval_compare.py")
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--diffusion" in proc.stdout and "--judge" in proc.stdout
+    assert main(["eval", "likelihood", "--checkpoint", tiny_ckpts["diffusion"], "--out", out, *SMALL]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert [s["name"] for s in res["systems"]] == ["AR mode (same weights)", "diffusion mode (same weights)"]
+    assert any("trained with objective 'diffusion'" in n for n in res["notes"])
+    # A second subcommand into the same folder adds its section and keeps the first.
+    assert main(["eval", "infill", "--checkpoint", tiny_ckpts["diffusion"], "--out", out, "--infill-span", "3",
+                 "--infill-rows", "2", "--repeats", "1", *SMALL]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["likelihood"] and res["infill"]
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(tiny_ckpts, tmp_path, capsys):
+    out = str(tmp_path / "bad")
+    rc = main(["eval", "likelihood", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["other_tok"],
+               "--out", out, *SMALL])
+    line = _error_line(capsys)
+    assert rc == 2 and "different tokenizers" in line and "same data.tokenizer" in line
+    rc = main(["eval", "generate", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["ar"], "--judge",
+               str(tmp_path / "missing-judge"), "--out", out, *SMALL, *GEN])
+    line = _error_line(capsys)
+    assert rc == 2 and "cannot be loaded" in line and "smollm2" in line
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    rc = main(["eval", "likelihood", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["ar"],
+               "--data", str(empty), "--out", out, *SMALL])
+    line = _error_line(capsys)
+    assert rc == 2 and "empty validation set" in line
+    short = tmp_path / "short.txt"
+    short.write_text("the fox")
+    rc = main(["eval", "likelihood", "--diffusion", tiny_ckpts["diffusion"], "--data", str(short), "--out", out,
+               *SMALL])
+    line = _error_line(capsys)
+    assert rc == 2 and "validation set is empty" in line
+    rc = main(["eval", "likelihood", "--diffusion", str(tmp_path / "nope"), "--out", out])
+    line = _error_line(capsys)
+    assert rc == 2 and "does not exist" in line
