@@ -201,12 +201,29 @@ def _non_empty(texts) -> list[bool]:
     return [bool(t and t.strip()) for t in texts]
 
 
+def iter_texts(data_cfg: DataConfig, progress: bool = True) -> Iterator[str]:
+    """Every non-empty document text of ``data_cfg.source``, in order, streamed (for tokenizer training)."""
+    plan = _source_plan(data_cfg, progress)
+    raw = _load(plan, streaming=True)
+    field = _text_column(raw, plan)
+    count = 0
+    for record in raw:
+        text = record.get(field)
+        if text and text.strip():
+            yield text
+            count += 1
+            if data_cfg.max_documents and count >= data_cfg.max_documents:
+                return
+    if count == 0:
+        raise UserError(f"no text found in {data_cfg.source} (column {field!r}); check the source and text field")
+
+
 # ---------------------------------------------------------------------- the split rule
 
 def _unit_hash(seed: int, indices: np.ndarray) -> np.ndarray:
     """A seeded uniform number in [0, 1) per document index (splitmix64; identical everywhere)."""
     with np.errstate(over="ignore"):
-        z = indices.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed % (1 << 63))
+        z = (indices.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed % (1 << 63))
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
@@ -331,8 +348,8 @@ def _build_tokenized(data_cfg: DataConfig, plan: dict, tok: Tokenizer, final: st
     field = _text_column(raw, plan)
     raw = raw.select_columns([field])
     n_raw = len(raw)
-    raw = raw.filter(_non_empty, input_columns=field, batched=True, desc="dropping empty documents",
-                     keep_in_memory=True)
+    with _hf_progress(False):  # a fraction of a second; its bar would only be noise
+        raw = raw.filter(_non_empty, input_columns=field, batched=True, keep_in_memory=True)
     if data_cfg.max_documents:
         raw = raw.select(range(min(data_cfg.max_documents, len(raw))))
     if len(raw) == 0:
@@ -484,31 +501,14 @@ class StreamingRows(torch.utils.data.IterableDataset):
         self.num_shards, self.shard_index = num_shards, index
         return self
 
-    def _documents(self) -> Iterator[tuple[int, str]]:
-        """(global index, text) of every non-empty document, in source order."""
-        plan = _source_plan(self.data_cfg, progress=False)
-        raw = _load(plan, streaming=True)
-        field = _text_column(raw, plan)
-        index = 0
-        for record in raw:
-            text = record.get(field)
-            if not (text and text.strip()):
-                continue
-            yield index, text
-            index += 1
-            if self.data_cfg.max_documents and index >= self.data_cfg.max_documents:
-                return
-
     def _split_documents(self) -> Iterator[str]:
         cfg = self.data_cfg
-        docs = self._documents()
+        docs = enumerate(iter_texts(cfg, progress=False))  # (global index, text) of non-empty documents
         window = []  # the first documents, held until the guaranteed validation doc is known
         for item in docs:
             window.append(item)
             if len(window) == split_window(cfg.val_fraction):
                 break
-        if not window:
-            raise UserError(f"no text found in {cfg.source}; check data.source and data.text_field")
         guaranteed = guaranteed_validation_doc(len(window), cfg.seed, cfg.val_fraction)
         want_val = self.split == "validation"
 
