@@ -5,10 +5,11 @@ permutation ``epoch_permutation(n, seed, e)``, a pure function of (seed, epoch).
 stream is ``(epoch, index)``: the rows of that epoch's permutation already consumed. So a checkpoint
 needs only the position, and resuming reads exactly the rows the uninterrupted run would have read.
 
-One optimizer step consumes ``global_batch_size`` consecutive rows of the stream (crossing into the
-next epoch when one ends, so no row is dropped and tiny datasets work). Row ``j`` of the global
-batch belongs to accumulation step ``a = j // (micro * world)``, process ``r = (j // micro) % world``:
-every process reads a different slice, and the slices of one step tile the global batch once.
+One optimizer step consumes ``global_batch_size`` consecutive rows of an epoch's permutation; the
+last ``len % global_batch_size`` rows of each epoch are skipped (a different few each epoch), so a
+step never straddles two epochs and never reads a row twice. Row ``j`` of the global batch belongs
+to accumulation step ``a = j // (micro * world)``, process ``r = (j // micro) % world``: every
+process reads a different slice, and the slices of one step tile the global batch once.
 """
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ class DataPosition:
     epoch: int = 0
     index: int = 0  # rows of this epoch's permutation already read
 
-    def advanced(self, rows: int, dataset_size: int) -> "DataPosition":
-        absolute = self.epoch * dataset_size + self.index + rows
-        return DataPosition(absolute // dataset_size, absolute % dataset_size)
+    def advanced(self, global_batch_size: int, dataset_size: int) -> "DataPosition":
+        """The position after one more optimizer step (the next epoch if a full batch no longer fits)."""
+        index = self.index + global_batch_size
+        if index + global_batch_size > dataset_size:
+            return DataPosition(self.epoch + 1, 0)
+        return DataPosition(self.epoch, index)
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -61,8 +65,8 @@ class StepIndexSampler:
     lists (``micro_batch_size`` rows each) that this process reads, starting at ``start``."""
 
     def __init__(self, dataset_size: int, seed: int, layout: BatchLayout, rank: int, start: DataPosition):
-        if dataset_size < 1:
-            raise ValueError("the training split is empty")
+        if dataset_size < layout.global_batch_size:
+            raise ValueError(f"{dataset_size} rows is fewer than one global batch of {layout.global_batch_size}")
         self.dataset_size, self.seed, self.layout, self.rank, self.start = dataset_size, seed, layout, rank, start
         self._epoch: Optional[int] = None
         self._order: Optional[np.ndarray] = None
@@ -74,12 +78,7 @@ class StepIndexSampler:
 
     def global_batch(self, position: DataPosition) -> list[int]:
         """The dataset indices of the global batch that starts at ``position``."""
-        rows, epoch, index = [], position.epoch, position.index
-        while len(rows) < self.layout.global_batch_size:
-            take = min(self.layout.global_batch_size - len(rows), self.dataset_size - index)
-            rows.extend(self._order_of(epoch)[index:index + take].tolist())
-            epoch, index = (epoch + 1, 0) if index + take == self.dataset_size else (epoch, index + take)
-        return rows
+        return self._order_of(position.epoch)[position.index:position.index + self.layout.global_batch_size].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         position = self.start
@@ -92,7 +91,7 @@ class StepIndexSampler:
 
 def collate_rows(rows: list) -> dict:
     """Stack rows {"input_ids": [T], optional "valid": [T]}; lists become tensors."""
-    batch = default_collate(rows)
+    batch = default_collate([{key: torch.as_tensor(value) for key, value in row.items()} for row in rows])
     batch["input_ids"] = torch.as_tensor(batch["input_ids"]).long()
     if "valid" in batch:
         batch["valid"] = torch.as_tensor(batch["valid"]).bool()

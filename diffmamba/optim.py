@@ -16,20 +16,19 @@ from torch import nn
 from diffmamba.config import TrainConfig
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices, and everything else without decay.
+    """AdamW groups: decayed matrices, and everything else without decay.
 
-    No decay for 1-d / scalar parameters (norm gains, biases, dt_bias, D, A) and for whatever the
-    model lists in ``no_weight_decay_names()``: pulling the SSM's time-step bias or skip towards zero
-    changes the dynamics, not the capacity. Tied parameters appear once.
+    The model decides when it can (``DiffMamba.optimizer_groups``: decay on projection and
+    embedding matrices only, never on norms, biases, dt_bias, D or the MIMO vectors; pulling the
+    SSM's time-step bias or skip towards zero changes the dynamics, not the capacity). Any other
+    module: parameters with 2+ dimensions decay, vectors and scalars do not. Tied parameters appear once.
     """
-    exempt = set(model.no_weight_decay_names()) if hasattr(model, "no_weight_decay_names") else set()
-    decay, no_decay, seen = [], [], set()
-    for name, param in model.named_parameters():
-        if not param.requires_grad or id(param) in seen:
-            continue
-        seen.add(id(param))
-        (no_decay if param.ndim < 2 or name in exempt else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if hasattr(model, "optimizer_groups"):
+        groups = model.optimizer_groups(weight_decay)
+    else:
+        params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))  # unique, in order
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 

@@ -139,9 +139,13 @@ class Trainer:
             # A resumed run keeps the exact tokenizer it started with.
             tokenizer = load_tokenizer(resumable.path) if resumable else resolve_tokenizer(cfg.data)
             train_set, val_set = build_datasets(cfg.data, tokenizer)
-        if len(train_set) == 0:
-            raise UserError(f"the training split of data.source={cfg.data.source!r} is empty; point data.source at "
-                            "text with at least one full sequence, or lower data.seq_len")
+        if not hasattr(train_set, "__len__"):
+            raise UserError("data.streaming=true is not supported by the training loop (its exact resume needs "
+                            "map-style rows); set data.streaming=false: packed rows are memory-mapped from disk")
+        if len(train_set) < self.layout.global_batch_size:
+            raise UserError(f"the training split of data.source={cfg.data.source!r} has {len(train_set)} rows of "
+                            f"{cfg.data.seq_len} tokens, fewer than one global batch ({self.layout.global_batch_size}); "
+                            "add text, or lower train.global_batch_size or data.seq_len")
         if len(val_set) == 0 and cfg.train.eval_every:
             raise UserError(f"the validation split of data.source={cfg.data.source!r} is empty; raise "
                             "data.val_fraction or add documents (or set train.eval_every=0 to skip validation)")
@@ -312,12 +316,13 @@ class Trainer:
             self.ema.update(self.prepared)
         return loss, norm
 
+    def _last_good(self) -> str:
+        return f"the last good checkpoint is {self.last_saved}" if self.last_saved else "no checkpoint was written yet"
+
     def _divergence_message(self, loss: float, norm: float) -> str:
-        where = (f"the last good checkpoint is {self.last_saved}" if self.last_saved
-                 else "no checkpoint had been written yet")
         return (f"loss is {loss} and gradient norm {norm} at step {self.step + 1}; training stopped without saving "
-                f"that step ({where}). Lower train.lr, raise train.warmup_steps or set train.grad_clip, then "
-                "continue with --resume (or start over)")
+                f"that step ({self._last_good()}). Lower train.lr, raise train.warmup_steps or set train.grad_clip, "
+                "then continue with --resume (or start over)")
 
     # -------------------------------------------------------------------------------------- evaluation
 
@@ -350,7 +355,10 @@ class Trainer:
         """The whole model state dict on CPU (gathered from FSDP shards; a collective call)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(self.prepared, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(self.prepared, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # On CPU the "offloaded" tensors are the live parameters themselves; copy them, or the EMA
+        # swap (and the next optimizer step) would change what is about to be written.
+        return {name: tensor.detach().clone() for name, tensor in state.items()}
 
     def save_checkpoint(self) -> None:
         from accelerate.utils import gather_object
@@ -358,6 +366,13 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         acc, cfg = self.accelerator, self.cfg
+        # A checkpoint must never hold NaN/inf weights (the loss of the step that made them is not
+        # known yet): checked on every process's parameters (FSDP shards included).
+        bad = sum(int(not torch.isfinite(p).all()) for p in self.prepared.parameters())
+        if acc.reduce(torch.tensor(float(bad), device=acc.device), reduction="sum").item():
+            raise TrainingDiverged(f"weights became NaN/inf at step {self.step}; training stopped without saving them "
+                                   f"({self._last_good()}). Lower train.lr, raise train.warmup_steps or set "
+                                   "train.grad_clip, then continue with --resume (or start over)")
         weights = self._full_state()
         ema_weights = None
         if self.ema is not None:
