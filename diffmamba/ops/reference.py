@@ -50,6 +50,26 @@ def rotate(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return torch.cat((rotated, x[..., 2 * num_pairs :]), dim=-1)
 
 
+def _rotate_by_complex_product(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``rotate`` as one complex multiplication over the whole last axis (the bulk path).
+
+    Same result as ``rotate`` for float32/float64 x with an even N, but one pass over x instead of
+    slicing, stacking and concatenating (the chunked form rotates every q and k). The factor is
+    exp(i*phase) on the first S pairs and 1 on the rest.
+    """
+    N, num_pairs = x.shape[-1], phase.shape[-1]
+    if N % 2 or x.dtype not in (torch.float32, torch.float64):
+        return rotate(x, phase)
+    pairs = x.unflatten(-1, (N // 2, 2))
+    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.clone(memory_format=torch.contiguous_format)  # complex-aligned copy
+    factor = torch.polar(torch.ones_like(phase), phase)
+    if num_pairs < N // 2:
+        unrotated = factor.new_ones(()).expand(*factor.shape[:-1], N // 2 - num_pairs)
+        factor = torch.cat((factor, unrotated), dim=-1)
+    return torch.view_as_real(torch.view_as_complex(pairs) * factor).flatten(-2)
+
+
 def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     """float64 if any input is float64, else float32 (low-precision inputs accumulate in fp32)."""
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
@@ -241,11 +261,9 @@ def _strictly_lower_decay(local_cumsum: torch.Tensor, rank: int) -> torch.Tensor
     return decay
 
 
-def _to_chunks(x: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
-    """[B, T', H, R, X] (T' = num_chunks * chunk) -> [B, H, nc, C*R, X] (rows ordered (t, r))."""
-    batch, _, heads, rank, width = x.shape
-    x = x.reshape(batch, num_chunks, chunk, heads, rank, width).permute(0, 3, 1, 2, 4, 5)
-    return x.reshape(batch, heads, num_chunks, chunk * rank, width)
+def _chunk_view(x: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
+    """[B, T', H, ...] (T' = num_chunks * chunk) -> a [B, H, nc, C, ...] view (no copy)."""
+    return x.unflatten(1, (num_chunks, chunk)).movedim(3, 1)
 
 
 def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -290,44 +308,53 @@ def scan_chunked_ref(
     phase = torch.remainder(
         state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI
     ).to(dtype)
-    qr = rotate(q, phase.unsqueeze(3))
-    kr = rotate(k, phase.unsqueeze(3))
-
-    gamma = trap * dt
-    next_beta = ((1.0 - trap) * dt)[:, 1:]
-    beta_ahead = torch.cat((next_beta, next_beta.new_zeros(batch, 1, heads)), dim=1)
-    k_scaled = kr * (gamma + beta_ahead)[..., None, None]
-
-    # Diagonal: the R x R block gamma_t (q_t^(r) . k_t^(s)) on the unrotated vectors (the rotation
-    # cancels at equal times; this keeps rotation rounding off the diagonal), plus the D skip.
-    qk_diagonal = torch.einsum("bthrn,bthsn->bthrs", q, k) * gamma[..., None, None]
-    y_diagonal = torch.einsum("bthrs,bthsp->bthrp", qk_diagonal, v)
-    if D is not None:
-        y_diagonal = y_diagonal + D.to(dtype)[:, None, None] * v
 
     # A resumed scan owes the first token's beta term to the cached previous token; the decay of
     # chunk 0 supplies its exp(a_0) factor.
     first_beta = ((1.0 - trap[:, 0]) * dt[:, 0])[..., None, None]
     h_entering = state.ssm + first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
 
-    # Pad to whole chunks with inert tokens: a = 0 (decay 1) and zero keys/values/queries.
+    # Pad to whole chunks with inert tokens: a = 0 (decay 1), dt = 0 (no input, and beta~ of the
+    # last real token becomes 0 by itself) and zero queries/keys/values.
     chunk = max(1, min(chunk_size, T))
     num_chunks = -(-T // chunk)
     pad = num_chunks * chunk - T
-    q_chunks = _to_chunks(_pad_time(qr, pad), num_chunks, chunk)
-    k_chunks = _to_chunks(_pad_time(k_scaled, pad), num_chunks, chunk)
-    v_chunks = _to_chunks(_pad_time(v, pad), num_chunks, chunk)
-    log_decay_chunks = _pad_time(log_decay, pad).reshape(batch, num_chunks, chunk, heads)
-    local_cumsum = log_decay_chunks.permute(0, 3, 1, 2).cumsum(dim=-1)  # [B, H, nc, C]
+    q_c, k_c, v_c, phase_c, log_decay_c, dt_c, trap_c = (
+        _chunk_view(_pad_time(x, pad), num_chunks, chunk)
+        for x in (q, k, v, phase, log_decay, dt, trap)
+    )  # [B, H, nc, C, ...] views; the first elementwise op on each writes this order contiguously
 
-    # Intra-chunk: strictly causal decayed attention over the C*R stacked rows.
-    scores = q_chunks @ k_chunks.transpose(-1, -2)
-    y_intra = (scores * _strictly_lower_decay(local_cumsum, rank)) @ v_chunks
+    qr = _rotate_by_complex_product(q_c, phase_c.unsqueeze(-2))  # [B, H, nc, C, R, N]
+    kr = _rotate_by_complex_product(k_c, phase_c.unsqueeze(-2))
+    gamma = trap_c * dt_c  # [B, H, nc, C]
+    beta = ((1.0 - trap_c) * dt_c).flatten(2, 3)
+    beta_ahead = torch.cat((beta[..., 1:], beta.new_zeros(batch, heads, 1)), dim=-1).view_as(gamma)
+    k_scaled = kr * (gamma + beta_ahead)[..., None, None]
+
+    # Diagonal: the R x R block gamma_t (q_t^(r) . k_t^(s)) on the unrotated vectors (the rotation
+    # cancels at equal times; this keeps rotation rounding off the diagonal), plus D on its
+    # diagonal. Broadcast-and-sum rather than einsum: R is tiny and einsum would copy the
+    # permuted views into batched 1 x N x R products.
+    diagonal = (q_c.unsqueeze(-2) * k_c.unsqueeze(-3)).sum(-1) * gamma[..., None, None]
+    if D is not None:
+        eye = torch.eye(rank, dtype=dtype, device=q.device)
+        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * eye
+    y = (diagonal.unsqueeze(-1) * v_c.unsqueeze(-3)).sum(-2)  # [B, H, nc, C, R, P]
+
+    rows = chunk * rank  # MIMO stacks the R rank rows of each time step: C*R rows per chunk
+    q_rows = qr.reshape(batch, heads, num_chunks, rows, N)
+    k_rows = k_scaled.reshape(batch, heads, num_chunks, rows, N)
+    v_rows = v_c.reshape(batch, heads, num_chunks, rows, P)
+    local_cumsum = log_decay_c.cumsum(dim=-1)  # [B, H, nc, C], reset at every chunk start
+
+    # Intra-chunk: strictly causal decayed attention over the stacked rows.
+    scores = q_rows @ k_rows.transpose(-1, -2)
+    y_intra = (scores * _strictly_lower_decay(local_cumsum, rank)) @ v_rows
 
     # Each chunk's own contribution to the state after it, and its total decay.
     decay_to_end = (local_cumsum[..., -1:] - local_cumsum).clamp(max=0.0).exp()
     decay_to_end = decay_to_end.repeat_interleave(rank, dim=-1)[..., None]
-    chunk_inputs = (v_chunks * decay_to_end).transpose(-1, -2) @ k_chunks  # [B, H, nc, P, N]
+    chunk_inputs = (v_rows * decay_to_end).transpose(-1, -2) @ k_rows  # [B, H, nc, P, N]
     chunk_decay = local_cumsum[..., -1].clamp(max=0.0).exp()  # [B, H, nc]
 
     # Inter-chunk state passing: the only sequential part (nc = T / C steps).
@@ -337,10 +364,10 @@ def scan_chunked_ref(
         h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
     entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
     decay_from_start = local_cumsum.clamp(max=0.0).exp().repeat_interleave(rank, dim=-1)[..., None]
-    y_inter = (q_chunks @ entering_states.transpose(-1, -2)) * decay_from_start
+    y_inter = (q_rows @ entering_states.transpose(-1, -2)) * decay_from_start
 
-    y = (y_intra + y_inter).reshape(batch, heads, num_chunks, chunk, rank, P)
-    y = y.permute(0, 2, 3, 1, 4, 5).reshape(batch, num_chunks * chunk, heads, rank, P)[:, :T]
-    y = (y + y_diagonal).to(out_dtypes[1])
-    final = Mamba3State(h_entering, kr[:, -1], v[:, -1], phase[:, -1])
+    y = y + (y_intra + y_inter).view(batch, heads, num_chunks, chunk, rank, P)
+    y = y.flatten(2, 3).movedim(1, 2)[:, :T].to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
+    last_chunk, last_position = divmod(T - 1, chunk)
+    final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])
     return _from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)
