@@ -196,6 +196,11 @@ class DiffMamba(nn.Module):
         (intra-chunk, counted dense as the kernel computes it) and two N x P state products per
         rank (inter-chunk read, state update); C = min(chunk_size, seq_len).
         """
+        if mode == "block_diffusion":
+            # Two streams (diffmamba.block.streams): the trunk runs on the clean and the noisy
+            # copy, the head on the noisy one only.
+            head = 6 * self.vocab_size * self.config.d_model
+            return 2 * self.estimate_flops_per_token(seq_len, mode="diffusion") - head
         cfg = self.config
         causal = mode == "ar"
         gemm = sum(block.mixer.matmul_params(causal) + block.mlp.gate_up.weight.numel()

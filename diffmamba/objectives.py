@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from diffmamba.block.objective import block_diffusion_eval, block_diffusion_train
 from diffmamba.config import ObjectiveConfig
 
 
@@ -96,4 +97,5 @@ def ar_eval(model: nn.Module, tokens: Tensor, valid: Optional[Tensor], generator
 OBJECTIVES: dict[str, Objective] = {
     "diffusion": Objective(diffusion_train, diffusion_eval, "diffusion"),
     "ar": Objective(ar_train, ar_eval, "ar"),
+    "block_diffusion": Objective(block_diffusion_train, block_diffusion_eval, "block_diffusion"),
 }

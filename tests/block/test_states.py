@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import assert_states_close, random_state, scan_inputs
+from block_helpers import assert_states_close, random_state, scan_inputs
 from diffmamba.block.states import block_boundary_states
 from diffmamba.ops import Mamba3State, mamba3_scan
 

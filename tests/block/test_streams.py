@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import V, assert_logits_close, assert_states_close, random_tokens, tiny_model
+from block_helpers import V, assert_logits_close, assert_states_close, random_tokens, tiny_model
 from diffmamba.block.loss import block_diffusion_loss, block_diffusion_nll, mask_blocks
 from diffmamba.block.streams import block_streams
 from diffmamba.diffusion.loss import diffusion_loss
