@@ -205,3 +205,18 @@ def test_missing_vocab_size_and_bad_mode_are_explained():
         DiffMamba(ModelConfig(vocab_size=None))
     with pytest.raises(ValueError, match="mode"):
         tiny_model()(tokens(), mode="causal")
+
+
+def test_smoke_command(capsys):
+    from diffmamba.cli import main
+
+    args = ["smoke", "--steps", "1", "--batch-size", "2", "--seq-len", "8",
+            "--set", "d_model=16", "--set", "n_layers=1", "--set", "headdim=8", "--set", "d_state=8",
+            "--set", "vocab_size=13"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "device: cpu" in out and "ms/step" in out
+    assert out.count("finite") == 2 and "NON-FINITE" not in out
+    if not torch.cuda.is_available():
+        assert main(["smoke", "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err

@@ -101,9 +101,13 @@ class BiMixer(nn.Module):
             return (out, state) if return_fwd_state else out
         z, x, ssm_fwd, ssm_rev = self._project(u, causal)
         x = zero_pads(x, valid_mask)
-        y, state = self.fwd(x, z, ssm_fwd, initial_state=fwd_initial_state, return_final_state=return_fwd_state)
-        if not causal:
-            y = y + self.rev(x, z, ssm_rev, reverse=True)[0]
+        y, state = self.fwd.scan(x, ssm_fwd, initial_state=fwd_initial_state, return_final_state=return_fwd_state)
+        if causal:
+            y = self.fwd.gate(y, z)
+        elif self.fwd.is_mimo:  # each direction gates its ranks with its own vectors
+            y = self.fwd.gate(y, z) + self.rev.gate(self.rev.scan(x, ssm_rev, reverse=True)[0], z)
+        else:  # the SISO gate has no parameters: (y_fwd + y_rev) * silu(z), one gate instead of two
+            y = self.fwd.gate(y + self.rev.scan(x, ssm_rev, reverse=True)[0], z)
         out = self.out_proj(y)
         return (out, state) if return_fwd_state else out
 

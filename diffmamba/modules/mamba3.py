@@ -152,6 +152,22 @@ class Mamba3Direction(nn.Module):
         gated = y * F.silu(z.unsqueeze(-2) * self.mimo_z) * self.mimo_o
         return gated.sum(dim=-2).to(y.dtype).flatten(-2)
 
+    def scan(
+        self,
+        x: torch.Tensor,
+        ssm_proj: torch.Tensor,
+        reverse: bool = False,
+        initial_state: Optional[Mamba3State] = None,
+        return_final_state: bool = False,
+    ):
+        """The ungated scan output: x [B, T, H*P], ssm_proj [B, T, ssm_proj_width] ->
+        (y [B, T, H, P] (MIMO [B, T, H, R, P]), final Mamba3State or None).
+        ``reverse`` scans anti-causally (no flips here: the op handles it)."""
+        return mamba3_scan(
+            **self.scan_inputs(x, ssm_proj), D=self.D, reverse=reverse, initial_state=initial_state,
+            return_final_state=return_final_state, chunk_size=self.chunk_size,
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -162,12 +178,8 @@ class Mamba3Direction(nn.Module):
         return_final_state: bool = False,
     ):
         """x, z: [B, T, H*P]; ssm_proj: [B, T, ssm_proj_width]. Returns (gated y [B, T, H*P],
-        final Mamba3State or None). ``reverse`` scans anti-causally (no flips here: the op does it).
-        """
-        y, state = mamba3_scan(
-            **self.scan_inputs(x, ssm_proj), D=self.D, reverse=reverse, initial_state=initial_state,
-            return_final_state=return_final_state, chunk_size=self.chunk_size,
-        )
+        final Mamba3State or None)."""
+        y, state = self.scan(x, ssm_proj, reverse, initial_state, return_final_state)
         return self.gate(y, z), state
 
     def step(self, x_t: torch.Tensor, z_t: torch.Tensor, ssm_proj_t: torch.Tensor,
