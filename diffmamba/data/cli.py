@@ -114,7 +114,9 @@ def _prepare(args) -> int:
 
 
 def _prepare_rows(cfg) -> None:
-    from diffmamba.data.datasets import build_datasets, resolve_tokenizer
+    from diffmamba.data.datasets import build_datasets, local_files, resolve_tokenizer
+    if not _is_builtin(cfg.source):
+        local_files(cfg.source)  # a wrong path fails now, not after training a tokenizer
     start = time.perf_counter()
     tok = resolve_tokenizer(cfg)
     print(f"tokenizer {tok.name}: vocab {tok.vocab_size:,} + mask (id {tok.mask_id}), eos id {tok.eos_id} "

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from diffmamba.errors import UserError
 
-CORPUS_VERSION = 1  # bump when a reader changes its output, so old caches are rebuilt
+CORPUS_VERSION = 2  # bump when a reader changes its output, so old caches are rebuilt
 MAX_DOCUMENT_CHARS = 32_768
 GROUP_CHARS = 4_000  # target size of grouped dictionary / WordNet documents
 
@@ -109,9 +109,9 @@ _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _SOURCE_TAG = r"\[[^\]]*(?:Webster|WordNet|PJC|Century|Bouvier|Chambers|Suppl)[^\]]*\]"
 _SOURCE_TAG_LINE = re.compile(r"^\s*" + _SOURCE_TAG)
 _PRONUNCIATION = re.compile(r"\\[^\\\n]*\\|\(\S*[*\"\[]\S*\)")  # \Ab*do"men\ and (l[.a]*k[=u]n")
-# Accented letters are written [=a], [.a], [~e], [a^], [ae]: keep the letter.
-_ACCENTS = ((re.compile(r"\[[=.~\-'`\",]([A-Za-z])\]"), r"\1"), (re.compile(r"\[([A-Za-z])[\^\"]\]"), r"\1"),
-            (re.compile(r"\[(ae|oe|AE|OE)\]"), r"\1"))
+# Accented letters are written ['e], [=oo], [^o], [a^], [ae], ...: keep the letters.
+_ACCENTS = ((re.compile(r"\[[=.~\-'`\",^]([A-Za-z]{1,2})\]"), r"\1"), (re.compile(r"\[([A-Za-z])[\^\"'`]\]"), r"\1"),
+            (re.compile(r"\[(ae|oe|AE|OE)\]"), r"\1"), (re.compile(r"\[deg\]"), "°"))
 
 
 def _dictd_number(text: str) -> int:

@@ -3,6 +3,12 @@ import pytest
 from data_helpers import WORDS
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """No data test may read or write the user's ~/.cache/diffmamba."""
+    monkeypatch.setenv("DIFFMAMBA_CACHE", str(tmp_path_factory.mktemp("diffmamba-cache")))
+
+
 @pytest.fixture
 def word_tokenizer():
     """Word-level tokenizer: ``"w7"`` -> id 9 (= 7 + 2), EOS id 0, mask appended as id 42."""
