@@ -6,6 +6,7 @@ examples:
   diffmamba sample --checkpoint runs/tiny --mode ar --prompt "The cat" --length 64 --stats
   diffmamba sample --checkpoint runs/tiny --prompt "The cat [MASK:5] on the mat."
   diffmamba sample --checkpoint runs/tiny --prompt "The cat" --span 5 --infill " on the mat."
+  diffmamba sample --checkpoint runs/tiny-block_diffusion --mode block --block-size 16 --length 256
 
 infilling: in --prompt, [MASK:n] is a span of n tokens to generate and [MASK] one token; the text
 around the markers stays fixed. Whitespace right before a generated span is dropped (BPE tokens
@@ -17,6 +18,10 @@ samplers (--mode diffusion): ancestral (MDLM, skips the network when nothing cha
 ancestral-nocache, first-hitting (one token per step; --steps unused), confidence (LLaDA top-k,
 --block-length for semi-AR blocks), remdm-cap (remasking, --eta). Temperature, --top-k and --top-p
 act on the clean-token distribution; draws are float64 Gumbel-max.
+
+block diffusion (--mode block): blocks of --block-size tokens (default: the checkpoint's training
+block size), left to right, each denoised by --sampler with --steps per block, conditioned on the
+prefix through an exact constant-size per-layer scan-state cache (diffmamba/block/sample_mode.py).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import torch
 from diffmamba.diffusion.infill import Canvas, build_canvas
 from diffmamba.diffusion.sampler_base import SampleResult, SamplerOptions
 from diffmamba.diffusion.samplers import SAMPLERS, get_sampler
+from diffmamba.block.sample_mode import add_block_arguments, check_block_arguments
 from diffmamba.errors import UserError
 
 DEFAULT_LENGTH = 128
@@ -55,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a run folder from `diffmamba train` (uses final/) or a save_pretrained folder "
                              "with tokenizer.json")
     parser.add_argument("--mode", default="diffusion", choices=list(MODES),
-                        help="diffusion: iterative refinement with --sampler; ar: prefill + recurrent steps")
+                        help="diffusion: iterative refinement with --sampler; ar: prefill + recurrent steps; "
+                             "block: block diffusion, --sampler inside each block")
+    add_block_arguments(parser)
     parser.add_argument("--sampler", default=None, metavar="NAME",
                         help=f"diffusion sampler: {', '.join(SAMPLERS)} (default ancestral)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
@@ -92,10 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Reject bad values before the (slow) checkpoint load."""
-    if args.mode == "diffusion":
+    check_block_arguments(args)
+    if args.mode in ("diffusion", "block"):
         get_sampler(args.sampler or "ancestral")
     elif args.sampler is not None:
-        raise UserError(f"--sampler applies to --mode diffusion; --mode {args.mode} has no sampler, drop it")
+        raise UserError(f"--sampler applies to --mode diffusion or block; --mode {args.mode} has no sampler, drop it")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.length is not None and args.length < 1:
@@ -147,10 +156,17 @@ def _sample_ar(job: SampleJob, batch_size: int, generator: torch.Generator) -> S
     return SampleResult(tokens, result.nfe, result.steps)
 
 
+def _sample_block(job: SampleJob, batch_size: int, generator: torch.Generator) -> SampleResult:
+    from diffmamba.block.sample_mode import sample_block_mode
+
+    return sample_block_mode(job, batch_size, generator)
+
+
 # mode -> function(job, batch_size, generator) -> SampleResult with tokens [batch, canvas length].
 MODES: dict[str, Callable[[SampleJob, int, torch.Generator], SampleResult]] = {
     "diffusion": _sample_diffusion,
     "ar": _sample_ar,
+    "block": _sample_block,
 }
 
 
@@ -164,8 +180,9 @@ def _text_of(tokenizer, ids: list[int], stop_at_eos: bool, prefix_length: int) -
 
 def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
     return {"checkpoint": args.checkpoint, "mode": args.mode,
-            "sampler": (args.sampler or "ancestral") if args.mode == "diffusion" else None,
-            "steps": steps if args.mode == "diffusion" and args.sampler != "first-hitting" else None,
+            "sampler": (args.sampler or "ancestral") if args.mode in ("diffusion", "block") else None,
+            "steps": steps if args.mode in ("diffusion", "block") and args.sampler != "first-hitting" else None,
+            "block_size": args.block_size,
             "length": canvas.length,
             "generated_tokens": canvas.num_generated, "prompt": args.prompt, "infill": args.infill,
             "span": args.span, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
@@ -185,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
     if canvas.length > model.config.max_seq_len:
         print(f"diffmamba sample: note: --length {canvas.length} is above the model's max_seq_len "
               f"{model.config.max_seq_len}; quality past the trained length is untested", file=sys.stderr)
+    if args.mode == "block":
+        from diffmamba.block.sample_mode import configure_block_mode
+
+        configure_block_mode(args, checkpoint)  # --block-size / per-block --steps from the checkpoint
     steps = args.steps or max(canvas.num_generated, 1)
     options = _options(args, steps)
     job = SampleJob(model, tokenizer, canvas, args, options, device)
