@@ -173,7 +173,8 @@ class DiffMamba(nn.Module):
         """One AR token: token_t [B] -> (logits_t [B, V + 1], new per-layer states).
 
         ``state`` comes from ``init_state``, ``prefill`` or a previous ``step`` (None = fresh).
-        Kernels may update states in place: keep only the returned list.
+        Kernels may update states in place: keep only the returned list. Decode under
+        ``torch.no_grad()``: with autograd recording, the CUDA step falls back to the reference.
         """
         if token_t.dim() != 1:
             raise ValueError(f"token_t must have shape [B], got {list(token_t.shape)}")
@@ -256,8 +257,10 @@ class DiffMamba(nn.Module):
                             "save it again or pick another one")
         config = config_from_dict(ModelConfig, meta["model"])
         tensors = load_file(weights_path, device=str(map_location))
-        # Build on the meta device (no init work, no memory) and adopt the loaded tensors as is.
-        with torch.device("meta"):
+        # Built where the weights go (init is fast there), then the loaded tensors are adopted as
+        # they are, dtype included. Not on the meta device: its first use imports torch's meta
+        # registrations, which costs seconds, more than initialising the tiny model.
+        with torch.device(map_location):
             model = cls(config)
         try:
             model.load_state_dict(tensors, strict=True, assign=True)
