@@ -114,7 +114,8 @@ def _prepare(args) -> int:
 
 
 def _prepare_rows(cfg) -> None:
-    from diffmamba.data.datasets import build_datasets, local_files, resolve_tokenizer
+    from diffmamba.data.datasets import build_datasets, resolve_tokenizer
+    from diffmamba.data.sources import local_files
     if not _is_builtin(cfg.source):
         local_files(cfg.source)  # a wrong path fails now, not after training a tokenizer
     start = time.perf_counter()

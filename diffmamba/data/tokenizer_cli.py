@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diffmamba.config import DataConfig
-    from diffmamba.data.datasets import iter_texts
+    from diffmamba.data.sources import iter_texts
     from diffmamba.data.tokenizer import train_bpe
     if args.vocab_size < 260:
         raise UserError(f"--vocab-size {args.vocab_size} is too small; a byte-level BPE needs >= 260")

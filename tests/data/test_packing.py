@@ -1,11 +1,10 @@
 """Packing and the document split, on hand-written cases (ids: "w<n>" -> n + 2, EOS = 0)."""
 import numpy as np
-import pytest
 import torch
 
 from diffmamba.config import DataConfig
-from diffmamba.data.datasets import (WrapPacker, build_datasets, guaranteed_validation_doc, pad_rows, split_window,
-                                     validation_mask)
+from diffmamba.data.datasets import build_datasets
+from diffmamba.data.packing import WrapPacker, guaranteed_validation_doc, pad_rows, split_window, validation_mask
 
 from data_helpers import EOS as E, ids, words, write_jsonl
 
@@ -101,3 +100,15 @@ def test_streaming_shards_partition_the_documents(tmp_path, word_tokenizer, monk
     halves = [build_datasets(cfg, word_tokenizer)[0].shard(2, k) for k in range(2)]
     firsts = [[r["input_ids"][0].item() for r in h] for h in halves]
     assert firsts[0] and firsts[1] and sorted(firsts[0] + firsts[1]) == whole
+
+
+def test_packed_rows_pickle_without_their_data_and_batch(tmp_path, word_tokenizer):
+    import pickle
+    source = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    train, _ = build_datasets(config(tmp_path, source, packing="pad"), word_tokenizer, progress=False)
+    blob = pickle.dumps(train)
+    assert len(blob) < 2000  # the folder name, not the rows
+    clone = pickle.loads(blob)
+    assert torch.equal(clone[3]["input_ids"], train[3]["input_ids"]) and torch.equal(clone[-1]["valid"], train[3]["valid"])
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
+    assert batch["input_ids"].shape == (4, 4) and batch["valid"].dtype == torch.bool

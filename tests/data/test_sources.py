@@ -4,7 +4,8 @@ import os
 import pytest
 
 from diffmamba.config import DataConfig
-from diffmamba.data.datasets import build_datasets, iter_texts
+from diffmamba.data.datasets import build_datasets
+from diffmamba.data.sources import iter_texts
 from diffmamba.errors import UserError
 
 from data_helpers import ids, words, write_jsonl
