@@ -434,7 +434,11 @@ class Trainer:
             return None
         folder = os.path.join(self.out_dir, "debug")
         os.makedirs(folder, exist_ok=True)
-        return open(os.path.join(folder, f"rank{self.rank}.jsonl"), "a")
+        debug = open(os.path.join(folder, f"rank{self.rank}.jsonl"), "a")
+        debug.write(json.dumps({"rank": self.rank, "world_size": self.world_size, "dataset_rows": len(self.train_set),
+                                "global_batch_size": self.layout.global_batch_size, "seed": self.cfg.train.seed,
+                                "start_step": self.step}) + "\n")
+        return debug
 
     def _log_debug_batch(self, debug, sampler: StepIndexSampler) -> None:
         rows = sampler.global_batch(self.position)
