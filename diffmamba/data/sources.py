@@ -22,6 +22,7 @@ TEXT_EXTENSIONS = (".txt", ".text", ".md", ".rst")
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", **{e: "text" for e in TEXT_EXTENSIONS}}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
+
 def _strip_compression(path: str) -> str:
     for ext in COMPRESSIONS:
         if path.endswith(ext):
@@ -81,8 +82,11 @@ def source_plan(data_cfg: DataConfig, progress: bool = True) -> dict:
                 "name": re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{source}-{data_cfg.subset or ''}").strip("-"),
                 "fingerprint": hashlib.sha256(f"{source}|{data_cfg.subset}".encode()).hexdigest()[:16]}
     builders = sorted({_builder_of(f) for f in files} - {None})
+    if not builders:
+        raise UserError(f"{source} is not a supported kind of file; use {', '.join(sorted(BUILDERS))} "
+                        "(optionally .gz), or a folder of them")
     if len(builders) != 1:
-        raise UserError(f"{source} mixes file kinds ({', '.join(builders) or 'none recognised'}); "
+        raise UserError(f"{source} mixes file kinds ({', '.join(builders)}); "
                         f"point data.source at one kind: {', '.join(sorted(BUILDERS))}")
     builder = builders[0]
     kwargs = {"sample_by": _text_unit(data_cfg, files)} if builder == "text" else {}

@@ -84,6 +84,7 @@ def test_cache_is_reused_and_keyed_by_seq_len(tmp_path, word_tokenizer):
     (lambda p: write_jsonl(p / "blank.jsonl", ["", "  ", "\n"]), "no text found"),
     (lambda p: write_jsonl(p / "other.jsonl", [words(1)], field="content"), "column 'text' not found.*content"),
     (lambda p: write_jsonl(p / "one.jsonl", [words(1, 2, 3)]), "only 1 document"),
+    (lambda p: (p / "table.csv").write_text("a,b") and p / "table.csv", "not a supported kind of file"),
 ])
 def test_bad_sources_are_user_errors(tmp_path, word_tokenizer, make, match):
     source = make(tmp_path)
