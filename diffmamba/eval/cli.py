@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffmamba.block.evaluation import add_block_eval_arguments, apply_block_options
 from diffmamba.errors import UserError
 
 SUBCOMMANDS = {
@@ -92,6 +93,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--speed-prompt-len", type=int, default=0, help="prompt tokens before generation (0 = none)")
         t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
+    add_block_eval_arguments(p, parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +112,7 @@ def options_from_args(args: argparse.Namespace):
         if diffusion or ar:
             raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
         diffusion = ar = args.checkpoint
-    if not diffusion and not ar:
+    if not diffusion and not ar and not args.block:
         raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
     opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,
                        seed=args.seed, batch_size=args.batch_size, command=command_line())
@@ -123,6 +125,7 @@ def options_from_args(args: argparse.Namespace):
         value = getattr(args, name, None)
         if value is not None:
             setattr(opts, name, tuple(value))
+    apply_block_options(args, opts)
     if getattr(args, "max_rows", 0) < 0:
         raise UserError("--max-rows must be >= 0 (0 = all rows)")
     return opts

@@ -57,6 +57,7 @@ class EvalOptions:
     speed_steps: Optional[tuple] = None  # None = steps
     batch_sizes: tuple = (1, 8, 64)
     lengths: Optional[tuple] = None  # None = (length,) on CPU, (128, 1024) on CUDA
+    contexts: tuple = ()  # speed vs context length (diffmamba/block/evaluation.py); () = skip
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
@@ -121,7 +122,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
     for c in ckpts.values():
         if c.trained_objective is not None:
-            for mode in sorted({s.mode for s in systems if s.checkpoint == c.path} - {c.trained_objective}):
+            modes = {"block_diffusion" if s.mode == "block" else s.mode for s in systems if s.checkpoint == c.path}
+            for mode in sorted(modes - {c.trained_objective}):
                 notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and is "
                              f"evaluated in mode '{mode}' as well: those numbers come from weights never trained "
                              "for that mode")
@@ -145,6 +147,13 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                 r = likelihood.ar_likelihood(ck.model, data.rows, data.valid, bos_id=ck.tokenizer.eos_id,
                                              batch_size=opts.batch_size, device=device, amp=amp(),
                                              desc=f"AR NLL ({s.name})")
+            elif s.mode == "block":
+                from diffmamba.block.evaluation import block_likelihood
+                r = block_likelihood(
+                    ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
+                    schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3,
+                    sampling_eps=obj.sampling_eps if obj else 1e-3, repeats=opts.repeats, seed=opts.seed,
+                    batch_size=opts.batch_size, device=device, amp=amp(), desc=f"block NELBO ({s.name})")
             else:
                 r = likelihood.diffusion_likelihood(
                     ck.model, data.rows, data.valid, schedule=obj.schedule if obj else "loglinear",
@@ -185,8 +194,11 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         if rows_inf.shape[0] == 0:
             raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
                             "or a smaller --seq-len")
+        if any(s.mode == "block" for s in systems):
+            notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
+                         "context and its own block, never the text after it")
         results["infill"] = infill.evaluate_infill(
-            systems, ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
+            [s for s in systems if s.mode != "block"], ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
             repeats=opts.repeats, seed=opts.seed, device=device, amp=amp,
             schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3)
     if "speed" in parts:
@@ -199,6 +211,11 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
             repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
         results["speed_environment"] = env_line
+        if opts.contexts:
+            from diffmamba.block.evaluation import evaluate_context_speed
+            results["context_speed"] = evaluate_context_speed(
+                systems, ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
+                warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
         from diffmamba.eval.report import speed_table
         print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
               + speed_table(results["speed"]), flush=True)

@@ -297,6 +297,8 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
                   "tokens/s = batch × generated length / latency.", ""]
         lines += [f"Memory: {lbl}." for lbl in labels if lbl] + ["", speed_table(results["speed"]), ""]
         lines += _plot_line(plots, "speed")
+    from diffmamba.block.report import dial_section
+    lines += dial_section(results, os.path.basename(plots["block_dial"]) if plots.get("block_dial") else None)
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)

@@ -63,6 +63,9 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
                    generator: torch.Generator, prompt: Optional[torch.Tensor] = None,
                    eos_id: Optional[int] = None, progress: bool = False):
     """One batch: returns (tokens [B, P + length] including the prompt, nfe)."""
+    if system.mode == "block":  # block diffusion (diffmamba/block/evaluation.py)
+        from diffmamba.block.evaluation import generate_block_batch
+        return generate_block_batch(model, system, setting, batch_size, length, generator, prompt, eos_id, progress)
     device = generator.device
     if system.is_ar:
         from diffmamba.ar import ar_generate

@@ -1,0 +1,90 @@
+"""The L' dial in `diffmamba eval`: block systems next to AR and full diffusion, end to end on tiny
+freshly initialised checkpoints (one per L'), and the hooks' own checks."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from diffmamba.cli import main
+
+WORDS = "the quick brown fox jumps over the lazy dog while a small cat sleeps near the warm fire".split()
+
+
+def make_run(folder, tok, corpus, objective, block_size=0, seed=0):
+    """A run folder with final/ (weights, tokenizer, run_config.yaml) as `diffmamba train` leaves it."""
+    from diffmamba.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig, to_dict
+    from diffmamba.model import DiffMamba
+
+    final = os.path.join(folder, "final")
+    cfg = RunConfig(
+        model=ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, headdim=16, d_state=16, chunk_size=16,
+                          max_seq_len=128),
+        data=DataConfig(source=corpus, tokenizer=os.path.join(final, "tokenizer.json"), seq_len=32, val_fraction=0.2,
+                        cache_dir=os.path.join(os.path.dirname(corpus), "data-cache")),
+        objective=ObjectiveConfig(name=objective, block_size=block_size),
+        train=TrainConfig(max_steps=1, micro_batch_size=4, global_batch_size=4))
+    torch.manual_seed(seed)
+    DiffMamba(cfg.model).save_pretrained(final)
+    tok.save(final)
+    with open(os.path.join(final, "run_config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from diffmamba.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("block-eval")
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (40,), generator=g)) for _ in range(80)]
+    corpus = os.path.join(root, "corpus.txt")
+    with open(corpus, "w") as f:
+        f.write("\n\n".join(docs))
+    tok = train_bpe(docs, 300, show_progress=False)
+    return {"diffusion": make_run(os.path.join(root, "diff"), tok, corpus, "diffusion", seed=1),
+            "ar": make_run(os.path.join(root, "ar"), tok, corpus, "ar", seed=2),
+            "block1": make_run(os.path.join(root, "b1"), tok, corpus, "block_diffusion", 1, seed=3),
+            "block8": make_run(os.path.join(root, "b8"), tok, corpus, "block_diffusion", 8, seed=4)}
+
+
+def test_compare_reports_the_dial(runs, tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    code = main(["eval", "compare", "--diffusion", runs["diffusion"], "--ar", runs["ar"],
+                 "--block", runs["block1"], runs["block8"], "--judge", "none", "--max-rows", "4", "--repeats", "2",
+                 "--samplers", "ancestral", "--steps", "4", "--num-samples", "2", "--length", "8", "--prompt-len", "4",
+                 "--tasks", "unconditional", "--batch-sizes", "1", "--contexts", "0", "16", "--speed-repeats", "1",
+                 "--warmup", "0", "--infill-rows", "2", "--device", "cpu", "--out", out])
+    assert code == 0, capsys.readouterr().err
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    names = [s["name"] for s in results["systems"]]
+    assert "block L'=1 (" in names[2] and "block L'=8 (" in names[3]
+    likelihood = {r["system"]: r for r in results["likelihood"]}
+    assert likelihood[names[2]]["kind"] == "exact" and likelihood[names[3]]["kind"] == "bound"
+    assert likelihood[names[3]]["num_repeats"] == 2 and likelihood[names[3]]["block_size"] == 8
+    assert likelihood[names[2]]["tokens"] == likelihood[names[0]]["tokens"]  # the same validation tokens
+    block_gen = [r for r in results["generation"] if r["mode"] == "block"]
+    assert {r["block_size"] for r in block_gen} == {1, 8} and all(r["length"] == 8 for r in block_gen)
+    speed = results["context_speed"]
+    assert {(r["system"], r["context"]) for r in speed} == {(n, c) for n in names for c in (0, 16)}
+    block8 = [r for r in speed if r["system"] == names[3]]
+    assert block8[1]["prefill_s"] > 0 and block8[0]["prefill_s"] == 0  # 16 context tokens = 2 whole blocks
+    assert all(r["mode"] != "block" for r in results["infill"])
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Block diffusion: the L' dial" in report and "context 16: tokens/s" in report
+    assert os.path.isfile(os.path.join(out, "block_dial.png"))
+    assert not any("block" in n and "never trained" in n for n in results["notes"])
+
+
+def test_block_options_errors(runs, tmp_path, capsys):
+    base = ["eval", "likelihood", "--out", str(tmp_path / "x"), "--device", "cpu"]
+    assert main([*base, "--block", runs["diffusion"]]) == 2
+    assert "not trained with objective block_diffusion" in capsys.readouterr().err
+    assert main([*base, "--ar", runs["ar"], "--block-sizes", "4"]) == 2
+    assert "--block-sizes applies to --block" in capsys.readouterr().err
+    assert main([*base, "--block", runs["block8"], "--block-sizes", "5", "--max-rows", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "block size 5 does not divide the validation row length 32" in err and "1, 2, 4, 8, 16, 32" in err
