@@ -118,11 +118,15 @@ def block_boundary_states(
     prev_value = torch.cat((init.v_prev.unsqueeze(1), last_value[:, :-1]), dim=1)
     trapezoid = torch.einsum("bchrp,bchrn->bchpn", prev_value, prev_key) * first_beta[..., None, None]
 
+    # h_after(b) = decay_b h_entering(b) + update_b: everything but the carried state is batched;
+    # unbind (not indexing) keeps the backward of the loop linear in the number of blocks.
+    decay = block_decay[..., None, None]
+    updates = (decay * trapezoid + block_inputs).unbind(dim=1)
     entering_ssm = []
     ssm = init.ssm
-    for b in range(num_blocks):
+    for block_decay_b, update_b in zip(decay.unbind(dim=1), updates):
         entering_ssm.append(ssm)
-        ssm = block_decay[:, b, :, None, None] * (ssm + trapezoid[:, b]) + block_inputs[:, b]
+        ssm = block_decay_b * ssm + update_b
     entering_ssm = torch.stack(entering_ssm, dim=1)
 
     squeeze = (lambda x: x.squeeze(-2)) if is_siso else (lambda x: x)
