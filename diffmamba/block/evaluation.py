@@ -167,8 +167,11 @@ def _canvas(model, prompt: Optional[torch.Tensor], batch_size: int, length: int,
 
 # ----------------------------------------------------------------------- speed vs context length
 
-def _generation_call(model, system, context: torch.Tensor, length: int, sampler: str, seed: int, amp, eos_id: int):
-    """(generate, prefill or None): callables timing one system at one context [1, C]."""
+def generation_calls(model, mode: str, block_size: Optional[int], context: torch.Tensor, length: int, sampler: str,
+                     seed: int, amp=None, eos_id: int = 0):
+    """(generate, prefill or None): callables generating ``length`` tokens after ``context`` [1, C]
+    in ``mode`` ("ar", "diffusion" or "block" with ``block_size``), and the prompt prefill alone.
+    Each returns the NFE (generate) or nothing (prefill); one denoising step per generated token."""
     from diffmamba.ar.decode import ar_generate
     from diffmamba.block.sampler import block_sample, prefill_cache
     from diffmamba.diffusion.sampler_base import SamplerOptions, denoiser_from_model
@@ -177,7 +180,7 @@ def _generation_call(model, system, context: torch.Tensor, length: int, sampler:
     device = context.device
     generator = torch.Generator(device=device)
     scope = (lambda: amp()) if amp else contextlib.nullcontext
-    if system.mode == "ar":
+    if mode == "ar":
         start = context if context.shape[1] else torch.full((1, 1), eos_id, dtype=torch.long, device=device)
 
         def generate():
@@ -192,8 +195,7 @@ def _generation_call(model, system, context: torch.Tensor, length: int, sampler:
                     _, state = model.prefill(piece, state=state)
         return generate, prefill
     canvas, fixed = _canvas(model, context if context.shape[1] else None, 1, length, device)
-    if system.mode == "block":
-        block_size = int(system.settings["block_size"])
+    if mode == "block":
         options = SamplerOptions(steps=block_size)  # one step per generated token, as below
 
         def generate():
@@ -234,8 +236,8 @@ def evaluate_context_speed(systems, ckpts: dict, *, contexts: Sequence[int], len
         ck = ckpts[system.checkpoint]
         context = torch.randint(0, ck.tokenizer.vocab_size, (1, context_length),
                                 generator=torch.Generator().manual_seed(seed)).to(device)
-        generate, prefill = _generation_call(ck.model, system, context, length, sampler, seed, amp,
-                                             ck.tokenizer.eos_id)
+        generate, prefill = generation_calls(ck.model, system.mode, system.settings.get("block_size"), context, length,
+                                             sampler, seed, amp, ck.tokenizer.eos_id)
         timing = measure(generate, device, warmup=warmup, repeats=repeats)
         prefill_s = measure(prefill, device, warmup=warmup, repeats=repeats).median_s if prefill else 0.0
         decode_s = max(timing.median_s - prefill_s, 1e-9)

@@ -88,3 +88,16 @@ def test_block_options_errors(runs, tmp_path, capsys):
     assert main([*base, "--block", runs["block8"], "--block-sizes", "5", "--max-rows", "2"]) == 2
     err = capsys.readouterr().err
     assert "block size 5 does not divide the validation row length 32" in err and "1, 2, 4, 8, 16, 32" in err
+
+
+def test_bench_checks_the_block_path_and_times_every_mode(capsys):
+    from diffmamba.block.bench import main as bench
+
+    assert bench(["--contexts", "0", "8", "--block-size", "4", "--length", "8", "--repeats", "1", "--check",
+                  "--vocab-size", "50", "--d-model", "16", "--n-layers", "1", "--headdim", "8", "--d-state", "8",
+                  "--chunk-size", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "'cached_equals_uncached': True" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["block"], ["diffusion"], ["ar"])]
+    assert [(r[0], r[1]) for r in rows] == [(m, c) for m in ("block", "diffusion", "ar") for c in ("0", "8")]
+    assert bench(["--length", "6", "--block-size", "4"]) == 2
