@@ -71,6 +71,14 @@ def block_boundary_states(
     batch, length, heads = k.shape[:3]
     if block_size < 1 or length % block_size:
         raise ValueError(f"block_size must be >= 1 and divide T = {length}, got {block_size}")
+    # States accumulate in float32 (float64) like the scan's; under bf16 autocast the einsums
+    # below would otherwise run in bf16.
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        return _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state)
+
+
+def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state) -> BoundaryStates:
+    batch, length, heads = k.shape[:3]
     num_blocks = length // block_size
     dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
     out_k, out_v = k.dtype, v.dtype

@@ -71,3 +71,13 @@ def test_gradients_flow_into_inputs_and_initial_state():
 def test_block_size_must_divide_the_length():
     with pytest.raises(ValueError, match="divide T = 12"):
         block_boundary_states(**scan_inputs(), block_size=5)
+
+
+def test_autocast_does_not_lower_the_state_precision():
+    """Under bf16 autocast (training on GPU) the states still accumulate in float32."""
+    inputs = {n: (x.float() if x is not None else None) for n, x in scan_inputs(T=16).items()}
+    plain = block_boundary_states(**inputs, block_size=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = block_boundary_states(**inputs, block_size=4)
+    for got, want in zip(mixed.entering, plain.entering):
+        assert got.dtype == want.dtype and torch.equal(got, want)
