@@ -76,7 +76,8 @@ def _grid_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int,
             x = new_x
             steps_run += 1
             bar.update(1)
-            bar.set_postfix(nfe=nfe, masked=int((x == mask_id).sum()))
+            if options.progress:  # the count syncs the GPU: only when shown
+                bar.set_postfix(nfe=nfe, masked=int((x == mask_id).sum()))
     if (x == mask_id).any():
         # Noise removal: one more denoiser call (unless the cached logits are for this very x),
         # then argmax-fill whatever is still masked.

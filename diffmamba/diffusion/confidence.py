@@ -89,5 +89,6 @@ def confidence_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id:
                 proposals[masked] = proposal
                 x = x.clone()
                 x[:, start:end] = torch.where(commit, proposals, block)
-                bar.set_postfix(nfe=nfe, masked=int((x == mask_id).sum()))
+                if options.progress:  # the count syncs the GPU: only when shown
+                    bar.set_postfix(nfe=nfe, masked=int((x == mask_id).sum()))
     return SampleResult(x, nfe, steps_run)
