@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -86,6 +87,9 @@ class Trainer:
             raise UserError(f"objective.name = {cfg.objective.name!r} has no training loss in this installation; "
                             f"choose one of: {', '.join(OBJECTIVES)}")
         self.objective = OBJECTIVES[cfg.objective.name]
+        if cfg.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UserError("train.tensorboard is true but TensorBoard is not installed; "
+                            "`pip install tensorboard` or set train.tensorboard=false")
         on_gpu = torch.cuda.is_available()
         # AR mode leaves the reverse-direction parameters unused; DDP must be told to expect that.
         ddp = DistributedDataParallelKwargs(find_unused_parameters=self.objective.model_mode == "ar")

@@ -75,7 +75,6 @@ def test_kill_9_then_resume_continues_exactly(tiny_data, tmp_path):
     assert [s for s, _ in got_train] == list(range(1, STEPS + 1))  # every step logged once, none lost
     assert [s for s, _ in got_val] == [10, 20, 30, 40]
     for (step, want), (_, got) in zip(ref_train + ref_val, got_train + got_val):
-        if got != want: print("DIFF", step, got, want)
         assert got == pytest.approx(want, abs=1e-6), f"step {step}: {got} != {want}"
     print(f"killed after step {killed_at}; max |diff| = "
           f"{max(abs(a[1] - b[1]) for a, b in zip(ref_train + ref_val, got_train + got_val)):.3g}")

@@ -174,3 +174,17 @@ def test_dotted_options_become_overrides():
     assert overrides == ["train.lr=1e-3", "model.d_model=64", "x.y=-1"]
     with pytest.raises(UserError, match="needs a value"):
         split_dotted_options(["--train.lr"])
+
+
+def test_tensorboard_logging_or_a_clear_error_without_it(tiny_data, tmp_path):
+    import importlib.util
+
+    out = str(tmp_path / "tb")
+    cfg = load_config(RunConfig, TINY_CONFIG, micro_overrides(tiny_data, max_steps=1, tensorboard=True))
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(UserError, match="pip install tensorboard"):
+            train(cfg, out, show_progress=False)
+        assert not os.path.exists(out)  # refused before writing anything
+    else:
+        train(cfg, out, show_progress=False)
+        assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(out, "tensorboard")))
