@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .configs import SCAN_FWD_CONFIGS, active
+from .configs import forward_configs
 
 TWO_PI = 6.283185307179586
 
@@ -194,11 +194,11 @@ def _fwd_kernel_impl(
             tl.store(ph1_ptr + (b * H + h) * S + j, carry, mask=rot_ok)
 
 
-_fwd_kernel = triton.jit(_fwd_kernel_impl)
+_fwd_kernel = triton.jit(_fwd_kernel_impl, do_not_specialize=["T", "H"])
 _fwd_kernel_tuned = triton.autotune(
-    configs=active(SCAN_FWD_CONFIGS),
+    configs=forward_configs(),
     key=["R", "N", "P", "S", "ROWS", "REVERSE", "HAS_INIT", "STORE_FINAL", "DOT_BF16"],
-)(triton.jit(_fwd_kernel_impl))
+)(triton.jit(_fwd_kernel_impl, do_not_specialize=["T", "H"]))
 
 
 def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows, dot_bf16, config=None):

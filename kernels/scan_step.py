@@ -90,12 +90,12 @@ def _step_kernel_impl(
         tl.store(ph1_ptr + pid_bh * S + j, phi, mask=rot_ok)
 
 
-_step_kernel = triton.jit(_step_kernel_impl)
+_step_kernel = triton.jit(_step_kernel_impl, do_not_specialize=["H"])
 _step_kernel_tuned = triton.autotune(
     configs=active(STEP_CONFIGS), key=["R", "N", "P", "S"],
     # the state is updated in place: every benchmarked config must start from the same state.
     restore_value=["h_ptr"],
-)(triton.jit(_step_kernel_impl))
+)(triton.jit(_step_kernel_impl, do_not_specialize=["H"]))
 
 
 def launch_step(q, k, v, a, dt, lam, dph, D, y, ssm, kp, vp, ph, kp1, vp1, ph1, *, config=None):
