@@ -17,7 +17,8 @@ from ``block_boundary_states`` on the clean stream's forward scan inputs at that
 
 Cost per layer: the trunk on 2 T tokens (both streams) plus the clean stream's forward in_proj
 rows once more (to read the boundary states) and an O(T H P N) state computation; the last layer
-runs the noisy stream only (nothing reads the clean stream's output there).
+runs the noisy stream only (nothing reads the clean stream's output there), and a single block
+with no prefix (L' = T) is plain diffusion mode, at its cost.
 
 ``DiffMamba.forward(tokens, block_size=L', noisy=x_t)`` dispatches here, so data-parallel wrappers
 (DDP, FSDP, torch.compile) see one ordinary forward call.
@@ -91,6 +92,12 @@ def block_streams(
     if initial_states is not None and len(initial_states) != len(model.blocks):
         raise ValueError(f"initial_states must hold one state per layer ({len(model.blocks)}), "
                          f"got {len(initial_states)}")
+
+    if noisy is not None and num_blocks == 1 and initial_states is None and not return_final_states:
+        # One block, no prefix (L' = T): the clean stream carries nothing into the noisy one, so
+        # this is plain diffusion mode at plain diffusion cost.
+        kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
+        return model(noisy, mode="diffusion", return_hidden=return_hidden, **kwargs)
 
     def rows(x: Tensor) -> Tensor:  # [B, T, ...] -> [B * nb, L', ...]
         return x.reshape(batch * num_blocks, block_size, *x.shape[2:])

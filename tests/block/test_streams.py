@@ -50,6 +50,9 @@ def test_block_size_T_is_plain_diffusion():
     xt = mask_blocks(x0, t[:, None], 12, schedule, MASK, torch.Generator().manual_seed(3))
     assert (xt == MASK).any() and (xt != MASK).any()
     assert_logits_close(model(x0, block_size=12, noisy=xt), model(xt, mode="diffusion"))
+    # The two-stream path itself (which a single block with no prefix skips), from zero states:
+    general = block_streams(model, x0, 12, noisy=xt, initial_states=model.init_state(3))
+    assert_logits_close(general, model(xt, mode="diffusion"))
     block = block_diffusion_loss(model, x0, t[:, None], 12, schedule, torch.Generator().manual_seed(3))
     plain = diffusion_loss(model, x0, t, schedule, torch.Generator().manual_seed(3))
     assert int(block.num_tokens) == int(plain.num_tokens) == 36
