@@ -126,9 +126,24 @@ def test_mistakes_get_one_line_naming_the_fix(tiny_data, tmp_path, capsys):
     empty.write_text("")
     code, err = run_cli(capsys, "--out", out, *micro_overrides(tiny_data), f"data.source={empty}")
     assert code == 2 and str(empty) in error_line(err)
+    code, err = run_cli(capsys, "--out", out, *micro_overrides(tiny_data), f"data.source={tmp_path / 'missing.txt'}")
+    assert code == 2 and "missing.txt" in error_line(err)
+    code, err = run_cli(capsys, "--out", out, *micro_overrides(tiny_data), f"data.tokenizer={no_eos_tokenizer(tmp_path)}")
+    assert code == 2 and "no end-of-text token" in error_line(err)
     code, err = run_cli(capsys, "--out", out, *micro_overrides(tiny_data), "data.seq_len=2048")
     assert code == 2 and "model.max_seq_len" in err
     assert not os.path.exists(os.path.join(out, "checkpoints"))
+
+
+def no_eos_tokenizer(folder) -> str:
+    """A word-level tokenizer.json without any end-of-text token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "model": 2}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = str(folder / "no_eos.json")
+    hf.save(path)
+    return path
 
 
 def test_global_batch_must_split_over_processes():
