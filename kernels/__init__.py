@@ -40,9 +40,10 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
     ``chunk_size`` counts rows of the intra-chunk block (time steps x R), rounded to a power of
     two in [16, 128]; it changes rounding only. Returns (y, Mamba3State or None). Differentiable
     in every tensor argument, the initial state included. float64 inputs (a testing dtype the
-    kernels do not compute in) are handed to ``reference.scan_chunked_ref``.
+    kernels do not compute in) and empty sequences are handed to ``reference.scan_chunked_ref``.
     """
-    if _wants_float64(q, k, v, log_decay, dt, trap, dphase):
+    if _wants_float64(q, k, v, log_decay, dt, trap, dphase) or q.shape[1] == 0:
+        # T = 0 has no last token to hand on; the reference decides what that means.
         y, state = reference.scan_chunked_ref(q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
                                               initial_state=initial_state, chunk_size=chunk_size)
         return y, (state if return_final_state else None)
