@@ -63,18 +63,8 @@ def make_inputs(args: argparse.Namespace, T: int, requires_grad: bool) -> dict:
     return tensors
 
 
-def median_seconds(function, args: argparse.Namespace) -> float:
-    for _ in range(args.warmup):
-        function()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def time_scan(scan, args: argparse.Namespace, T: int, backward: bool) -> float:
+def make_runner(scan, args: argparse.Namespace, T: int, backward: bool):
+    """A no-argument callable that runs one timed pass (inputs built once, outside the timing)."""
     inputs = make_inputs(args, T, requires_grad=backward)
     kwargs = {"chunk_size": args.chunk_size} if scan is scan_chunked_ref else {}
 
@@ -86,7 +76,26 @@ def time_scan(scan, args: argparse.Namespace, T: int, backward: bool) -> float:
             with torch.no_grad():
                 scan(**inputs, **kwargs)
 
-    return median_seconds(run, args)
+    return run
+
+
+def time_interleaved(runners, args: argparse.Namespace):
+    """Median seconds per runner, and the median over repeats of runners[0] / runners[-1].
+
+    The runners alternate inside every repeat, so on a shared machine both see the same load and
+    the per-repeat ratio stays meaningful even when absolute times drift.
+    """
+    for _ in range(args.warmup):
+        for run in runners:
+            run()
+    times = [[] for _ in runners]
+    for _ in range(args.repeats):
+        for run, bucket in zip(runners, times):
+            start = time.perf_counter()
+            run()
+            bucket.append(time.perf_counter() - start)
+    ratio = statistics.median(first / last for first, last in zip(times[0], times[-1]))
+    return [statistics.median(bucket) for bucket in times], ratio
 
 
 def main() -> int:
@@ -101,15 +110,16 @@ def main() -> int:
     print(f"dtype {args.dtype}; B={args.batch} H={args.heads} P={args.headdim} N={args.d_state} S={S} {rank}; "
           f"chunk {args.chunk_size}; median of {args.repeats} after {args.warmup} warm-up")
     modes = [("fwd", False)] + ([] if args.no_backward else [("fwd+bwd", True)])
+    print("loop/chunked = median over repeats of the paired ratio (the two run alternately)")
     print(f"{'T':>6} {'pass':>8} {'loop ms':>10} {'chunked ms':>11} {'loop/chunked':>13}")
     for T in args.lengths:
         for mode, backward in modes:
-            loop = time_scan(scan_recurrent_ref, args, T, backward)
-            chunked = time_scan(scan_chunked_ref, args, T, backward)
-            print(f"{T:>6} {mode:>8} {loop * 1e3:>10.1f} {chunked * 1e3:>11.1f} {loop / chunked:>12.1f}x")
+            runners = [make_runner(scan, args, T, backward) for scan in (scan_recurrent_ref, scan_chunked_ref)]
+            (loop, chunked), ratio = time_interleaved(runners, args)
+            print(f"{T:>6} {mode:>8} {loop * 1e3:>10.1f} {chunked * 1e3:>11.1f} {ratio:>12.1f}x")
     for T in args.long or []:
         for mode, backward in modes:
-            chunked = time_scan(scan_chunked_ref, args, T, backward)
+            (chunked,), _ = time_interleaved([make_runner(scan_chunked_ref, args, T, backward)], args)
             print(f"{T:>6} {mode:>8} {'-':>10} {chunked * 1e3:>11.1f} {'-':>13}")
     return 0
 

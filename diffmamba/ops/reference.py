@@ -50,23 +50,25 @@ def rotate(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return torch.cat((rotated, x[..., 2 * num_pairs :]), dim=-1)
 
 
-def _rotate_by_complex_product(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """``rotate`` as one complex multiplication over the whole last axis (the bulk path).
-
-    Same result as ``rotate`` for float32/float64 x with an even N, but one pass over x instead of
-    slicing, stacking and concatenating (the chunked form rotates every q and k). The factor is
-    exp(i*phase) on the first S pairs and 1 on the rest.
-    """
-    N, num_pairs = x.shape[-1], phase.shape[-1]
-    if N % 2 or x.dtype not in (torch.float32, torch.float64):
-        return rotate(x, phase)
-    pairs = x.unflatten(-1, (N // 2, 2))
-    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
-        pairs = pairs.clone(memory_format=torch.contiguous_format)  # complex-aligned copy
+def _rotation_factor(phase: torch.Tensor, N: int) -> torch.Tensor:
+    """exp(i * phase) on the first S of the N/2 complex pairs, 1 on the rest: [..., N/2] complex."""
     factor = torch.polar(torch.ones_like(phase), phase)
+    num_pairs = phase.shape[-1]
     if num_pairs < N // 2:
         unrotated = factor.new_ones(()).expand(*factor.shape[:-1], N // 2 - num_pairs)
         factor = torch.cat((factor, unrotated), dim=-1)
+    return factor
+
+
+def _rotate_by_complex_product(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``rotate(x, phase)`` as one complex multiplication by ``_rotation_factor(phase, N)``.
+
+    One pass over x instead of slicing, stacking and concatenating (the chunked form rotates
+    every q and k, and q and k share the factor). x: float32/float64 [..., N], N even.
+    """
+    pairs = x.unflatten(-1, (x.shape[-1] // 2, 2))
+    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.clone(memory_format=torch.contiguous_format)  # complex-aligned copy
     return torch.view_as_real(torch.view_as_complex(pairs) * factor).flatten(-2)
 
 
@@ -319,13 +321,21 @@ def scan_chunked_ref(
     chunk = max(1, min(chunk_size, T))
     num_chunks = -(-T // chunk)
     pad = num_chunks * chunk - T
+    # Chunk-major layout [B, H, nc, C, ...]. q, k, v are gathered into it once, contiguously:
+    # elementwise ops keep a permuted input's strides, so every later reshape into [C*R, N]
+    # matrices would otherwise gather again.
     q_c, k_c, v_c, phase_c, log_decay_c, dt_c, trap_c = (
         _chunk_view(_pad_time(x, pad), num_chunks, chunk)
         for x in (q, k, v, phase, log_decay, dt, trap)
-    )  # [B, H, nc, C, ...] views; the first elementwise op on each writes this order contiguously
+    )
+    q_c, k_c, v_c = q_c.contiguous(), k_c.contiguous(), v_c.contiguous()
 
-    qr = _rotate_by_complex_product(q_c, phase_c.unsqueeze(-2))  # [B, H, nc, C, R, N]
-    kr = _rotate_by_complex_product(k_c, phase_c.unsqueeze(-2))
+    if N % 2 == 0:
+        factor = _rotation_factor(phase_c.unsqueeze(-2), N)
+        qr = _rotate_by_complex_product(q_c, factor)  # [B, H, nc, C, R, N]
+        kr = _rotate_by_complex_product(k_c, factor)
+    else:
+        qr, kr = rotate(q_c, phase_c.unsqueeze(-2)), rotate(k_c, phase_c.unsqueeze(-2))
     gamma = trap_c * dt_c  # [B, H, nc, C]
     beta = ((1.0 - trap_c) * dt_c).flatten(2, 3)
     beta_ahead = torch.cat((beta[..., 1:], beta.new_zeros(batch, heads, 1)), dim=-1).view_as(gamma)

@@ -54,3 +54,14 @@ def test_strong_decay_long_sequence_stays_finite_and_exact(scan_tools):
     y_chunk, s_chunk = scan_chunked_ref(**inputs, chunk_size=64)
     scan_tools.assert_close("strong decay y", y_chunk, y_loop, TOL)
     scan_tools.assert_states_close("strong decay", s_chunk, s_loop, TOL)
+
+
+@pytest.mark.parametrize("N,S", [(7, 3), (6, 0), (8, 4)])
+def test_odd_state_size_no_angles_and_full_rotation(scan_tools, N, S):
+    """N odd takes the real-arithmetic rotation path; S = 0 and S = N / 2 are the extremes."""
+    inputs = scan_tools.make_inputs(T=19, N=N, S=S, R=2, seed=13)
+    state = scan_tools.random_state(N=N, S=S, R=2)
+    y_loop, s_loop = scan_recurrent_ref(**inputs, initial_state=state)
+    y_chunk, s_chunk = scan_chunked_ref(**inputs, initial_state=state, chunk_size=CHUNK)
+    scan_tools.assert_close(f"N={N} S={S} y", y_chunk, y_loop, TOL)
+    scan_tools.assert_states_close(f"N={N} S={S}", s_chunk, s_loop, TOL)
