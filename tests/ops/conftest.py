@@ -61,6 +61,9 @@ def time_slice(inputs, start, stop):
 
 def phase_difference(a, b):
     """Largest |a - b| on the circle (phases are reduced mod 2*pi and may wrap differently)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if a.numel() == 0:  # S = 0: no rotary pairs, nothing to compare
+        return 0.0
     wrapped = torch.remainder(a.double() - b.double() + math.pi, 2 * math.pi) - math.pi
     return wrapped.abs().max().item()
 
