@@ -75,7 +75,8 @@ def test_ar_mode_continues_the_prompt(checkpoint, capsys, tmp_path):
     assert code == 0, err
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert all(len(r["tokens"]) == 12 and r["text"].startswith("The dog") for r in records)
-    assert records[0]["sampler"] is None and records[0]["nfe"] == 1 + 10 - 1
+    # One prefill call, then one step per generated token after the first.
+    assert records[0]["sampler"] is None and records[0]["nfe"] == 1 + records[0]["generated_tokens"] - 1
     code, out, err = sample(capsys, "--checkpoint", checkpoint, "--mode", "ar", "--length", "6")
     assert code == 0, err  # unconditional: starts from EOS
 
