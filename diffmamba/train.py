@@ -104,8 +104,15 @@ def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffmamba.trainer import TrainingStopped
+
     cfg, out = resolve_run(args)
-    train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches)
+    try:
+        train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches)
+    except TrainingStopped as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number  # the shell's convention for "ended by that signal"
     return 0
 
 

@@ -12,6 +12,8 @@ import importlib.util
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import replace
@@ -36,6 +38,14 @@ SEED_TIMES, SEED_NOISE, SEED_EVAL = 1, 2, 3
 
 class TrainingDiverged(UserError):
     """The loss or gradient became NaN/inf; nothing after the last good checkpoint was saved."""
+
+
+class TrainingStopped(Exception):
+    """SIGTERM / SIGINT arrived: the step in flight was finished and checkpointed, then the run stopped."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
 
 
 def derived_seed(*parts: int) -> int:
@@ -236,11 +246,12 @@ class Trainer:
                    desc=f"train {cfg.objective.name}", dynamic_ncols=True, unit="step")
         tokens_per_step = self.layout.global_batch_size * cfg.data.seq_len
         window_start, window_steps, tokens_per_s, loss = time.perf_counter(), 0, 0.0, float("nan")
+        previous_handlers = self._catch_stop_signals()
         try:
             while self.step < cfg.train.max_steps:
                 if debug is not None:
                     self._log_debug_batch(debug, sampler)
-                loss, grad_norm = self._train_step(batches, debug)
+                loss, grad_norm, stop = self._train_step(batches, debug)
                 self.step += 1
                 self.position = self.position.advanced(self.layout.global_batch_size, len(self.train_set))
                 self.window["loss_sum"] += loss
@@ -265,10 +276,15 @@ class Trainer:
                     self.metrics.log({"step": self.step, **self.last_val})
                     bar.write(f"step {self.step}: val_loss {self.last_val['val_loss']:.4f}  "
                               f"val_ppl {self.last_val['val_ppl']:.2f}")
-                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or done:
+                if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or done or stop:
                     self.save_checkpoint()
+                if stop and not done:
+                    raise TrainingStopped(f"stopped by a signal after step {self.step}; saved {self.last_saved}; "
+                                          "continue with --resume", self.stop_signal or signal.SIGTERM)
             final_dir = self.export_final()
         finally:
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
             bar.close()
             self.metrics.close()
             if debug is not None:
@@ -278,8 +294,24 @@ class Trainer:
             self._write_param_checksum()
         return {"step": self.step, "loss": loss, "tokens_per_s": tokens_per_s, "final_dir": final_dir, **self.last_val}
 
-    def _train_step(self, batches, debug) -> tuple[float, float]:
-        """One optimizer step over ``accumulation_steps`` micro-batches; returns (loss, grad norm).
+    def _catch_stop_signals(self) -> dict:
+        """SIGTERM (cluster preemption, `accelerate launch` stopping its workers) and a first Ctrl-C
+        finish the step in flight, save a checkpoint and stop; a second Ctrl-C interrupts at once."""
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(number, frame):
+            self.stop_signal = number
+            if number == signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        return {number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def _train_step(self, batches, debug) -> tuple[float, float, bool]:
+        """One optimizer step over ``accumulation_steps`` micro-batches; returns (loss, grad norm,
+        whether any process was asked to stop: the flag travels with the loss all-reduce, so every
+        process stops after the same step).
 
         Gradients are of the *summed* NLL; after the last micro-batch they are divided by the global
         token count, so the update is the exact token mean over the global batch (DDP has averaged
@@ -290,7 +322,7 @@ class Trainer:
         # it for each micro-batch); the masking noise differs per process.
         time_generator = torch.Generator().manual_seed(derived_seed(cfg.train.seed, SEED_TIMES, self.step))
         noise_generator = torch.Generator(device).manual_seed(derived_seed(cfg.train.seed, SEED_NOISE, self.step, self.rank))
-        totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed NLL, tokens
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # summed NLL, tokens, stop requests
         steps = self.layout.accumulation_steps
         for a in range(steps):
             batch = next(batches)
@@ -304,7 +336,8 @@ class Trainer:
             with sync:
                 nll = self.objective.train(ModelCall(self.train_model, self.model), micro, cfg.objective)
                 acc.backward(nll.total)
-            totals += torch.stack([nll.total.detach().double(), nll.count.double()])
+            totals[:2] += torch.stack([nll.total.detach().double(), nll.count.double()])
+        totals[2] = float(self.stop_signal is not None)
         totals = acc.reduce(totals, reduction="sum")
         scale = self.world_size / totals[1].clamp(min=1)
         grads = [p.grad for p in self.prepared.parameters() if p.grad is not None]
@@ -318,7 +351,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.prepared)
-        return loss, norm
+        return loss, norm, bool(totals[2].item())
 
     def _last_good(self) -> str:
         return f"the last good checkpoint is {self.last_saved}" if self.last_saved else "no checkpoint was written yet"
