@@ -5,12 +5,10 @@
   noisy=x_t)`` dispatches to it.
 - ``loss``: the per-block masked-diffusion NELBO (training and seeded evaluation); ``objective``
   plugs it into the training loop as ``objective.name: block_diffusion``.
-- ``sampler``: block-by-block sampling with any registered sampler and the per-layer state cache.
-"""
-from diffmamba.block.loss import block_diffusion_loss, block_diffusion_nll, block_diffusion_training_loss, mask_blocks
-from diffmamba.block.sampler import block_sample, prefill_cache
-from diffmamba.block.states import BoundaryStates, block_boundary_states
-from diffmamba.block.streams import block_streams, check_block_size
+- ``sampler``: block-by-block sampling with any registered sampler and the per-layer state cache;
+  ``sample_mode`` is ``diffmamba sample --mode block``.
+- ``evaluation`` / ``report`` / ``eval_options``: the L' dial in ``diffmamba eval``; ``bench``:
+  speed vs context and a device exactness check (``python -m diffmamba.block.bench``).
 
-__all__ = ["BoundaryStates", "block_boundary_states", "block_streams", "check_block_size", "mask_blocks",
-           "block_diffusion_loss", "block_diffusion_nll", "block_diffusion_training_loss", "block_sample", "prefill_cache"]
+Import from the submodules (this package imports nothing, so CLI help stays fast).
+"""

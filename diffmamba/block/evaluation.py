@@ -2,7 +2,8 @@
 
 Hooks used by ``diffmamba.eval`` (systems of ``mode="block"``, settings ``{"block_size": L'}``):
 
-- ``block_systems``: systems from ``--block CKPT`` (L' from each run config, or ``--block-sizes``).
+- ``eval_options.block_systems``: systems from ``--block CKPT`` (L' from each run config, or
+  ``--block-sizes``).
 - ``block_likelihood``: the block NELBO on the validation rows (same dict as the diffusion bound;
   L' = 1 is exact, ``kind="exact"``).
 - ``generate_block_batch``: samples for quality and speed rows (``block_sample``, steps per block).
@@ -10,7 +11,7 @@ Hooks used by ``diffmamba.eval`` (systems of ``mode="block"``, settings ``{"bloc
   of growing length, for every system: the cached block sampler (flat per block), full-sequence
   diffusion (every step re-reads the context) and AR decoding (constant per token); prompt
   prefill time is reported apart.
-- ``dial_section`` / ``plot_dial``: the report's "L' dial" table and plot.
+- ``report.dial_section`` / ``report.plot_dial``: the report's "L' dial" table and plot.
 """
 from __future__ import annotations
 
@@ -22,67 +23,6 @@ from typing import Optional, Sequence
 import torch
 
 from diffmamba.errors import UserError
-
-
-
-# ------------------------------------------------------------------------------------ systems
-
-def trained_block_size(checkpoint: str) -> Optional[int]:
-    """``objective.block_size`` of a checkpoint's run config, None when not a block-diffusion run."""
-    from diffmamba.config import RunConfig, load_config
-    from diffmamba.eval.loading import find_model_dir, find_run_config
-
-    path = find_run_config(find_model_dir(checkpoint))
-    if path is None:
-        return None
-    objective = load_config(RunConfig, path).objective
-    return objective.block_size if objective.name == "block_diffusion" else None
-
-
-def block_systems(checkpoints: Sequence[str], block_sizes: Optional[Sequence[int]] = None) -> list:
-    """One ``System(mode="block")`` per checkpoint and block size (default: its trained size)."""
-    from diffmamba.eval.systems import System
-
-    systems = []
-    for path in checkpoints:
-        trained = trained_block_size(path)
-        sizes = list(block_sizes) if block_sizes else [trained]
-        if sizes == [None]:
-            raise UserError(f"--block {path}: the checkpoint was not trained with objective block_diffusion, so it "
-                            "has no block size; pass --block-sizes N (its numbers then come from weights never "
-                            "trained for block sampling) or train with --objective block_diffusion")
-        for size in sizes:
-            if size < 1:
-                raise UserError(f"--block-sizes must be >= 1, got {size}")
-            name = f"block L'={size}" + ("" if len(checkpoints) == 1 else f" ({path})")
-            systems.append(System(name, "block", path, {"block_size": int(size), "trained_block_size": trained}))
-    return systems
-
-
-def add_block_eval_arguments(parser, parts: tuple) -> None:
-    """``--block``, ``--block-sizes`` (and ``--contexts`` with the speed part) for ``diffmamba eval``."""
-    g = parser.add_argument_group("block diffusion (the L' dial)")
-    g.add_argument("--block", nargs="+", default=None, metavar="CKPT",
-                   help="block-diffusion checkpoints (one per L', trained with --objective block_diffusion)")
-    g.add_argument("--block-sizes", nargs="+", type=int, default=None, metavar="N",
-                   help="evaluate every --block checkpoint at these L' (default: each one's trained size)")
-    if "speed" in parts:
-        g.add_argument("--contexts", nargs="+", type=int, default=None, metavar="N",
-                       help="speed vs context: prompt lengths before generating --length tokens (batch 1), "
-                            "e.g. 64 1024 4096")
-
-
-def apply_block_options(args, opts) -> None:
-    """Add the block systems and context lengths of the parsed arguments to ``EvalOptions``."""
-    if getattr(args, "block", None):
-        opts.systems = list(opts.systems) + block_systems(args.block, args.block_sizes)
-    elif getattr(args, "block_sizes", None):
-        raise UserError("--block-sizes applies to --block checkpoints; pass --block CKPT as well")
-    contexts = getattr(args, "contexts", None)
-    if contexts:
-        if min(contexts) < 0:
-            raise UserError(f"--contexts must be >= 0, got {min(contexts)}")
-        opts.contexts = tuple(contexts)
 
 
 # --------------------------------------------------------------------------------- likelihood

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffmamba.block.streams import check_block_size
 from diffmamba.diffusion.loss import LossTerms
-from diffmamba.diffusion.masking import cut_random_suffixes, eval_times, mask_tokens, stratified_times
+from diffmamba.diffusion.masking import cut_random_suffixes, eval_times, stratified_times
 from diffmamba.diffusion.schedule import NoiseSchedule, make_schedule
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffmamba.block.evaluation import add_block_eval_arguments, apply_block_options
+from diffmamba.block.eval_options import add_block_eval_arguments, apply_block_options
 from diffmamba.errors import UserError
 
 SUBCOMMANDS = {
