@@ -7,9 +7,7 @@ resumed run continues exactly (diffmamba/batches.py, diffmamba/checkpoint.py, di
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
 import math
 import os
 import signal
@@ -30,6 +28,7 @@ from diffmamba.config import RunConfig, config_from_dict, to_dict
 from diffmamba.errors import UserError
 from diffmamba.objectives import OBJECTIVES, MicroBatch, diffusion_times
 from diffmamba.optim import EMA, build_optimizer, lr_at, set_lr
+from diffmamba.train_debug import DebugLog
 from diffmamba.train_log import MetricsLog, device_peak_flops, format_mfu, model_flops_utilization
 
 # Streams of derived seeds, so that no two uses of train.seed ever share random numbers.
@@ -241,7 +240,9 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         sampler = StepIndexSampler(len(self.train_set), cfg.train.seed, self.layout, self.rank, self.position)
         batches = iter(training_loader(self.train_set, sampler, cfg.train.num_workers, acc.device.type == "cuda"))
-        debug = self._open_debug_log()
+        debug = DebugLog(self.out_dir, self.rank, {
+            "world_size": self.world_size, "dataset_rows": len(self.train_set), "start_step": self.step,
+            "global_batch_size": self.layout.global_batch_size, "seed": cfg.train.seed}) if self.debug_batches else None
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, disable=not (self.is_main and self.show_progress),
                    desc=f"train {cfg.objective.name}", dynamic_ncols=True, unit="step")
         tokens_per_step = self.layout.global_batch_size * cfg.data.seq_len
@@ -250,7 +251,9 @@ class Trainer:
         try:
             while self.step < cfg.train.max_steps:
                 if debug is not None:
-                    self._log_debug_batch(debug, sampler)
+                    rows = sampler.global_batch(self.position)
+                    debug.batch_indices(self.step, [rows[self.layout.micro_slice(a, self.rank)]
+                                                    for a in range(self.layout.accumulation_steps)])
                 loss, grad_norm, stop = self._train_step(batches, debug)
                 self.step += 1
                 self.position = self.position.advanced(self.layout.global_batch_size, len(self.train_set))
@@ -287,11 +290,10 @@ class Trainer:
                 signal.signal(number, handler)
             bar.close()
             self.metrics.close()
-            if debug is not None:
-                debug.close()
         acc.wait_for_everyone()
         if debug is not None:
-            self._write_param_checksum()
+            debug.parameter_checksum(self.model)
+            debug.close()
         return {"step": self.step, "loss": loss, "tokens_per_s": tokens_per_s, "final_dir": final_dir, **self.last_val}
 
     def _catch_stop_signals(self) -> dict:
@@ -330,8 +332,8 @@ class Trainer:
                                batch["valid"].to(device, non_blocking=True) if "valid" in batch else None,
                                self.rank, self.world_size, a, steps, time_generator, noise_generator)
             if debug is not None and cfg.objective.name == "diffusion":
-                debug.write(json.dumps({"step": self.step, "rank": self.rank, "accum": a,
-                                        "t": diffusion_times(micro, cfg.objective).tolist()}) + "\n")
+                debug.write({"step": self.step, "rank": self.rank, "accum": a,
+                             "t": diffusion_times(micro, cfg.objective).tolist()})
             sync = contextlib.nullcontext() if a == steps - 1 else acc.no_sync(self.prepared)
             with sync:
                 nll = self.objective.train(ModelCall(self.train_model, self.model), micro, cfg.objective)
@@ -367,6 +369,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation on the same rows every time, with the EMA weights and fixed noise:
         diffusion reports the NELBO bound per token, AR the exact NLL; val_ppl = exp(val_loss)."""
+        from tqdm.auto import tqdm
+
         cfg, acc, device = self.cfg, self.accelerator, self.accelerator.device
         totals = torch.zeros(2, dtype=torch.float64, device=device)
         model = ModelCall(self.prepared, self.model)
@@ -374,8 +378,10 @@ class Trainer:
         self.prepared.eval()
         try:
             with weights:
-                for i, batch in enumerate(validation_batches(self.val_set, cfg.train.micro_batch_size,
-                                                             cfg.train.eval_batches, self.rank, self.world_size)):
+                batches = validation_batches(self.val_set, cfg.train.micro_batch_size, cfg.train.eval_batches,
+                                             self.rank, self.world_size)
+                for i, batch in enumerate(tqdm(batches, desc="validation", leave=False, unit="batch",
+                                               disable=not (self.is_main and self.show_progress))):
                     generator = torch.Generator(device).manual_seed(derived_seed(cfg.train.seed, SEED_EVAL, self.rank, i))
                     valid = batch["valid"].to(device) if "valid" in batch else None
                     nll = self.objective.evaluate(model, batch["input_ids"].to(device), valid, generator, cfg.objective)
@@ -463,33 +469,6 @@ class Trainer:
             print(f"final model ({'EMA' if use_ema else 'raw'} weights, step {self.step}): {final}")
         self.accelerator.wait_for_everyone()
         return final
-
-    # -------------------------------------------------------------------------------------- debug log
-
-    def _open_debug_log(self):
-        if not self.debug_batches:
-            return None
-        folder = os.path.join(self.out_dir, "debug")
-        os.makedirs(folder, exist_ok=True)
-        debug = open(os.path.join(folder, f"rank{self.rank}.jsonl"), "a")
-        debug.write(json.dumps({"rank": self.rank, "world_size": self.world_size, "dataset_rows": len(self.train_set),
-                                "global_batch_size": self.layout.global_batch_size, "seed": self.cfg.train.seed,
-                                "start_step": self.step}) + "\n")
-        return debug
-
-    def _log_debug_batch(self, debug, sampler: StepIndexSampler) -> None:
-        rows = sampler.global_batch(self.position)
-        for a in range(self.layout.accumulation_steps):
-            debug.write(json.dumps({"step": self.step, "rank": self.rank, "accum": a,
-                                    "indices": rows[self.layout.micro_slice(a, self.rank)]}) + "\n")
-
-    def _write_param_checksum(self) -> None:
-        digest = hashlib.sha256()
-        for name, p in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(p.detach().float().cpu().numpy().tobytes())
-        with open(os.path.join(self.out_dir, "debug", f"rank{self.rank}.jsonl"), "a") as f:
-            f.write(json.dumps({"final": True, "rank": self.rank, "params_sha256": digest.hexdigest()}) + "\n")
 
 
 def _write_yaml(path: str, values: dict) -> None:
