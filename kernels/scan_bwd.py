@@ -1,20 +1,44 @@
 """Backward of the chunked Mamba-3 scan.
 
-Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``.
+Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``; the split and the equations
+are in kernels/README.md ("Backward").
 
-What ships: a recompute backward. The forward inputs are kept (no activations are saved by the
-Triton forward) and the backward re-runs the differentiable chunked reference in float32 under
-autograd, then pulls the gradients of every input and of the initial state, seeded with the
-upstream gradients of y and of the final state. It is exact (fp32) but pays the reference's
-memory ([B, H, T/C, C, C] score tiles) and PyTorch launch overhead; kernels/README.md says so.
+Default (SISO, even N): a **Triton backward** in two parts.
+
+  (a) pre-pass, PyTorch autograd of cheap elementwise / prefix ops (``_prepass``): cumulative
+      phase, rotation qr = R(Phi) q, kr = R(Phi) k, trapezoid scales gamma and the shifted
+      scale = gamma + beta~ (look-ahead one logical step), K' = kr * scale, the per-token diagonal
+      coefficient c = gamma (q . k) + D, the entry state G_0 = ssm0 + beta_first vp0 kp0^T, and
+      the final state's k_prev / phase;
+  (b) the core decayed linear recurrence in Triton (``scan_bwd_core.core_backward``): dQr, dK',
+      dv, d log_decay and dG_0, carrying the state adjoint backward over chunks.
+
+The core's gradients (plus dc = dy . v, dv += c dy and the final state's upstream gradients) are
+then pulled through the pre-pass graph with one ``torch.autograd.grad``.
+
+Fallback: the **recompute** backward (``_recompute_backward``): re-run the differentiable
+chunked reference in float32 under autograd. Used for MIMO (R > 1), odd N, and whenever the
+environment sets ``DIFFMAMBA_SCAN_BWD=recompute`` (debugging).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from diffmamba.ops.reference import scan_chunked_ref
+from diffmamba.ops.reference import (TWO_PI, _rotate_by_complex_product, _rotation_factor,
+                                     scan_chunked_ref)
 from diffmamba.ops.state import Mamba3State
+
+from .scan_bwd_core import core_backward
+
+
+def backward_mode(R: int, N: int) -> str:
+    """'triton' or 'recompute' for a scan of rank R and state size N (see module docstring)."""
+    if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" or R != 1 or N % 2:
+        return "recompute"
+    return "triton"
 
 
 def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
@@ -24,6 +48,125 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
     ``dfinal`` holds the upstream gradients of the final state's fields (None entries allowed)
     or is None when the forward returned no state.
     """
+    if backward_mode(q.shape[3], q.shape[4]) == "recompute":
+        return _recompute_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                                   reverse=reverse, chunk_size=chunk_size, needs=needs)
+    return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                            reverse=reverse, chunk_size=chunk_size, needs=needs)
+
+
+def _chunk_rows(chunk_size: int) -> int:
+    """The backward's chunk: a power of two in [16, 64] (64 keeps the [C, N] tiles in registers;
+    the chunk length changes rounding only)."""
+    rows = 16
+    while rows < min(int(chunk_size), 64):
+        rows *= 2
+    return rows
+
+
+def _prepass(q, k, dt, lam, dph, D, init, reverse):
+    """Differentiable pre-pass (reference semantics of ``scan_chunked_ref``), SISO, physical order.
+
+    q, k: [B, T, H, N] float32; dt, lam: [B, T, H]; dph: [B, T, H, S]; D: [H] or None;
+    init: (ssm0 [B, H, P, N], kp0 [B, H, N], vp0 [B, H, P], ph0 [B, H, S]) float32 or None.
+    Returns qr, kp (= kr * scale), c [B, T, H], G_0 or None, kr of the last logical step, and the
+    final phase.
+    """
+    T = q.shape[1]
+    first, last = (T - 1, 0) if reverse else (0, T - 1)
+    # Cumulative phase summed in float64, reduced mod 2pi (as the reference, mamba3.md §6.3);
+    # reverse: suffix sums (logical order is the mirrored physical order).
+    d64 = dph.double()
+    cum = d64.flip(1).cumsum(1).flip(1) if reverse else d64.cumsum(1)
+    if init is not None:
+        cum = cum + init[3].double().unsqueeze(1)
+    phase = torch.remainder(cum, TWO_PI).float()
+    factor = _rotation_factor(phase, q.shape[-1])
+    qr = _rotate_by_complex_product(q, factor)
+    kr = _rotate_by_complex_product(k, factor)
+    gamma = lam * dt
+    beta = (1.0 - lam) * dt
+    zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])
+    # beta~ of logical step s is beta of logical step s + 1: physical t + 1 (t - 1 in reverse)
+    ahead = torch.cat((zero, beta[:, :-1]), 1) if reverse else torch.cat((beta[:, 1:], zero), 1)
+    kp = kr * (gamma + ahead).unsqueeze(-1)
+    # Diagonal on the unrotated q . k (the rotation cancels at equal times), as the reference.
+    c = gamma * (q * k).sum(-1)
+    if D is not None:
+        c = c + D
+    g0 = None
+    if init is not None:
+        ssm0, kp0, vp0, _ = init
+        g0 = ssm0 + beta[:, first, :, None, None] * (vp0.unsqueeze(-1) * kp0.unsqueeze(-2))
+    return qr, kp, c, g0, kr[:, last], phase[:, last]
+
+
+def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
+    B, T, H, _, N = q.shape
+    P = v.shape[-1]
+    first_last = 0 if reverse else T - 1
+    dfinal = dfinal if dfinal is not None else (None,) * 4
+    dh1, dkp1, dvp1, dph1 = dfinal
+    # leaves of the pre-pass graph, float32, SISO (rank axis dropped)
+    raw = [q[:, :, :, 0], k[:, :, :, 0], dt, lam, dph, D]
+    raw += [init[0], init[1][:, :, 0], init[2][:, :, 0], init[3]] if init is not None else [None] * 4
+    need_of = [needs[0], needs[1], needs[4], needs[5], needs[6], needs[7]] + list(needs[8:12])
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().float().requires_grad_(bool(nd))
+                  for t, nd in zip(raw, need_of)]
+        lq, lk, ldt, llam, ldph, lD, lh0, lkp0, lvp0, lph0 = leaves
+        linit = (lh0, lkp0, lvp0, lph0) if init is not None else None
+        qr, kp, c, g0, kr_last, ph_last = _prepass(lq, lk, ldt, llam, ldph, lD, linit, reverse)
+
+    v3 = v[:, :, :, 0]
+    dy3 = dy[:, :, :, 0].contiguous()
+    dq_core, dk_core, dv, da, dg0 = core_backward(
+        qr.detach().contiguous(), kp.detach().contiguous(), v3, a,
+        None if g0 is None else g0.detach().contiguous(), dy3,
+        None if dh1 is None else dh1.float().contiguous(), reverse=reverse,
+        chunk=_chunk_rows(chunk_size))
+
+    # diagonal: y += c v  ->  dc = dy . v, dv += c dy; the final v_prev is v of the last step
+    dyf = dy3.float()
+    dc = (dyf * v3.float()).sum(-1)
+    dv += c.detach().unsqueeze(-1) * dyf
+    if dvp1 is not None:
+        dv[:, first_last] += dvp1[:, :, 0].float()
+
+    outs, seeds = [qr, kp, c], [dq_core, dk_core, dc]
+    if g0 is not None:
+        outs.append(g0)
+        seeds.append(dg0)
+    if dkp1 is not None:
+        outs.append(kr_last)
+        seeds.append(dkp1[:, :, 0].float())
+    if dph1 is not None:
+        outs.append(ph_last)
+        seeds.append(dph1.float())
+    pairs = [(o, s) for o, s in zip(outs, seeds) if o.requires_grad]
+    wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
+    grads = [None] * len(leaves)
+    if wanted and pairs:
+        got = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
+                                  [s for _, s in pairs], allow_unused=True)
+        for i, g in zip(wanted, got):
+            grads[i] = g if g is not None else torch.zeros_like(leaves[i])
+    gq, gk, gdt, glam, gdph, gD, gh0, gkp0, gvp0, gph0 = grads
+
+    inputs = [q, k, v, a, dt, lam, dph, D] + (list(init) if init is not None else [None] * 4)
+    rank_form = [gq, gk, dv, da, gdt, glam, gdph, gD, gh0, gkp0, gvp0, gph0]
+    out = [None] * 12
+    for i, (g, x) in enumerate(zip(rank_form, inputs)):
+        if x is None or not needs[i]:
+            continue
+        if g is None:
+            g = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
+        out[i] = g.reshape(x.shape).to(x.dtype)
+    return out
+
+
+def _recompute_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
+    """Re-run ``scan_chunked_ref`` in float32 under autograd and pull every gradient (fallback)."""
     inputs = [q, k, v, a, dt, lam, dph, D]
     inputs += list(init) if init is not None else [None] * 4
     with torch.enable_grad():

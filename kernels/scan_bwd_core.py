@@ -1,0 +1,230 @@
+"""Triton kernels of the core decayed linear recurrence behind the Mamba-3 scan backward.
+
+Reference: the chunked form of ``diffmamba.ops.reference.scan_chunked_ref`` with the rotary,
+trapezoid and diagonal terms factored out (``kernels/scan_bwd.py`` does that pre-pass); the
+equations are written out in ``kernels/README.md`` ("Backward").
+
+The core, per (batch, head), with per-token log decay a_t, rotated queries Qr_t, scaled rotated
+keys K_t = kr_t scale_t (both [N]) and values v_t [P]:
+
+    G_t = exp(a_t) G_{t-1} + K_t v_t^T          (G stored transposed, [N, P]; G_0 = entry state)
+    y_t = exp(a_t) G_{t-1}^T Qr_t                (the diagonal term is added outside the core)
+
+In chunks of C steps with chunk-local inclusive cumsum l_i and entering state G_c this is the
+forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Three kernels:
+
+  ``_states_fwd``   one program per (b, h) walks the chunks forward and stores every chunk's
+                    entering state (and the final one) in fp32 — the forward kernel keeps its
+                    states in registers, so the backward recomputes them (one light pass).
+  ``_states_bwd``   one program per (b, h) walks the chunks backward carrying dG, the adjoint of
+                    the state leaving the chunk, exactly as the forward carries G; stores it per
+                    chunk, and the adjoint of the entry state G_0.
+  ``_chunk_grads``  one program per (chunk, b, h), fully parallel: dQr, dK, dv (core part) and
+                    d a from the saved G_c and dG of its chunk.
+
+``reverse=True`` mirrors the time index (logical step s reads physical step T-1-s) as in the
+forward kernel, so no flipped copies are made.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import interpreting
+
+
+@triton.jit
+def _mm(a, b, TF32: tl.constexpr):
+    # fp32 operands always: TF32 tensor cores for bf16/fp16 I/O (10-bit mantissa, 8x finer than
+    # bf16 operands: the d(log decay) identity below subtracts two sums of similar size), IEEE
+    # fp32 for fp32 I/O.
+    if TF32:
+        return tl.dot(a, b, input_precision="tf32")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _chunk_rows(b, h, c, T, H, C: tl.constexpr, REVERSE: tl.constexpr):
+    """Row offsets ((b*T + t_phys)*H + h) of chunk c's C logical steps and their validity."""
+    s_log = c * C + tl.arange(0, C)
+    ok = s_log < T
+    if REVERSE:
+        t_phys = T - 1 - s_log
+    else:
+        t_phys = s_log
+    return (b * T + t_phys) * H + h, ok
+
+
+@triton.jit
+def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
+                N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
+                C: tl.constexpr, REVERSE: tl.constexpr, HAS_G0: tl.constexpr, TF32: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // H).to(tl.int64)
+    h = (pid % H).to(tl.int64)
+    n = tl.arange(0, NB)
+    p = tl.arange(0, PB)
+    n_ok = n < N
+    p_ok = p < P
+    st_mask = n_ok[:, None] & p_ok[None, :]
+    if HAS_G0:
+        # G_0 arrives as [P, N] (the state's layout); the kernel keeps its transpose [N, P].
+        g = tl.load(g0_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None],
+                    mask=st_mask, other=0.0)
+    else:
+        g = tl.zeros([NB, PB], dtype=tl.float32)
+    hs = hs_ptr + pid.to(tl.int64) * (NC + 1) * N * P
+    for c in range(0, NC):
+        tl.store(hs + c * N * P + n[:, None] * P + p[None, :], g, mask=st_mask)
+        row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
+        a = tl.load(a_ptr + row, mask=ok, other=0.0)
+        l = tl.cumsum(a, axis=0)
+        l_last = tl.sum(a, axis=0)
+        kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
+        vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
+                     other=0.0).to(tl.float32)
+        w = tl.exp(tl.minimum(l_last - l, 0.0))  # exponents <= 0 (mamba3.md §6.2)
+        g = tl.exp(tl.minimum(l_last, 0.0)) * g + _mm(tl.trans(kk * w[:, None]), vv, TF32)
+    tl.store(hs + NC * N * P + n[:, None] * P + p[None, :], g, mask=st_mask)
+
+
+@triton.jit
+def _states_bwd(q_ptr, dy_ptr, a_ptr, dg1_ptr, dhs_ptr, dg0_ptr, T, H, NC,
+                N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
+                C: tl.constexpr, REVERSE: tl.constexpr, HAS_DG1: tl.constexpr, TF32: tl.constexpr):
+    pid = tl.program_id(0)
+    b = (pid // H).to(tl.int64)
+    h = (pid % H).to(tl.int64)
+    n = tl.arange(0, NB)
+    p = tl.arange(0, PB)
+    n_ok = n < N
+    p_ok = p < P
+    st_mask = n_ok[:, None] & p_ok[None, :]
+    st_off = n[:, None] * P + p[None, :]
+    if HAS_DG1:
+        # upstream gradient of the final ssm, [P, N] -> transposed [N, P]
+        dg = tl.load(dg1_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None],
+                     mask=st_mask, other=0.0)
+    else:
+        dg = tl.zeros([NB, PB], dtype=tl.float32)
+    dhs = dhs_ptr + pid.to(tl.int64) * NC * N * P
+    for cc in range(0, NC):
+        c = NC - 1 - cc
+        tl.store(dhs + c * N * P + st_off, dg, mask=st_mask)
+        row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
+        a = tl.load(a_ptr + row, mask=ok, other=0.0)
+        l = tl.cumsum(a, axis=0)
+        l_last = tl.sum(a, axis=0)
+        qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
+        dy = tl.load(dy_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
+                     other=0.0).to(tl.float32)
+        # dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T (inter-chunk term of every y_i)
+        qd = qq * tl.exp(tl.minimum(l, 0.0))[:, None]
+        dg = tl.exp(tl.minimum(l_last, 0.0)) * dg + _mm(tl.trans(qd), dy, TF32)
+    tl.store(dg0_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None], dg, mask=st_mask)
+
+
+@triton.jit
+def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
+                 dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
+                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
+                 C: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
+    c = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // H).to(tl.int64)
+    h = (pid % H).to(tl.int64)
+    n = tl.arange(0, NB)
+    n_ok = n < N
+    row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
+    a = tl.load(a_ptr + row, mask=ok, other=0.0)
+    l = tl.cumsum(a, axis=0)
+    l_last = tl.sum(a, axis=0)
+    qk_mask = ok[:, None] & n_ok[None, :]
+    qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
+    kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
+
+    i = tl.arange(0, C)
+    # strictly causal decay M_ij = exp(l_i - l_j), j < i (clamped before exp, §6.2)
+    m = tl.where(i[None, :] < i[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
+    am = _mm(qq, tl.trans(kk), TF32) * m  # decayed scores (Qr_i . K_j) M_ij
+    w = tl.exp(tl.minimum(l_last - l, 0.0))  # decay of step j to the chunk's end
+    e = tl.exp(tl.minimum(l, 0.0))  # decay of the entering state to step i
+
+    hs = hs_ptr + (pid.to(tl.int64) * (NC + 1) + c) * N * P
+    dhs = dhs_ptr + (pid.to(tl.int64) * NC + c) * N * P
+    dp = tl.zeros([C, C], dtype=tl.float32)  # dy_i . v_j
+    dq_inter = tl.zeros([C, NB], dtype=tl.float32)  # G_c^T-side: dy_i G_c^T
+    dk_state = tl.zeros([C, NB], dtype=tl.float32)  # dG-side: v_j dG^T
+    gdg = tl.zeros([NB], dtype=tl.float32)  # <G_c, dG> partial sums
+    # The value dim is walked in blocks so only [N, BP] slices of G_c and dG are live at once;
+    # dQr and dK need the full sum over P, dv is complete per block.
+    for p0 in range(0, P, BP):
+        p = p0 + tl.arange(0, BP)
+        p_ok = p < P
+        vp_mask = ok[:, None] & p_ok[None, :]
+        vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=vp_mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + row[:, None] * P + p[None, :], mask=vp_mask, other=0.0).to(tl.float32)
+        st_mask = n_ok[:, None] & p_ok[None, :]
+        g = tl.load(hs + n[:, None] * P + p[None, :], mask=st_mask, other=0.0)
+        dg = tl.load(dhs + n[:, None] * P + p[None, :], mask=st_mask, other=0.0)
+        dp += _mm(dy, tl.trans(vv), TF32)
+        dq_inter += _mm(dy, tl.trans(g), TF32)
+        dk_state += _mm(vv, tl.trans(dg), TF32)
+        gdg += tl.sum(g * dg, axis=1)
+        # dv_j = sum_{i>j} (Qr_i . K_j) M_ij dy_i + w_j dG^T K_j
+        dv = _mm(tl.trans(am), dy, TF32) + w[:, None] * _mm(kk, dg, TF32)
+        tl.store(dv_ptr + row[:, None] * P + p[None, :], dv, mask=vp_mask)
+    wm = dp * m
+    dk_intra = _mm(tl.trans(wm), qq, TF32)
+    dq = _mm(wm, kk, TF32) + e[:, None] * dq_inter
+    tl.store(dq_ptr + row[:, None] * N + n[None, :], dq, mask=qk_mask)
+    tl.store(dk_ptr + row[:, None] * N + n[None, :], dk_intra + w[:, None] * dk_state, mask=qk_mask)
+    # d a_s. Outputs: every exponent of y_i holds +l_i (query side) and -l_j (key side), so
+    # d l_i = Qr_i . dQr_i - K_i . dK_intra_i, and d a_s = sum_{i>=s} d l_i (l_i = sum_{s<=i} a_s).
+    # Leaving state G_next = exp(l_last) G_c + sum_j w_j K_j v_j^T: a_s scales G_c and the inputs
+    # j < s, so it gets exp(l_last) <dG, G_c> + sum_{j<s} w_j K_j . (dG^T v_j) directly; written
+    # this way (rather than as +<dG, G_next> on the last row minus each key's share) nothing
+    # cancels, and a gradient that is exactly 0 (T = 1, fresh state) comes out exactly 0.
+    dl = tl.sum(qq * dq, axis=1) - tl.sum(kk * dk_intra, axis=1)
+    u = w * tl.sum(kk * dk_state, axis=1)
+    da = tl.sum(dl, axis=0) - tl.cumsum(dl, axis=0) + dl + tl.cumsum(u, axis=0) - u
+    da += tl.exp(tl.minimum(l_last, 0.0)) * tl.sum(gdg, axis=0)
+    tl.store(da_ptr + row, da, mask=ok)
+
+
+def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
+    """Gradients of the core recurrence (module docstring) by the three kernels.
+
+    qr, kp: [B, T, H, N] float32; v, dy: [B, T, H, P] (any float dtype); a: [B, T, H] float32;
+    g0: [B, H, P, N] float32 entry state or None (zero); dg1: [B, H, P, N] float32 upstream
+    gradient of the final state or None. All contiguous. ``chunk`` is a power of two >= 16.
+    Returns dQr, dK, dv (float32, core part only), da [B, T, H] and dG_0 [B, H, P, N].
+    """
+    B, T, H, N = qr.shape
+    P = v.shape[-1]
+    NC = triton.cdiv(T, chunk)
+    NB = triton.next_power_of_2(N)
+    PB = triton.next_power_of_2(P)
+    BP = min(PB, 64)
+    tf32 = v.dtype != torch.float32 and not interpreting()
+    dev = qr.device
+    f32 = torch.float32
+    hs = torch.empty(B * H, NC + 1, N, P, device=dev, dtype=f32)
+    dhs = torch.empty(B * H, NC, N, P, device=dev, dtype=f32)
+    dg0 = torch.empty(B, H, P, N, device=dev, dtype=f32)
+    dq = torch.empty_like(qr)
+    dk = torch.empty_like(kp)
+    dv = torch.empty(B, T, H, P, device=dev, dtype=f32)
+    da = torch.empty(B, T, H, device=dev, dtype=f32)
+    common = dict(N=N, P=P, NB=NB, C=chunk, REVERSE=bool(reverse), TF32=tf32)
+    warps = 4 if NB * PB <= 4096 else 8
+    _states_fwd[(B * H,)](kp, v, a, g0 if g0 is not None else a, hs, T, H, NC, PB=PB,
+                          HAS_G0=g0 is not None, num_warps=warps, **common)
+    _states_bwd[(B * H,)](qr, dy, a, dg1 if dg1 is not None else a, dhs, dg0, T, H, NC,
+                          PB=PB, HAS_DG1=dg1 is not None, num_warps=warps, **common)
+    _chunk_grads[(NC, B * H)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
+                              BP=BP, num_warps=8 if NB >= 128 else 4, **common)
+    return dq, dk, dv, da, dg0
