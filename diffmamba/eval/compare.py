@@ -105,6 +105,10 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         if name not in SAMPLERS:
             raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
     systems = _systems(opts)
+    from diffmamba.eval.systems import KNOWN_MODES
+    for s in systems:
+        if s.mode not in KNOWN_MODES:
+            raise UserError(f"system {s.name!r} has unknown mode {s.mode!r}; known modes: {', '.join(KNOWN_MODES)}")
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     amp = (lambda: autocast(device, dtype))

@@ -50,7 +50,17 @@ class Checkpoint:
         return next(self.model.parameters()).dtype
 
     def describe(self) -> dict:
+        export = {}
+        export_path = os.path.join(self.model_dir, "export.json")
+        if os.path.isfile(export_path):
+            import json
+            try:
+                with open(export_path) as f:
+                    export = json.load(f)
+            except (OSError, ValueError):
+                export = {}
         return {"path": os.path.abspath(self.path), "model_dir": os.path.abspath(self.model_dir),
+                "trained_steps": export.get("step"), "weights": export.get("weights"),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "trained_objective": self.trained_objective, "run_config": self.run_config_path,
                 "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id,

@@ -252,10 +252,17 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
     if meta:
         lines += [f"- created: {meta.get('created', '-')}", f"- command: `{meta.get('command', '-')}`",
                   f"- environment: {meta.get('environment_line', '-')}"]
+    ckpts = results.get("checkpoints", {})
     for s in results.get("systems", []):
         settings = ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items())
+        c = ckpts.get(s["checkpoint"], {})
+        facts = [f"{c['parameters'] / 1e6:.2f}M parameters" if c.get("parameters") else None,
+                 f"trained objective {c['trained_objective']}" if c.get("trained_objective") else None,
+                 f"{c['trained_steps']} steps" if c.get("trained_steps") is not None else None,
+                 f"{c['weights']} weights" if c.get("weights") else None]
+        facts = ", ".join(f for f in facts if f)
         lines.append(f"- system **{s['name']}**: mode `{s['mode']}`, checkpoint `{s['checkpoint']}`"
-                     + (f", {settings}" if settings else ""))
+                     + (f" ({facts})" if facts else "") + (f", {settings}" if settings else ""))
     judge = results.get("judge")
     if judge:
         lines.append(f"- judge LM: **{judge.get('name')}** ({judge.get('kind')}, {judge.get('parameters', '?')} "

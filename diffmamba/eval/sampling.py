@@ -69,14 +69,10 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     device = generator.device
     if system.is_ar:
         from diffmamba.ar import ar_generate
-        if prompt is None:
-            prompt = torch.full((batch_size, 1), eos_id, dtype=torch.long, device=device)
-            res = ar_generate(model, prompt, length, generator, temperature=setting.temperature,
-                              top_p=setting.top_p, progress=progress)
-            return res.tokens[:, 1:], res.nfe
-        res = ar_generate(model, prompt, length, generator, temperature=setting.temperature, top_p=setting.top_p,
+        start = prompt if prompt is not None else torch.full((batch_size, 1), eos_id, dtype=torch.long, device=device)
+        res = ar_generate(model, start, length, generator, temperature=setting.temperature, top_p=setting.top_p,
                           progress=progress)
-        return res.tokens, res.nfe
+        return (res.tokens if prompt is not None else res.tokens[:, 1:]), res.nfe
     from diffmamba.diffusion import SamplerOptions, denoiser_from_model, run_sampler
     opts = dict(setting.extra)
     options = SamplerOptions(steps=setting.steps or length, temperature=setting.temperature, top_p=setting.top_p,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-# Modes the evaluators know how to run; block diffusion registers its own by extending these maps.
 AR_MODES = ("ar",)
 DIFFUSION_MODES = ("diffusion",)
+KNOWN_MODES = AR_MODES + DIFFUSION_MODES + ("block",)  # "block": diffmamba/block/evaluation.py
 
 
 @dataclass
