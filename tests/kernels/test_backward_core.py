@@ -1,0 +1,132 @@
+"""Triton backward of the scan: the core recurrence kernels in isolation, the backward switch,
+and partial-gradient / no-final-state paths of the full op.
+
+The full-op gradient matrix (every input and initial-state field, random upstream gradients on y
+and on every final-state field, both directions, T in {1, 15, 16, 17, 64, 65, 200}, fp32/bf16,
+SISO/MIMO) is test_scan.py::test_backward_*; this file covers what that matrix cannot reach:
+ragged N / P (masks, two value blocks), the core's own contract, and the fallback switch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testlib import CUDA, DEVICE, DIMS, batch_for, check, make_inputs, make_state, upstream
+
+import diffmamba.kernels as K
+from diffmamba.kernels import scan_bwd
+from diffmamba.kernels.scan_bwd_core import core_backward
+from diffmamba.ops import reference
+from diffmamba.ops.state import Mamba3State
+
+
+def core_ref(qr, kp, v, a, g0, reverse):
+    """The core recurrence, one token at a time (float64): G_t = exp(a_t) G_{t-1} + K_t v_t^T,
+    y_t = exp(a_t) G_{t-1}^T Qr_t; G stored [B, H, P, N]. Returns y and the final G."""
+    if reverse:
+        y, g = core_ref(qr.flip(1), kp.flip(1), v.flip(1), a.flip(1), g0, False)
+        return y.flip(1), g
+    B, T, H, N = qr.shape
+    g = g0 if g0 is not None else qr.new_zeros(B, H, v.shape[-1], N)
+    ys = []
+    for t in range(T):
+        decay = a[:, t].exp()[..., None, None]
+        ys.append(torch.einsum("bhpn,bhn->bhp", decay * g, qr[:, t]))
+        g = decay * g + torch.einsum("bhp,bhn->bhpn", v[:, t], kp[:, t])
+    return torch.stack(ys, 1), g
+
+
+@pytest.mark.parametrize("T", [1, 16, 17, 40])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("ends", ["fresh", "init+dfinal"])
+def test_core_backward_ragged(T, reverse, ends):
+    """N = 24, P = 80: padded key lanes and two value blocks (the second one ragged)."""
+    B, H, N, P = 2, 2, 24, 80
+    g = torch.Generator().manual_seed(T)
+    qr = torch.randn(B, T, H, N, generator=g, dtype=torch.float64)
+    kp = 0.1 * torch.randn(B, T, H, N, generator=g, dtype=torch.float64)
+    v = torch.randn(B, T, H, P, generator=g, dtype=torch.float64)
+    a = -0.5 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
+    with_ends = ends != "fresh"
+    g0 = torch.randn(B, H, P, N, generator=g, dtype=torch.float64) if with_ends else None
+    leaves = [x.clone().requires_grad_() for x in (qr, kp, v, a)]
+    g0l = g0.clone().requires_grad_() if with_ends else None
+    y, g1 = core_ref(*leaves, g0l, reverse)
+    dy, dg1 = upstream([y, g1], seed=T + 1)
+    outs, seeds = [y], [dy]
+    if with_ends:
+        outs.append(g1)
+        seeds.append(dg1)
+    torch.autograd.backward(outs, seeds)
+
+    f = [x.float().contiguous().to(DEVICE) for x in (qr, kp, v, a, dy)]
+    got = core_backward(f[0], f[1], f[2], f[3],
+                        g0.float().contiguous().to(DEVICE) if with_ends else None, f[4],
+                        dg1.float().contiguous().to(DEVICE) if with_ends else None,
+                        reverse=reverse, chunk=16)
+    refs = [x.grad for x in leaves] + [g0l.grad if with_ends else None]
+    for name, gk, gr in zip(["dQr", "dK", "dv", "da", "dG0"], got, refs):
+        if gr is None:  # no entry state: its adjoint is still computed, from dG_final = 0
+            continue
+        check(name, gk.cpu(), gr, torch.float32)
+
+
+def test_backward_switch(monkeypatch):
+    monkeypatch.delenv("DIFFMAMBA_SCAN_BWD", raising=False)
+    assert scan_bwd.backward_mode(1, DIMS.N) == "triton"
+    assert scan_bwd.backward_mode(DIMS.R, DIMS.N) == "recompute"  # MIMO stays on recompute
+    assert scan_bwd.backward_mode(1, DIMS.N + 1) == "recompute"
+    monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "recompute")
+    assert scan_bwd.backward_mode(1, DIMS.N) == "recompute"
+
+
+def _grads(xs, st, reverse, want_final, seed_names):
+    leaves = [None if x is None else x.detach().clone().requires_grad_(i in seed_names)
+              for i, x in enumerate(xs)]
+    y, s = K.mamba3_scan_triton(*leaves, reverse=reverse, initial_state=st,
+                                return_final_state=want_final, chunk_size=DIMS.chunk)
+    outs = [y] + (list(s) if want_final else [])
+    torch.autograd.backward(outs, upstream(outs, seed=3))
+    return [None if x is None else x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_triton_matches_recompute_partial_needs(monkeypatch, reverse):
+    """Only some inputs require grad, D = None, no final state: the Triton path returns exactly
+    the gradients asked for, equal to the recompute fallback's (itself checked in test_scan)."""
+    T = 23
+    B = batch_for(T)
+    xs = make_inputs(B, T, torch.float32, seed=21)
+    xs[7] = None
+    st = make_state(B, torch.float32, seed=22)
+    asked = {1, 3, 6}  # k, log_decay, dphase
+    monkeypatch.delenv("DIFFMAMBA_SCAN_BWD", raising=False)
+    got = _grads(xs, st, reverse, False, asked)
+    monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "recompute")
+    ref = _grads(xs, st, reverse, False, asked)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        if i in asked:
+            check(f"input {i}", g, r, torch.float32)
+        else:
+            assert g is None and r is None
+
+
+def test_state_only_upstream():
+    """Upstream gradient on the final state alone (y unused): reaches the initial state too."""
+    T = 18
+    B = batch_for(T)
+    xs = make_inputs(B, T, torch.float32, seed=31)
+    st = make_state(B, torch.float32, seed=32)
+    stl = [t.detach().clone().requires_grad_() for t in st]
+    _, s = K.mamba3_scan_triton(*xs, initial_state=Mamba3State(*stl), return_final_state=True,
+                                chunk_size=DIMS.chunk)
+    # v_prev is the last value, independent of the initial state: seed the other three fields
+    outs = [s.ssm, s.k_prev, s.phase]
+    seeds = upstream(outs, seed=5)
+    torch.autograd.backward(outs, seeds)
+    sd = [t.detach().double().requires_grad_() for t in st]
+    fn = reference.scan_chunked_ref if CUDA else reference.scan_recurrent_ref
+    _, s_ref = fn(*[x.double() for x in xs], initial_state=Mamba3State(*sd))
+    torch.autograd.backward([s_ref.ssm, s_ref.k_prev, s_ref.phase], [g.double() for g in seeds])
+    for name, g, r in zip(["dssm0", "dk_prev0", "dv_prev0", "dphase0"], stl, sd):
+        check(name, g.grad, r.grad, torch.float32)
