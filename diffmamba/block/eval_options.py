@@ -27,7 +27,7 @@ def block_systems(checkpoints: Sequence[str], block_sizes: Optional[Sequence[int
     """One ``System(mode="block")`` per checkpoint and block size (default: its trained size)."""
     from diffmamba.eval.systems import System
 
-    systems = []
+    sizes_of = {}
     for path in checkpoints:
         trained = trained_block_size(path)
         sizes = list(block_sizes) if block_sizes else [trained]
@@ -38,7 +38,13 @@ def block_systems(checkpoints: Sequence[str], block_sizes: Optional[Sequence[int
         for size in sizes:
             if size < 1:
                 raise UserError(f"--block-sizes must be >= 1, got {size}")
-            name = f"block L'={size}" + ("" if len(checkpoints) == 1 else f" ({path})")
+        sizes_of[path] = (trained, sizes)
+    all_sizes = [size for _, sizes in sizes_of.values() for size in sizes]
+    systems = []
+    for path, (trained, sizes) in sizes_of.items():
+        for size in sizes:
+            # The checkpoint goes into the name only when two systems would share an L'.
+            name = f"block L'={size}" + ("" if all_sizes.count(size) == 1 else f" ({path})")
             systems.append(System(name, "block", path, {"block_size": int(size), "trained_block_size": trained}))
     return systems
 

@@ -61,7 +61,7 @@ def test_compare_reports_the_dial(runs, tmp_path, capsys):
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     names = [s["name"] for s in results["systems"]]
-    assert "block L'=1 (" in names[2] and "block L'=8 (" in names[3]
+    assert names[2:] == ["block L'=1", "block L'=8"]
     likelihood = {r["system"]: r for r in results["likelihood"]}
     assert likelihood[names[2]]["kind"] == "exact" and likelihood[names[3]]["kind"] == "bound"
     assert likelihood[names[3]]["num_repeats"] == 2 and likelihood[names[3]]["block_size"] == 8
