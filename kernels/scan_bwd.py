@@ -57,9 +57,10 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
 
 def _chunk_rows(chunk_size: int) -> int:
     """The backward's chunk: a power of two in [16, 64] (64 keeps the [C, N] tiles in registers;
-    the chunk length changes rounding only)."""
+    the chunk length changes rounding only). ``DIFFMAMBA_BWD_CHUNK`` overrides it (tuning)."""
     rows = 16
-    while rows < min(int(chunk_size), 64):
+    target = int(os.environ.get("DIFFMAMBA_BWD_CHUNK", chunk_size))
+    while rows < min(target, 64):
         rows *= 2
     return rows
 
@@ -102,8 +103,7 @@ def _prepass(q, k, dt, lam, dph, D, init, reverse):
 
 
 def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
-    B, T, H, _, N = q.shape
-    P = v.shape[-1]
+    T = q.shape[1]
     first_last = 0 if reverse else T - 1
     dfinal = dfinal if dfinal is not None else (None,) * 4
     dh1, dkp1, dvp1, dph1 = dfinal

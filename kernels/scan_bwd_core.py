@@ -28,6 +28,8 @@ forward kernel, so no flipped copies are made.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -37,9 +39,9 @@ from .configs import interpreting
 
 @triton.jit
 def _mm(a, b, TF32: tl.constexpr):
-    # fp32 operands always: TF32 tensor cores for bf16/fp16 I/O (10-bit mantissa, 8x finer than
-    # bf16 operands: the d(log decay) identity below subtracts two sums of similar size), IEEE
-    # fp32 for fp32 I/O.
+    # fp32 operands always. IEEE fp32 by default: the d(log decay) identity below subtracts two
+    # sums of similar size, and IEEE is what the interpreter tests validate. TF32 (10-bit
+    # mantissa) is opt-in for bf16/fp16 I/O via DIFFMAMBA_BWD_TF32=1 (not yet validated on a GPU).
     if TF32:
         return tl.dot(a, b, input_precision="tf32")
     else:
@@ -209,7 +211,8 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     NB = triton.next_power_of_2(N)
     PB = triton.next_power_of_2(P)
     BP = min(PB, 64)
-    tf32 = v.dtype != torch.float32 and not interpreting()
+    tf32 = (v.dtype != torch.float32 and not interpreting()
+            and os.environ.get("DIFFMAMBA_BWD_TF32", "0") == "1")
     dev = qr.device
     f32 = torch.float32
     hs = torch.empty(B * H, NC + 1, N, P, device=dev, dtype=f32)

@@ -37,6 +37,10 @@ SHAPES = {
 }
 STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
 OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
+# bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction)
+# and its core kernels alone (scan_bwd_core.core_backward); the difference is the PyTorch
+# pre-pass (rotation, trapezoid scales, diagonal) and its autograd.
+EXTRA_OPS = ["bwdparts"]
 
 
 def make(B, T, H, N, P, S, R, dtype, device, seed=0):
@@ -108,12 +112,32 @@ def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
     return run_bwd
 
 
+def bench_bwd_parts(name, xs, seed, args):
+    """Time the Triton backward (whole, and its core kernels alone) on one direction."""
+    from diffmamba.kernels import scan_bwd, scan_bwd_core
+    q, k, v, a, dt, lam, dph, D = xs
+    q5, k5, v5, dy5 = (t.unsqueeze(3).contiguous() for t in (q, k, v, seed))
+    needs = (True,) * 8 + (False,) * 4
+    whole = lambda: scan_bwd.scan_backward(q5, k5, v5, a, dt, lam, dph, D, None, dy5, None,  # noqa: E731
+                                           reverse=False, chunk_size=args.chunk, needs=needs)
+    qr, kp = q.float().contiguous(), k.float().contiguous()
+    core = lambda: scan_bwd_core.core_backward(qr, kp, v, a, None, seed, None, reverse=False,  # noqa: E731
+                                               chunk=scan_bwd._chunk_rows(args.chunk))
+    out = []
+    for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
+        ms = time_ms(fn, "cuda", args.warmup, args.rep)
+        out.append(dict(shape=name, op="bwdparts", impl=part, ms=ms))
+        print(f"{name:18s} {'bwdpart':7s} {part:12s} {ms:9.3f} ms", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="*", default=None,
                     help=f"scan shapes from {sorted(SHAPES)} (default: all GPU shapes, or cpu-tiny on CPU)")
     ap.add_argument("--step-shapes", nargs="*", default=None, help=f"decode shapes from {sorted(STEP_SHAPES)}")
-    ap.add_argument("--ops", nargs="*", default=OPS + ["step"], help=f"subset of {OPS + ['step']}")
+    ap.add_argument("--ops", nargs="*", default=OPS + ["step"],
+                    help=f"subset of {OPS + ['step'] + EXTRA_OPS} (bwdparts: GPU, SISO only)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--chunk", type=int, default=64, help="chunk_size (rows) for both paths")
     ap.add_argument("--warmup", type=float, default=25, help="warm-up, ms (do_bench)")
@@ -165,6 +189,8 @@ def main(argv=None) -> int:
                       f"{row['tflops']:8.2f} {row['pct_peak']:6.2f}", flush=True)
             if cuda and (op, "reference") in times and (op, "triton") in times:
                 print(f"{'':18s} {op:7s} speed-up over reference: {times[(op, 'reference')] / times[(op, 'triton')]:.1f}x")
+        if "bwdparts" in args.ops and cuda and R is None:
+            rows_out += bench_bwd_parts(name, xs, seed, args)
         for impl in impls:
             if ("bi", impl) in times and ("fwd", impl) in times:
                 print(f"{name:18s} bidirectional/unidirectional forward ({impl}): {times[('bi', impl)] / times[('fwd', impl)]:.2f}")
