@@ -24,8 +24,11 @@ environment sets ``DIFFMAMBA_SCAN_BWD=recompute`` (debugging).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources
 
 from diffmamba.ops.reference import (TWO_PI, _rotate_by_complex_product, _rotation_factor,
                                      scan_chunked_ref)
@@ -48,11 +51,24 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
     ``dfinal`` holds the upstream gradients of the final state's fields (None entries allowed)
     or is None when the forward returned no state.
     """
-    if backward_mode(q.shape[3], q.shape[4]) == "recompute":
-        return _recompute_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
-                                   reverse=reverse, chunk_size=chunk_size, needs=needs)
-    return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
-                            reverse=reverse, chunk_size=chunk_size, needs=needs)
+    global _TRITON_BWD_BROKEN
+    if backward_mode(q.shape[3], q.shape[4]) == "triton" and not _TRITON_BWD_BROKEN:
+        try:
+            return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                                    reverse=reverse, chunk_size=chunk_size, needs=needs)
+        except (CompilationError, OutOfResources) as e:
+            # The Triton backward was validated under the interpreter; a GPU whose compiler or
+            # resources reject it must still train, so fall back (correct, slower) and say so once.
+            _TRITON_BWD_BROKEN = True
+            warnings.warn(f"Triton scan backward failed to compile on this GPU ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); using the recompute backward from now on. "
+                          "Please report it with `python scripts/bench_kernels.py` output.", RuntimeWarning)
+    return _recompute_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                               reverse=reverse, chunk_size=chunk_size, needs=needs)
+
+
+# Set once a GPU's Triton compiler rejects the backward kernels (see scan_backward).
+_TRITON_BWD_BROKEN = False
 
 
 def _chunk_rows(chunk_size: int) -> int:
