@@ -249,15 +249,15 @@ def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
 def _strictly_lower_decay(local_cumsum: torch.Tensor, rank: int) -> torch.Tensor:
     """exp(l_i - l_j) for j < i inside each chunk, 0 elsewhere; rows/cols repeated R times.
 
-    local_cumsum: [B, H, nc, C] inclusive cumsum of a_t reset at every chunk start.
+    local_cumsum: [B, H, nc, C] inclusive cumsum of a_t <= 0, reset at every chunk start.
     Returns [B, H, nc, C*R, C*R] (the kron with ones(R, R) of the MIMO stacking).
     """
     C = local_cumsum.shape[-1]
     difference = local_cumsum[..., :, None] - local_cumsum[..., None, :]
-    strictly_lower = torch.ones(C, C, dtype=torch.bool, device=local_cumsum.device).tril(-1)
-    # clamp first: the masked upper entries would otherwise be exp(positive) -> inf, and inf * 0
-    # in the backward pass is NaN.
-    decay = torch.where(strictly_lower, difference.clamp(max=0.0).exp(), 0.0)
+    not_strictly_lower = torch.ones(C, C, dtype=torch.bool, device=local_cumsum.device).triu()
+    # Masked exponents become -inf (exp -> 0, and exp's backward multiplies by that 0): left as
+    # l_i - l_j > 0 they could overflow to inf, and inf * 0 is NaN. Kept ones are <= 0 since a <= 0.
+    decay = difference.masked_fill(not_strictly_lower, float("-inf")).exp()
     if rank > 1:
         decay = decay.repeat_interleave(rank, dim=-1).repeat_interleave(rank, dim=-2)
     return decay
@@ -304,6 +304,9 @@ def scan_chunked_ref(
     P = v.shape[-1]
     state = _state_in_compute_dtype(state, batch, heads, rank, P, N, dphase.shape[-1], dtype, q.device)
     q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
+    # a <= 0 by contract; clamping it here (a [B, T, H] tensor) makes every decay exponent below
+    # <= 0 -- cumsums of non-positive numbers are monotone even in floating point.
+    log_decay = log_decay.clamp(max=0.0)
 
     # Cumulative phase: the running sum is taken in float64 so fp32 angles do not drift over long
     # T, then reduced mod 2*pi before cos/sin (mamba3.md §6.3).
@@ -341,31 +344,27 @@ def scan_chunked_ref(
     beta_ahead = torch.cat((beta[..., 1:], beta.new_zeros(batch, heads, 1)), dim=-1).view_as(gamma)
     k_scaled = kr * (gamma + beta_ahead)[..., None, None]
 
-    # Diagonal: the R x R block gamma_t (q_t^(r) . k_t^(s)) on the unrotated vectors (the rotation
-    # cancels at equal times; this keeps rotation rounding off the diagonal), plus D on its
-    # diagonal. Broadcast-and-sum rather than einsum: R is tiny and einsum would copy the
-    # permuted views into batched 1 x N x R products.
-    diagonal = (q_c.unsqueeze(-2) * k_c.unsqueeze(-3)).sum(-1) * gamma[..., None, None]
-    if D is not None:
-        eye = torch.eye(rank, dtype=dtype, device=q.device)
-        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * eye
-    y = (diagonal.unsqueeze(-1) * v_c.unsqueeze(-3)).sum(-2)  # [B, H, nc, C, R, P]
-
     rows = chunk * rank  # MIMO stacks the R rank rows of each time step: C*R rows per chunk
     q_rows = qr.reshape(batch, heads, num_chunks, rows, N)
     k_rows = k_scaled.reshape(batch, heads, num_chunks, rows, N)
     v_rows = v_c.reshape(batch, heads, num_chunks, rows, P)
     local_cumsum = log_decay_c.cumsum(dim=-1)  # [B, H, nc, C], reset at every chunk start
 
-    # Intra-chunk: strictly causal decayed attention over the stacked rows.
-    scores = q_rows @ k_rows.transpose(-1, -2)
-    y_intra = (scores * _strictly_lower_decay(local_cumsum, rank)) @ v_rows
+    # Intra-chunk: strictly causal decayed attention over the stacked rows ...
+    mixing = (q_rows @ k_rows.transpose(-1, -2)) * _strictly_lower_decay(local_cumsum, rank)
+    # ... whose (zero) diagonal R x R blocks take gamma_t (q_t^(r) . k_t^(s)) + D [r == s],
+    # computed on the unrotated vectors: the rotation cancels at equal times, and this keeps its
+    # rounding off the diagonal (mamba3.md §6.6).
+    diagonal = (q_c @ k_c.transpose(-1, -2)) * gamma[..., None, None]  # [B, H, nc, C, R, R]
+    if D is not None:
+        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * torch.eye(rank, dtype=dtype, device=q.device)
+    blocks = mixing.view(batch, heads, num_chunks, chunk, rank, chunk, rank)
+    torch.diagonal(blocks, dim1=3, dim2=5).copy_(diagonal.movedim(3, -1))
 
     # Each chunk's own contribution to the state after it, and its total decay.
-    decay_to_end = (local_cumsum[..., -1:] - local_cumsum).clamp(max=0.0).exp()
-    decay_to_end = decay_to_end.repeat_interleave(rank, dim=-1)[..., None]
-    chunk_inputs = (v_rows * decay_to_end).transpose(-1, -2) @ k_rows  # [B, H, nc, P, N]
-    chunk_decay = local_cumsum[..., -1].clamp(max=0.0).exp()  # [B, H, nc]
+    decay_to_end = (local_cumsum[..., -1:] - local_cumsum).exp().repeat_interleave(rank, dim=-1)
+    chunk_inputs = (v_rows * decay_to_end[..., None]).transpose(-1, -2) @ k_rows  # [B, H, nc, P, N]
+    chunk_decay = local_cumsum[..., -1].exp()  # [B, H, nc]
 
     # Inter-chunk state passing: the only sequential part (nc = T / C steps).
     entering = []
@@ -373,11 +372,17 @@ def scan_chunked_ref(
         entering.append(h_entering)
         h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
     entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
-    decay_from_start = local_cumsum.clamp(max=0.0).exp().repeat_interleave(rank, dim=-1)[..., None]
-    y_inter = (q_rows @ entering_states.transpose(-1, -2)) * decay_from_start
+    decay_from_start = local_cumsum.exp().repeat_interleave(rank, dim=-1)[..., None]
 
-    y = y + (y_intra + y_inter).view(batch, heads, num_chunks, chunk, rank, P)
-    y = y.flatten(2, 3).movedim(1, 2)[:, :T].to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
+    # y = inter (state entering the chunk, decayed) + intra/diagonal, in one fused bmm-add.
+    matrices = batch * heads * num_chunks
+    y = torch.baddbmm(
+        (mixing @ v_rows).view(matrices, rows, P),
+        (q_rows * decay_from_start).view(matrices, rows, N),
+        entering_states.transpose(-1, -2).reshape(matrices, N, P),
+    )
+    y = y.view(batch, heads, num_chunks * chunk, rank, P).movedim(1, 2)[:, :T]
+    y = y.to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
     last_chunk, last_position = divmod(T - 1, chunk)
     final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])
     return _from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)
