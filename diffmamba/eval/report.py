@@ -166,6 +166,9 @@ def generation_summary(rows: list[dict]) -> list[str]:
         winner, loser = (a, d) if a["gen_ppl"] <= d["gen_ppl"] else (d, a)
         line = (head + f"{_who(winner)} has the lower gen-PPL, {fmt(winner['gen_ppl'])} vs {fmt(loser['gen_ppl'])} "
                 f"for {_who(loser)}.")
+        if len(diff) > 1:
+            line += (f" The diffusion figure is the lowest of {len(diff)} settings measured on "
+                     f"{d.get('num_samples', '?')} samples each, so it is an optimistic pick.")
         gap = loser.get("entropy", float("nan")) - winner.get("entropy", float("nan"))
         if _finite(gap) and gap > ENTROPY_TOLERANCE:
             line += (f" Caution: the winner's unigram entropy is {fmt(gap)} nats lower ({fmt(winner['entropy'])} vs "
@@ -281,9 +284,10 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
     plots = plots or {}
     if results.get("likelihood"):
         lines += ["## Likelihood on the same validation tokens", "",
-                  "AR: exact negative log-likelihood. Diffusion: the continuous-time NELBO, an upper bound on "
-                  "its NLL (reported with ≤), estimated with antithetic time samples, a fixed seed, and repeated "
-                  "to show its spread.", "", likelihood_table(results["likelihood"]), ""]
+                  "AR: exact negative log-likelihood (the first token of each row is scored after an EOS "
+                  "separator, so both modes score the same tokens). Diffusion: the continuous-time NELBO, an upper "
+                  "bound on its NLL (reported with ≤), estimated with one antithetic time per row, fixed seeds, and "
+                  "repeated to show its spread.", "", likelihood_table(results["likelihood"]), ""]
         lines += _plot_line(plots, "likelihood")
     if results.get("generation"):
         judge_name = judge.get("name") if judge else "?"

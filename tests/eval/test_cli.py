@@ -30,10 +30,11 @@ def _numbers(obj, path="results"):
             yield from _numbers(v, f"{path}[{i}]")
 
 
-def test_compare_end_to_end(tiny_ckpts, tiny_hf_judge, tmp_path):
+def test_compare_end_to_end(tiny_ckpts, tmp_path):
     out = str(tmp_path / "report")
+    # The judge: a third diffmamba AR checkpoint with its own tokenizer (text is re-tokenised for it).
     rc = main(["eval", "compare", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["ar"],
-               "--judge", tiny_hf_judge, "--out", out, "--repeats", "3", "--infill-span", "4", "--infill-rows", "2",
+               "--judge", tiny_ckpts["other_tok"], "--out", out, "--repeats", "3", "--infill-span", "4", "--infill-rows", "2",
                *SMALL, *GEN, *SPEED])
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
@@ -52,7 +53,8 @@ def test_compare_end_to_end(tiny_ckpts, tiny_hf_judge, tmp_path):
             for n in (2, 4):
                 assert ("diffusion", s, n, task) in samplers
     assert all(r["top_p"] == 0.9 for r in gen if r["mode"] != "reference")
-    assert all(r["judge"] == res["judge"]["name"] for r in gen)
+    assert all(r["judge"] == res["judge"]["name"] for r in gen) and res["judge"]["kind"] == "diffmamba"
+    assert res["judge"]["tokenizer_vocab_size"] == 280  # the judge's own tokenizer, not the models' (300)
     assert {r["context"] for r in res["infill"]} == {"left only", "both sides"}
     assert {(r["system"], r["batch_size"]) for r in res["speed"]} == {(s, b) for s in ("AR", "diffusion") for b in (1, 2)}
     md = open(os.path.join(out, "report.md")).read()

@@ -41,7 +41,8 @@ def test_diffmamba_judge_and_unloadable_judges(tiny_ckpts, tmp_path):
         judge_lib.load_judge(str(tmp_path / "no-such-model"), "cpu")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{}")
-    with pytest.raises(UserError, match="cannot be loaded"):
+    # Without transformers installed the message names the missing package instead.
+    with pytest.raises(UserError, match="cannot be loaded|needs the 'transformers' package"):
         judge_lib.load_judge(str(tmp_path / "junk"), "cpu")
 
 
