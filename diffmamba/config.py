@@ -162,9 +162,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.9999  # 0 disables the EMA copy
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "no" | "bf16"
-    eval_every: int = 200
+    eval_every: int = 200  # validate every N steps and at the end; 0 = never
     eval_batches: int = 8
-    save_every: int = 500
+    save_every: int = 500  # checkpoint every N steps; 0 = only at the end
     keep_last: int = 2
     log_every: int = 10
     seed: int = 0  # model init, data order (with data.seed), noise; resume restores it exactly
@@ -189,8 +189,8 @@ class TrainConfig:
         _check(self.adam_eps > 0, "train.adam_eps", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = no clipping)")
-        for name in ("eval_every", "save_every"):
-            _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0 (0 = only at the end), got {getattr(self, name)}")
+        _check(self.eval_every >= 0, "train.eval_every", f"must be >= 0 (0 = no validation), got {self.eval_every}")
+        _check(self.save_every >= 0, "train.save_every", f"must be >= 0 (0 = only at the end), got {self.save_every}")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.final_weights in ("ema", "raw"), "train.final_weights", "must be 'ema' or 'raw'")
         _check(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
