@@ -2,7 +2,7 @@
 
     cfg = load_config(RunConfig, "configs/tiny.yaml", ["train.max_steps=20", "model.d_model=128"])
 
-Rules (see docs/contracts.md §3):
+Rules (see docs/contracts.md §4):
 - unknown keys are rejected by name, with the known ones listed;
 - a section given as a string ending in ``.yaml`` is loaded from that file (relative to the file
   that names it), so ``model: model/tiny.yaml`` reuses a model config;

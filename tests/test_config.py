@@ -1,5 +1,5 @@
 """Config schema and loader: bad values fail at construction with one line naming the field;
-YAML files, dotted overrides and ``section: file.yaml`` includes (docs/contracts.md §3)."""
+YAML files, dotted overrides and ``section: file.yaml`` includes (docs/contracts.md §4)."""
 import os
 
 import pytest
