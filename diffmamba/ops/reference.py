@@ -357,7 +357,8 @@ def scan_chunked_ref(
     # rounding off the diagonal (mamba3.md §6.6).
     diagonal = (q_c @ k_c.transpose(-1, -2)) * gamma[..., None, None]  # [B, H, nc, C, R, R]
     if D is not None:
-        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * torch.eye(rank, dtype=dtype, device=q.device)
+        eye = torch.eye(rank, dtype=dtype, device=q.device)
+        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * eye
     blocks = mixing.view(batch, heads, num_chunks, chunk, rank, chunk, rank)
     torch.diagonal(blocks, dim1=3, dim2=5).copy_(diagonal.movedim(3, -1))
 
