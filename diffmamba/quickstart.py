@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from diffmamba.errors import UserError
@@ -29,24 +30,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default="none",
                         help="judge LM for generative perplexity: none (default; entropy and distinct-n are still "
                              "reported), smollm2, a HF model path, or a diffmamba AR checkpoint")
-    parser.add_argument("--fresh", action="store_true", help="retrain even if --out already holds finished runs")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete earlier runs in --out and retrain (default: reuse finished runs, resume interrupted ones)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides applied to both runs, e.g. model.d_model=192")
 
 
 def _train_one(cfg, objective: str, out_dir: str, fresh: bool) -> str:
-    """Train (or reuse) one model; returns its final-model folder."""
+    """Train (or reuse, or resume) one model; returns its final-model folder."""
     import dataclasses
+    import shutil
 
     from diffmamba.train import train
 
     final_dir = os.path.join(out_dir, "final")
-    if not fresh and os.path.isfile(os.path.join(final_dir, "model.safetensors")):
+    if fresh and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    if os.path.isfile(os.path.join(final_dir, "model.safetensors")):
         print(f"[quickstart] reusing the finished {objective} run in {out_dir} (pass --fresh to retrain)", flush=True)
         return final_dir
+    resume = os.path.isdir(os.path.join(out_dir, "checkpoints"))  # an interrupted earlier quickstart
     run_cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, name=objective))
-    print(f"[quickstart] training the {objective} model for {cfg.train.max_steps} steps -> {out_dir}", flush=True)
-    result = train(run_cfg, out_dir, resume=False)
+    print(f"[quickstart] {'resuming' if resume else 'training'} the {objective} model "
+          f"({cfg.train.max_steps} steps) -> {out_dir}", flush=True)
+    result = train(run_cfg, out_dir, resume=resume)
     return result.get("final_dir", final_dir)
 
 
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffmamba.config import RunConfig, load_config
     from diffmamba.eval.compare import EvalOptions, run_evaluations
+    from diffmamba.trainer import TrainingStopped
 
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
@@ -100,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = dataclasses.replace(cfg.train, max_steps=args.steps, save_every=args.steps,
                                     eval_every=max(args.steps // 2, 1), warmup_steps=min(cfg.train.warmup_steps, args.steps // 10))
     cfg = dataclasses.replace(cfg, train=train_cfg)
-    diffusion_dir = _train_one(cfg, "diffusion", os.path.join(args.out, "diffusion"), args.fresh)
-    ar_dir = _train_one(cfg, "ar", os.path.join(args.out, "ar"), args.fresh)
+    try:
+        diffusion_dir = _train_one(cfg, "diffusion", os.path.join(args.out, "diffusion"), args.fresh)
+        ar_dir = _train_one(cfg, "ar", os.path.join(args.out, "ar"), args.fresh)
+    except TrainingStopped as stop:
+        print(f"diffmamba quickstart: {stop}; run the same command again to continue", file=sys.stderr)
+        return 128 + stop.signal_number
 
     opts = EvalOptions(out=os.path.join(args.out, "eval"), diffusion=diffusion_dir, ar=ar_dir,
                        judge=None if args.judge == "none" else args.judge, max_rows=32, repeats=3,
