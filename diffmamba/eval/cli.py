@@ -6,6 +6,7 @@
     diffmamba eval generate --diffusion D --ar A --judge smollm2 --steps 8 32 128 --out DIR
     diffmamba eval infill --diffusion D --ar A --infill-span 16 --out DIR
     diffmamba eval speed --diffusion D --ar A --batch-sizes 1 8 64 --lengths 128 1024 --out DIR
+    diffmamba eval report --out DIR                                           # re-render from results.json
 
 Every subcommand writes DIR/results.json (every number with its settings), DIR/report.md (tables
 and a summary generated from the numbers) and PNG plots; runs into the same DIR with the same
@@ -102,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_line, description=help_line)
         add_common(p, parts)
         p.set_defaults(eval_parts=parts)
+    p = sub.add_parser("report", help="rewrite report.md and the plots from DIR/results.json (no evaluation)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder holding results.json")
+    p.set_defaults(eval_parts=())
 
 
 def options_from_args(args: argparse.Namespace):
@@ -132,7 +136,10 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmamba.eval.compare import run_evaluations
+    from diffmamba.eval.compare import rerender, run_evaluations
 
+    if args.eval_command == "report":
+        rerender(args.out)
+        return 0
     run_evaluations(options_from_args(args), args.eval_parts)
     return 0

@@ -89,7 +89,25 @@ def _load_previous(path: str, systems: list[dict]) -> dict:
             prev = json.load(f)
     except (OSError, json.JSONDecodeError):
         return {}
-    return prev if prev.get("systems") == systems else {}
+    if prev.get("systems") != systems:
+        print(f"{path} holds other systems; starting a new report there", flush=True)
+        return {}
+    return prev
+
+
+def rerender(out: str) -> dict:
+    """Rewrite report.md and the plots of ``out`` from its results.json (no evaluation)."""
+    from diffmamba.eval.report import write_report
+
+    path = os.path.join(out, "results.json")
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path} is missing or unreadable; run an evaluation into --out {out} first") from None
+    paths = write_report(results, out)
+    print(f"report: {paths['report']}", flush=True)
+    return results
 
 
 def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
@@ -119,9 +137,10 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     sys_dicts = [s.as_dict() for s in systems]
     os.makedirs(opts.out, exist_ok=True)
     results = _load_previous(os.path.join(opts.out, "results.json"), sys_dicts)
-    notes = [n for n in results.get("notes", []) if not n.startswith("[run]")]
+    notes = list(results.get("notes", []))  # earlier sections' caveats stay with their numbers
+    commands = list(dict.fromkeys((results.get("meta") or {}).get("commands", []) + [opts.command]))
     results.update(meta={"created": datetime.datetime.now().isoformat(timespec="seconds"),
-                         "command": opts.command, "environment": env, "environment_line": env_line,
+                         "command": opts.command, "commands": commands, "environment": env, "environment_line": env_line,
                          "git_commit": _git_commit(), "seed": opts.seed, "options": _jsonable(opts)},
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
     for c in ckpts.values():

@@ -23,6 +23,7 @@ import os
 from typing import Iterable, Optional, Sequence
 
 ENTROPY_TOLERANCE = 0.3  # nats; larger gaps make a gen-PPL comparison suspect (masked-diffusion.md §3.3)
+UNSTABLE_TIMING = 1.5  # slowest / fastest timed repeat above this marks a speed comparison as noisy
 
 
 # ---------------------------------------------------------------------------------- formatting
@@ -232,10 +233,15 @@ def speed_summary(rows: list[dict]) -> list[str]:
                 f"fastest diffusion setting {fastest.get('sampler')} at NFE {fmt(fastest.get('nfe'))}: "
                 f"{fmt(fastest['tokens_per_s'])} tokens/s ({fmt(fastest['tokens_per_s'] / a['tokens_per_s'])}× AR).")
         if faster:
-            best_nfe = max(r.get("nfe") or 0 for r in faster)
-            line += f" Diffusion is faster than AR here up to NFE {fmt(best_nfe)} among the settings measured."
+            which = ", ".join(sorted({f"{r.get('sampler')} NFE {fmt(r.get('nfe'))}" for r in faster}))
+            line += f" Diffusion settings faster than AR here: {which}."
         else:
             line += " No diffusion setting measured is faster than AR here."
+        spread = max((r["latency_max_s"] / r["latency_min_s"] for r in g
+                      if r.get("latency_min_s") and r.get("latency_max_s")), default=1.0)
+        if spread > UNSTABLE_TIMING:
+            line += (f" Caution: timings were unstable (slowest/fastest repeat up to {fmt(spread)}×, e.g. a shared "
+                     "or busy machine); treat these ratios as indicative only.")
         mem_a, mem_d = a["peak_mem_mib"], fastest["peak_mem_mib"]
         line += f" Peak memory: AR {fmt(mem_a)} MiB vs diffusion {fmt(mem_d)} MiB ({a.get('mem_kind', 'see label')})."
         out.append(line)
@@ -253,8 +259,10 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
     meta = results.get("meta", {})
     lines = ["# diffmamba: diffusion vs AR comparison", ""]
     if meta:
-        lines += [f"- created: {meta.get('created', '-')}", f"- command: `{meta.get('command', '-')}`",
-                  f"- environment: {meta.get('environment_line', '-')}"]
+        lines += [f"- created: {meta.get('created', '-')}"]
+        commands = meta.get("commands") or [meta.get("command", "-")]
+        lines += [f"- command: `{c}`" for c in commands]
+        lines += [f"- environment: {meta.get('environment_line', '-')}"]
     ckpts = results.get("checkpoints", {})
     for s in results.get("systems", []):
         settings = ", ".join(f"{k}={v}" for k, v in s.get("settings", {}).items())
