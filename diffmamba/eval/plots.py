@@ -43,19 +43,25 @@ def plot_gen_ppl_vs_nfe(results: dict, path: str):
              or (r.get("mode") == "reference" and r.get("task") == task)]
         curves = sorted({(r["system"], r.get("sampler")) for r in g if r.get("mode") not in ("ar", "reference")})
         for i, (system, sampler) in enumerate(curves):
-            pts = sorted((r["nfe"], r["gen_ppl"]) for r in g if (r["system"], r.get("sampler")) == (system, sampler)
-                         and _finite(r.get("nfe")))
+            pts = sorted((r["nfe"], r["gen_ppl"], r.get("entropy")) for r in g
+                         if (r["system"], r.get("sampler")) == (system, sampler) and _finite(r.get("nfe")))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
                         label=f"{system}: {sampler}")
-        for j, r in enumerate(r for r in g if r.get("mode") == "ar"):
+                for x, y, h in pts:  # entropy beside each point: low gen-PPL at low entropy is degenerate text
+                    if _finite(h):
+                        ax.annotate(f"H {h:.2f}", (x, y), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        for r in (r for r in g if r.get("mode") == "ar"):
+            h = f", H {r['entropy']:.2f}" if _finite(r.get("entropy")) else ""
             ax.axhline(r["gen_ppl"], color="black", linestyle="--", linewidth=1.2,
-                       label=f"{r['system']} (NFE = {r.get('nfe', '?'):g})" if _finite(r.get("nfe")) else r["system"])
+                       label=(f"{r['system']} (NFE = {r['nfe']:g}{h})" if _finite(r.get("nfe")) else r["system"]))
         for r in (r for r in g if r.get("mode") == "reference"):
-            ax.axhline(r["gen_ppl"], color="green", linestyle=":", linewidth=1.2, label="validation text")
+            h = f" (H {r['entropy']:.2f})" if _finite(r.get("entropy")) else ""
+            ax.axhline(r["gen_ppl"], color="green", linestyle=":", linewidth=1.2, label=f"validation text{h}")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("NFE (network evaluations per sample)")
-        ax.set_ylabel("generative perplexity (lower is better)")
+        ax.set_ylabel("generative perplexity (lower is better; H = entropy, nats)")
         ax.set_title(f"{task}, top-p {top_p}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -80,6 +86,7 @@ def pareto_points(results: dict) -> list[dict]:
             continue
         s = max(match, key=lambda s: s["batch_size"])
         points.append({"system": r["system"], "mode": r.get("mode"), "sampler": r.get("sampler"), "nfe": r.get("nfe"),
+                       "entropy": r.get("entropy"),
                        "top_p": r.get("top_p"), "gen_ppl": r["gen_ppl"], "tokens_per_s": s["tokens_per_s"],
                        "batch_size": s["batch_size"], "length": s["length"]})
     return points
@@ -108,15 +115,17 @@ def plot_pareto(results: dict, path: str):
         ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
                    s=40, label=f"{system}: {sampler}")
         for p in g:
-            ax.annotate(f"{p['nfe']:g}" if _finite(p.get("nfe")) else "", (p["tokens_per_s"], p["gen_ppl"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+            label = (f"NFE {p['nfe']:g}" if _finite(p.get("nfe")) else "") + \
+                (f", H {p['entropy']:.2f}" if _finite(p.get("entropy")) else "")
+            ax.annotate(label, (p["tokens_per_s"], p["gen_ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(points)
     ax.plot([p["tokens_per_s"] for p in front], [p["gen_ppl"] for p in front], color="gray", linewidth=1,
             linestyle="-", label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel(f"tokens/s (batch {max(p['batch_size'] for p in points)}; higher is better)")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"tokens/s (batch {max(p['batch_size'] for p in points)}, unconditional; higher is better)")
     ax.set_ylabel("gen-PPL (lower is better)")
-    ax.set_title(f"quality vs speed (labels: NFE), judge: {_judge_name(results)}", fontsize=9)
+    ax.set_title(f"quality vs speed (H = unigram entropy, nats)\njudge: {_judge_name(results)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
