@@ -2,7 +2,7 @@
 tiny AR model with the same layers on it, sample from both and print a side-by-side comparison
 (validation bound vs AR perplexity, a sample of each, tokens/s).
 
-    diffmamba quickstart                      # configs/tiny.yaml, ~8 minutes on 2 CPU cores
+    diffmamba quickstart                      # configs/tiny.yaml, ~7 minutes on 2 CPU cores
     diffmamba quickstart --steps 2000 --out runs/quickstart-long
 
 Uses a GPU automatically when there is one. Everything lands in --out: the two runs (metrics,
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/tiny.yaml",
                         help="run config shared by both models (default: %(default)s, relative to the repo root)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=300,
-                        help="optimizer steps per model (default: %(default)s: ~3 minutes each on 2 CPU cores)")
+    parser.add_argument("--steps", type=int, default=500,
+                        help="optimizer steps per model (default: %(default)s: 2-3 minutes each on 2 CPU cores)")
     parser.add_argument("--sample-length", type=int, default=64, help="tokens per generated sample (default: %(default)s)")
     parser.add_argument("--sampler", default="ancestral", help="diffusion sampler for the samples (default: %(default)s)")
     parser.add_argument("--sampler-steps", type=int, default=64, help="diffusion sampler steps (default: %(default)s)")
