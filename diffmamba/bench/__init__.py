@@ -1,0 +1,28 @@
+"""Benchmarks that print device, dtype, shapes, versions and medians after warm-up.
+
+    diffmamba bench kernels [--shapes bt16k-h16 ...]     # Triton scan vs roofline and reference (GPU; reference on CPU)
+    diffmamba bench reference [--lengths 256 1024]       # chunked PyTorch reference vs the per-token loop
+    diffmamba bench block [--contexts 64 1024]           # block sampling vs full diffusion vs AR over context length
+
+Sampler and decoding speed on trained checkpoints: `diffmamba eval speed`. Each subcommand's own
+options: `diffmamba bench SUBCOMMAND --help`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBCOMMANDS = {
+    "kernels": "diffmamba.bench.kernels",
+    "reference": "diffmamba.bench.reference",
+    "block": "diffmamba.block.bench",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subcommand", choices=list(SUBCOMMANDS), help="which benchmark")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="that benchmark's options (see its --help)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(importlib.import_module(SUBCOMMANDS[args.subcommand]).main(args.options) or 0)

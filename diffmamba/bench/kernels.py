@@ -1,0 +1,235 @@
+"""Benchmark the Mamba-3 scan kernels against the roofline and the PyTorch reference.
+
+Ops (per shape): fwd, rev (anti-causal forward), bi (fwd + rev of one layer), fwdbwd, bibwd
+(both directions, forward + backward), step (decode, one token). Timings: median of
+``triton.testing.do_bench`` after warm-up on a GPU; on CPU ``time.perf_counter`` medians of the
+*reference* path (the Triton kernels need a GPU to be timed; the script says so).
+
+Roofline (shared/spec/performance.md §(e)), per token and direction, e = bytes per I/O element:
+  bytes_fwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v read, y written, a/dt/trap/dphase fp32)
+  bytes_bwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v, dy read)
+             + e (2HRN + HRP) + 12H + 4HS      (dq, dk, dv, d scalars written)
+  flops_fwd  = H R (2 C N + 2 C P + 4 N P)     (C = chunk rows); flops_bwd taken as 2 flops_fwd
+  step: bytes = 2 B H P N 4 (fp32 state read + written) + inputs/outputs; flops = 6 B H R P N
+Ceilings: measured H100 ~3.0 TB/s and ~798 TFLOP/s bf16 (override with --bw / --peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    # name: (B, T, H, N, P, S, R)
+    "bt16k-h16": (8, 2048, 16, 128, 64, 32, None),  # the target shape of issue #3
+    "bt16k-h32": (4, 4096, 32, 128, 64, 32, None),
+    "bt64k-h32": (16, 4096, 32, 128, 64, 32, None),
+    "b1-t8k-h32": (1, 8192, 32, 128, 64, 32, None),
+    "mimo4-bt16k-h16": (8, 2048, 16, 128, 64, 32, 4),
+    "cpu-tiny": (2, 256, 4, 32, 16, 8, None),
+}
+STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
+OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
+# bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction)
+# and its core kernels alone (scan_bwd_core.core_backward); the difference is the PyTorch
+# pre-pass (rotation, trapezoid scales, diagonal) and its autograd.
+EXTRA_OPS = ["bwdparts"]
+
+
+def make(B, T, H, N, P, S, R, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    rk = () if R is None else (R,)
+    q = (torch.randn(B, T, H, *rk, N, generator=g) + 1).to(device, dtype)
+    k = (torch.randn(B, T, H, *rk, N, generator=g) + 1).to(device, dtype)
+    v = torch.randn(B, T, H, *rk, P, generator=g).to(device, dtype)
+    dt = (0.001 + 0.1 * torch.rand(B, T, H, generator=g)).to(device)
+    a = (-dt.cpu() * (0.2 + 3 * torch.rand(B, T, H, generator=g))).to(device)
+    lam = torch.sigmoid(torch.randn(B, T, H, generator=g)).to(device)
+    dph = (dt.cpu()[..., None] * math.pi * torch.tanh(torch.randn(B, T, H, S, generator=g))).to(device)
+    D = torch.randn(H, generator=g).to(device)
+    return [q, k, v, a, dt, lam, dph, D]
+
+
+def time_ms(fn, device, warmup, rep):
+    if device == "cuda":
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    t_end = time.perf_counter() + warmup / 1e3
+    for _ in range(2):
+        fn()
+    while time.perf_counter() < t_end:
+        fn()
+    times = []
+    for _ in range(max(3, int(rep // 50))):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def roofline(B, T, H, N, P, S, R, e, rows):
+    r = R or 1
+    tok = B * T
+    io = e * (2 * H * r * N + 2 * H * r * P) + 12 * H + 4 * H * S
+    fwd_bytes = tok * io
+    bwd_bytes = tok * (io + e * (2 * H * r * N + H * r * P) + 12 * H + 4 * H * S)
+    fwd_flops = tok * H * r * (2 * rows * N + 2 * rows * P + 4 * N * P)
+    return fwd_bytes, bwd_bytes, fwd_flops
+
+
+def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
+    """A closure running one direction (or both for reverse=None) forward (and backward)."""
+    from diffmamba.ops import reference
+
+    def one(rev, leaves):
+        if impl == "triton":
+            from diffmamba.kernels import mamba3_scan_triton
+            return mamba3_scan_triton(*leaves, reverse=rev, chunk_size=chunk)[0]
+        rank = leaves[0].shape[3] if leaves[0].dim() == 5 else 1
+        return reference.scan_chunked_ref(*leaves, reverse=rev, chunk_size=max(1, chunk // rank))[0]
+
+    dirs = [False, True] if reverse is None else [reverse]
+    if not backward:
+        def run():
+            with torch.no_grad():
+                for rev in dirs:
+                    one(rev, xs)
+        return run
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
+
+    def run_bwd():
+        for lf in leaves:
+            lf.grad = None
+        ys = [one(rev, leaves) for rev in dirs]
+        torch.autograd.backward(ys, [seed_grads] * len(ys))
+    return run_bwd
+
+
+def bench_bwd_parts(name, xs, seed, args):
+    """Time the Triton backward (whole, and its core kernels alone) on one direction."""
+    from diffmamba.kernels import scan_bwd, scan_bwd_core
+    q, k, v, a, dt, lam, dph, D = xs
+    q5, k5, v5, dy5 = (t.unsqueeze(3).contiguous() for t in (q, k, v, seed))
+    needs = (True,) * 8 + (False,) * 4
+    whole = lambda: scan_bwd.scan_backward(q5, k5, v5, a, dt, lam, dph, D, None, dy5, None,  # noqa: E731
+                                           reverse=False, chunk_size=args.chunk, needs=needs)
+    qr, kp = q.float().contiguous(), k.float().contiguous()
+    core = lambda: scan_bwd_core.core_backward(qr, kp, v, a, None, seed, None, reverse=False,  # noqa: E731
+                                               chunk=scan_bwd._chunk_rows(args.chunk))
+    out = []
+    for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
+        ms = time_ms(fn, "cuda", args.warmup, args.rep)
+        out.append(dict(shape=name, op="bwdparts", impl=part, ms=ms))
+        print(f"{name:18s} {'bwdpart':7s} {part:12s} {ms:9.3f} ms", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="diffmamba bench kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="*", default=None,
+                    help=f"scan shapes from {sorted(SHAPES)} (default: all GPU shapes, or cpu-tiny on CPU)")
+    ap.add_argument("--step-shapes", nargs="*", default=None, help=f"decode shapes from {sorted(STEP_SHAPES)}")
+    ap.add_argument("--ops", nargs="*", default=OPS + ["step"],
+                    help=f"subset of {OPS + ['step'] + EXTRA_OPS} (bwdparts: GPU, SISO only)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--chunk", type=int, default=64, help="chunk_size (rows) for both paths")
+    ap.add_argument("--warmup", type=float, default=25, help="warm-up, ms (do_bench)")
+    ap.add_argument("--rep", type=float, default=100, help="timed repetition, ms (do_bench)")
+    ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
+    ap.add_argument("--bw", type=float, default=3.0e12, help="memory ceiling, bytes/s (measured H100: 3.0e12)")
+    ap.add_argument("--peak", type=float, default=798e12, help="bf16 tensor ceiling, FLOP/s (measured H100: 798e12)")
+    ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    e = 2 if dtype == torch.bfloat16 else 4
+    import triton
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (no GPU: timing the PyTorch reference path only)'}")
+    print(f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}, dtype {args.dtype}, "
+          f"chunk {args.chunk}; ceilings {args.bw / 1e12:.2f} TB/s, {args.peak / 1e12:.0f} TFLOP/s")
+    shapes = args.shapes or ([s for s in SHAPES if s != "cpu-tiny"] if cuda else ["cpu-tiny"])
+    impls = ["triton", "reference"] if cuda else ["reference"]
+    if args.no_reference and cuda:
+        impls = ["triton"]
+    rows_out = []
+    header = f"{'shape':18s} {'op':7s} {'impl':9s} {'ms':>9s} {'GB/s':>7s} {'%BW':>5s} {'TFLOP/s':>8s} {'%peak':>6s}"
+    print(header)
+    for name in shapes:
+        B, T, H, N, P, S, R = SHAPES[name]
+        xs = make(B, T, H, N, P, S, R, dtype, device)
+        rows = args.chunk
+        fb, bb, ff = roofline(B, T, H, N, P, S, R, e, rows)
+        seed = torch.randn_like(xs[2])
+        times = {}
+        for op in [o for o in args.ops if o in OPS]:
+            for impl in impls:
+                backward = op in ("fwdbwd", "bibwd")
+                rev = {"fwd": False, "rev": True, "bi": None, "fwdbwd": False, "bibwd": None}[op]
+                fn = scan_fn(impl, xs, rev, args.chunk, backward, seed)
+                ms = time_ms(fn, device, args.warmup, args.rep)
+                ndir = 2 if rev is None else 1
+                nbytes = ndir * (fb + (bb if backward else 0))
+                nflops = ndir * ff * (3 if backward else 1)
+                times[(op, impl)] = ms
+                ref_ms = times.get((op, "reference"))
+                row = dict(shape=name, op=op, impl=impl, ms=ms, gbps=nbytes / ms / 1e6,
+                           pct_bw=100 * nbytes / ms / 1e-3 / args.bw, tflops=nflops / ms / 1e9,
+                           pct_peak=100 * nflops / ms / 1e-3 / args.peak)
+                rows_out.append(row)
+                print(f"{name:18s} {op:7s} {impl:9s} {ms:9.3f} {row['gbps']:7.0f} {row['pct_bw']:5.1f} "
+                      f"{row['tflops']:8.2f} {row['pct_peak']:6.2f}", flush=True)
+            if cuda and (op, "reference") in times and (op, "triton") in times:
+                print(f"{'':18s} {op:7s} speed-up over reference: {times[(op, 'reference')] / times[(op, 'triton')]:.1f}x")
+        if "bwdparts" in args.ops and cuda and R is None:
+            rows_out += bench_bwd_parts(name, xs, seed, args)
+        for impl in impls:
+            if ("bi", impl) in times and ("fwd", impl) in times:
+                print(f"{name:18s} bidirectional/unidirectional forward ({impl}): {times[('bi', impl)] / times[('fwd', impl)]:.2f}")
+            if ("bibwd", impl) in times and ("fwdbwd", impl) in times:
+                print(f"{name:18s} bidirectional/unidirectional fwd+bwd ({impl}): {times[('bibwd', impl)] / times[('fwdbwd', impl)]:.2f}")
+        del xs
+        if cuda:
+            torch.cuda.empty_cache()
+
+    if "step" in args.ops:
+        from diffmamba.kernels import mamba3_step_triton
+        from diffmamba.ops import reference
+        from diffmamba.ops.state import Mamba3State
+        step_shapes = args.step_shapes or (list(STEP_SHAPES) if cuda else ["step-b1-h32"])
+        for name in step_shapes:
+            B, H, N, P, S = STEP_SHAPES[name]
+            xs = [x[:, 0] if i < 7 else x for i, x in enumerate(make(B, 1, H, N, P, S, None, dtype, device))]
+            state = Mamba3State.zeros(B, H, P, N, S, dtype=dtype, device=device)
+            state = state._replace(ssm=torch.randn_like(state.ssm))
+            floor_bytes = 2 * B * H * P * N * 4 + B * H * (e * (2 * N + 2 * P) + 12 + 4 * S)
+            for impl in impls:
+                if impl == "triton":
+                    fn = lambda: mamba3_step_triton(*xs, state)  # noqa: E731  (in place, state stays valid)
+                else:
+                    fn = lambda: reference.scan_step_ref(*xs, state=state)  # noqa: E731
+                with torch.no_grad():
+                    ms = time_ms(fn, device, args.warmup, args.rep)
+                floor_us = floor_bytes / args.bw * 1e6
+                row = dict(shape=name, op="step", impl=impl, ms=ms, gbps=floor_bytes / ms / 1e6,
+                           pct_bw=100 * floor_bytes / ms / 1e-3 / args.bw, floor_us=floor_us)
+                rows_out.append(row)
+                print(f"{name:18s} {'step':7s} {impl:9s} {ms * 1e3:8.1f}us {row['gbps']:7.0f} {row['pct_bw']:5.1f}"
+                      f"   state-traffic floor {floor_us:.1f} us")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
+                           triton=triton.__version__, cuda=torch.version.cuda, dtype=args.dtype, rows=rows_out), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
