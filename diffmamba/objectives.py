@@ -45,14 +45,20 @@ class Objective:
     model_mode: str  # what ``model(tokens, mode=...)`` runs; the reported flops depend on it
 
 
-def diffusion_train(model: nn.Module, batch: MicroBatch, objective: ObjectiveConfig) -> NLL:
-    from diffmamba.diffusion.loss import diffusion_training_loss
-
-    terms = diffusion_training_loss(
+def masked_diffusion_train(loss_fn: Callable, model: nn.Module, batch: MicroBatch, objective: ObjectiveConfig) -> NLL:
+    """Run a masked-diffusion training loss (plain or block) with this micro-batch's generators and
+    its place in the global batch (for the stratified times); returns its (sum, count)."""
+    terms = loss_fn(
         model, batch.tokens, objective, time_generator=batch.time_generator,
         mask_generator=batch.noise_generator, rank=batch.rank, world_size=batch.world_size,
         accum_step=batch.accum_step, num_accum_steps=batch.num_accum_steps, valid_mask=batch.valid)
     return NLL(terms.nll_sum, terms.num_tokens)
+
+
+def diffusion_train(model: nn.Module, batch: MicroBatch, objective: ObjectiveConfig) -> NLL:
+    from diffmamba.diffusion.loss import diffusion_training_loss
+
+    return masked_diffusion_train(diffusion_training_loss, model, batch, objective)
 
 
 def diffusion_eval(model: nn.Module, tokens: Tensor, valid: Optional[Tensor], generator: torch.Generator,

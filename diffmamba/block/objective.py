@@ -15,13 +15,9 @@ from torch import Tensor, nn
 def block_diffusion_train(model: nn.Module, batch, objective):
     """batch: ``diffmamba.objectives.MicroBatch``; returns ``NLL(total, count)``."""
     from diffmamba.block.loss import block_diffusion_training_loss
-    from diffmamba.objectives import NLL
+    from diffmamba.objectives import masked_diffusion_train
 
-    terms = block_diffusion_training_loss(
-        model, batch.tokens, objective, time_generator=batch.time_generator,
-        mask_generator=batch.noise_generator, rank=batch.rank, world_size=batch.world_size,
-        accum_step=batch.accum_step, num_accum_steps=batch.num_accum_steps, valid_mask=batch.valid)
-    return NLL(terms.nll_sum, terms.num_tokens)
+    return masked_diffusion_train(block_diffusion_training_loss, model, batch, objective)
 
 
 def block_diffusion_eval(model: nn.Module, tokens: Tensor, valid: Optional[Tensor], generator: torch.Generator,
