@@ -12,7 +12,7 @@ import pytest
 
 from diffmamba.batches import epoch_permutation
 
-from conftest import REPO, TINY_CONFIG, micro_overrides
+from train_helpers import REPO, TINY_CONFIG, micro_overrides
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_CONFIG, micro_overrides
+from train_helpers import REPO, TINY_CONFIG, micro_overrides
 
 STEPS = 40
 

@@ -14,7 +14,7 @@ from diffmamba.errors import UserError
 from diffmamba.train import split_dotted_options, train
 from diffmamba.trainer import TrainingDiverged, batch_layout
 
-from conftest import TINY_CONFIG, micro_overrides
+from train_helpers import TINY_CONFIG, micro_overrides
 
 
 def run_cli(capsys, *args):
