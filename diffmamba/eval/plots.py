@@ -30,6 +30,17 @@ def _judge_name(results: dict) -> str:
     return judge.get("name", "?")
 
 
+def _style_log_panel(ax, xlabel: str, ylabel: str, title: str, legend_fontsize: int) -> None:
+    """One panel of a per-task / per-length grid: log-log, x in base 2 (NFE and batch sizes are powers of two)."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize)
+
+
 def plot_gen_ppl_vs_nfe(results: dict, path: str):
     rows = [r for r in results.get("generation", []) if _finite(r.get("gen_ppl"))]
     panels = sorted({(r.get("task"), r.get("top_p")) for r in rows if r.get("mode") != "reference"},
@@ -58,13 +69,9 @@ def plot_gen_ppl_vs_nfe(results: dict, path: str):
         for r in (r for r in g if r.get("mode") == "reference"):
             h = f" (H {r['entropy']:.2f})" if _finite(r.get("entropy")) else ""
             ax.axhline(r["gen_ppl"], color="green", linestyle=":", linewidth=1.2, label=f"validation text{h}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("NFE (network evaluations per sample)")
-        ax.set_ylabel("generative perplexity (lower is better; H = entropy, nats)")
-        ax.set_title(f"{task}, top-p {top_p}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style_log_panel(ax, "NFE (network evaluations per sample)",
+                         "generative perplexity (lower is better; H = entropy, nats)", f"{task}, top-p {top_p}",
+                         legend_fontsize=7)
     fig.suptitle(f"gen-PPL vs NFE, judge: {_judge_name(results)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -173,13 +180,7 @@ def plot_speed(results: dict, path: str):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
                     linestyle="--" if any(r.get("mode") == "ar" for r in g if r["system"] == key[0]) else "-",
                     label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("tokens/s")
-        ax.set_title(f"length {length}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        _style_log_panel(ax, "batch size", "tokens/s", f"length {length}", legend_fontsize=6)
     env = results.get("speed_environment") or ""
     fig.suptitle(f"generation throughput ({env[:90]})", fontsize=8)
     fig.tight_layout()

@@ -5,32 +5,12 @@ import os
 
 import pytest
 import torch
-import yaml
 
 from diffmamba.cli import main
 
+from checkpoint_helpers import write_run
+
 WORDS = "the quick brown fox jumps over the lazy dog while a small cat sleeps near the warm fire".split()
-
-
-def make_run(folder, tok, corpus, objective, block_size=0, seed=0):
-    """A run folder with final/ (weights, tokenizer, run_config.yaml) as `diffmamba train` leaves it."""
-    from diffmamba.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig, to_dict
-    from diffmamba.model import DiffMamba
-
-    final = os.path.join(folder, "final")
-    cfg = RunConfig(
-        model=ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, headdim=16, d_state=16, chunk_size=16,
-                          max_seq_len=128),
-        data=DataConfig(source=corpus, tokenizer=os.path.join(final, "tokenizer.json"), seq_len=32, val_fraction=0.2,
-                        cache_dir=os.path.join(os.path.dirname(corpus), "data-cache")),
-        objective=ObjectiveConfig(name=objective, block_size=block_size),
-        train=TrainConfig(max_steps=1, micro_batch_size=4, global_batch_size=4))
-    torch.manual_seed(seed)
-    DiffMamba(cfg.model).save_pretrained(final)
-    tok.save(final)
-    with open(os.path.join(final, "run_config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +24,10 @@ def runs(tmp_path_factory):
     with open(corpus, "w") as f:
         f.write("\n\n".join(docs))
     tok = train_bpe(docs, 300, show_progress=False)
-    return {"diffusion": make_run(os.path.join(root, "diff"), tok, corpus, "diffusion", seed=1),
-            "ar": make_run(os.path.join(root, "ar"), tok, corpus, "ar", seed=2),
-            "block1": make_run(os.path.join(root, "b1"), tok, corpus, "block_diffusion", 1, seed=3),
-            "block8": make_run(os.path.join(root, "b8"), tok, corpus, "block_diffusion", 8, seed=4)}
+    return {"diffusion": write_run(os.path.join(root, "diff"), tok, corpus, "diffusion", seed=1),
+            "ar": write_run(os.path.join(root, "ar"), tok, corpus, "ar", seed=2),
+            "block1": write_run(os.path.join(root, "b1"), tok, corpus, "block_diffusion", 1, seed=3),
+            "block8": write_run(os.path.join(root, "b8"), tok, corpus, "block_diffusion", 8, seed=4)}
 
 
 def test_compare_reports_the_dial(runs, tmp_path, capsys):

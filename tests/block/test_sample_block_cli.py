@@ -3,36 +3,24 @@ import json
 import os
 
 import pytest
-import torch
-import yaml
 
 from diffmamba.cli import main
-from diffmamba.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, to_dict
+from diffmamba.config import DataConfig, ObjectiveConfig
 from diffmamba.data.tokenizer import train_bpe
-from diffmamba.model import DiffMamba
+
+from checkpoint_helpers import write_checkpoint
 
 TEXTS = ["The cat sat on the mat. The dog sat on the log."] * 40 + ["A quick brown fox jumps over a lazy dog."] * 40
-
-
-def write_checkpoint(folder, tokenizer, objective: ObjectiveConfig):
-    """A save_pretrained folder with the tokenizer and a run config naming ``objective``."""
-    torch.manual_seed(0)
-    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, headdim=16, d_state=16,
-                               chunk_size=16, max_seq_len=64)
-    DiffMamba(model_config).save_pretrained(folder)
-    tokenizer.save(folder)
-    run = RunConfig(model=model_config, data=DataConfig(seq_len=64), objective=objective)
-    with open(os.path.join(folder, "run_config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(run), f)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_block_cli")
     tokenizer = train_bpe(TEXTS, vocab_size=300, show_progress=False)
-    block = write_checkpoint(str(root / "block"), tokenizer, ObjectiveConfig(name="block_diffusion", block_size=8))
-    diffusion = write_checkpoint(str(root / "diffusion"), tokenizer, ObjectiveConfig(name="diffusion"))
+    block = write_checkpoint(str(root / "block"), tokenizer, DataConfig(seq_len=64),
+                             ObjectiveConfig(name="block_diffusion", block_size=8), max_seq_len=64)
+    diffusion = write_checkpoint(str(root / "diffusion"), tokenizer, DataConfig(seq_len=64),
+                                 ObjectiveConfig(name="diffusion"), max_seq_len=64)
     return {"block": block, "diffusion": diffusion}
 
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 import torch
-import yaml
+
+from checkpoint_helpers import write_run
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a small cat sleeps near the warm fire "
          "and birds sing in the old tree").split()
@@ -18,25 +19,6 @@ def _docs(n: int, seed: int) -> list[str]:
         k = int(torch.randint(20, 60, (1,), generator=g))
         out.append(" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g)))
     return out
-
-
-def make_checkpoint(folder: str, tok, corpus: str, objective: str, seed: int, seq_len: int = 32) -> str:
-    from diffmamba.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig, to_dict
-    from diffmamba.model import DiffMamba
-
-    final = os.path.join(folder, "final")
-    cfg = RunConfig(
-        model=ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, headdim=16, d_state=16, chunk_size=16,
-                          max_seq_len=128),
-        data=DataConfig(source=corpus, tokenizer=os.path.join(final, "tokenizer.json"), seq_len=seq_len,
-                        val_fraction=0.2, cache_dir=os.path.join(os.path.dirname(corpus), "data-cache")),
-        objective=ObjectiveConfig(name=objective), train=TrainConfig(max_steps=1, micro_batch_size=4, global_batch_size=4))
-    torch.manual_seed(seed)
-    DiffMamba(cfg.model).save_pretrained(final)
-    tok.save(final)
-    with open(os.path.join(final, "run_config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +34,9 @@ def tiny_ckpts(tmp_path_factory):
     tok = train_bpe(docs, 300, show_progress=False)
     other = train_bpe(docs, 280, show_progress=False)
     return {
-        "diffusion": make_checkpoint(os.path.join(root, "diff"), tok, corpus, "diffusion", 1),
-        "ar": make_checkpoint(os.path.join(root, "ar"), tok, corpus, "ar", 2),
-        "other_tok": make_checkpoint(os.path.join(root, "other"), other, corpus, "ar", 3),
+        "diffusion": write_run(os.path.join(root, "diff"), tok, corpus, "diffusion", seed=1),
+        "ar": write_run(os.path.join(root, "ar"), tok, corpus, "ar", seed=2),
+        "other_tok": write_run(os.path.join(root, "other"), other, corpus, "ar", seed=3),
         "corpus": corpus,
         "tokenizer": tok,
         "root": str(root),
