@@ -41,7 +41,7 @@ class ModelConfig:
     d_state: int = 64  # N, the q/k (B/C) dim
     mimo_rank: int = 1  # R; 1 = SISO
     rope_fraction: float = 0.5  # fraction of N rotated by the data-dependent phase (0.5 or 1.0)
-    chunk_size: int = 64  # scan chunk length
+    chunk_size: int = 64  # scan chunk length in time steps (MIMO: 64 // mimo_rank is the usual choice)
     tie: str = "partial"  # bidirectional tying: "full" | "partial" | "none"
     d_mlp: int = 0  # SwiGLU hidden width; 0 = 8/3 * d_model rounded up to a multiple of 64
     tie_embeddings: bool = True  # share the token embedding with the head

@@ -37,8 +37,9 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
 
     q, k: [B, T, H, N] or [B, T, H, R, N]; v: [B, T, H, P] or [B, T, H, R, P];
     log_decay, dt, trap: [B, T, H]; dphase: [B, T, H, S]; D: [H] or None.
-    ``chunk_size`` counts rows of the intra-chunk block (time steps x R), rounded to a power of
-    two in [16, 128]; it changes rounding only. Returns (y, Mamba3State or None). Differentiable
+    ``chunk_size`` counts time steps, as in the reference (a chunk has chunk_size x R rows); the
+    kernels round the rows to a power of two in [16, 128] (backward: [16, 64]); it changes
+    rounding only. Returns (y, Mamba3State or None). Differentiable
     in every tensor argument, the initial state included. float64 inputs (a testing dtype the
     kernels do not compute in) and empty sequences are handed to ``reference.scan_chunked_ref``.
     """

@@ -31,10 +31,11 @@ def new_empty(*shape, device, dtype) -> torch.Tensor:
 
 
 def _rows(chunk_size: int, R: int) -> int:
-    """Rows of the intra-chunk block: chunk_size counts rows (time steps x rank), as a power of
-    two in [16, 128]; each chunk then holds rows // R time steps (64 rows = 16 steps at R = 4)."""
+    """Rows of the forward's intra-chunk block for ``chunk_size`` time steps of rank R (as in the
+    reference, a chunk holds chunk_size x R rows): rounded up to a power of two and clamped to
+    [max(16, R), 128] so the [rows, rows] score tile stays in registers. It changes rounding only."""
     rows = 1
-    while rows < max(int(chunk_size), R):
+    while rows < int(chunk_size) * R:
         rows *= 2
     return max(16, min(rows, 128), R)
 

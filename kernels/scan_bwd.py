@@ -3,13 +3,13 @@
 Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``; the split and the equations
 are in kernels/README.md ("Backward").
 
-Default (SISO, even N): a **Triton backward** in two parts.
+Default (SISO and MIMO, even N): a **Triton backward** in two parts.
 
   (a) pre-pass, PyTorch autograd of cheap elementwise / prefix ops (``_prepass``): cumulative
       phase, rotation qr = R(Phi) q, kr = R(Phi) k, trapezoid scales gamma and the shifted
-      scale = gamma + beta~ (look-ahead one logical step), K' = kr * scale, the per-token diagonal
-      coefficient c = gamma (q . k) + D, the entry state G_0 = ssm0 + beta_first vp0 kp0^T, and
-      the final state's k_prev / phase;
+      scale = gamma + beta~ (look-ahead one logical step), K' = kr * scale, the per-step diagonal
+      block c_rs = gamma (q_r . k_s) + D [r = s] (SISO: a scalar), the entry state
+      G_0 = ssm0 + beta_first sum_r vp0_r kp0_r^T, and the final state's k_prev / phase;
   (b) the core decayed linear recurrence in Triton (``scan_bwd_core.core_backward``): dQr, dK',
       dv, d log_decay and dG_0, carrying the state adjoint backward over chunks.
 
@@ -17,8 +17,8 @@ The core's gradients (plus dc = dy . v, dv += c dy and the final state's upstrea
 then pulled through the pre-pass graph with one ``torch.autograd.grad``.
 
 Fallback: the **recompute** backward (``_recompute_backward``): re-run the differentiable
-chunked reference in float32 under autograd. Used for MIMO (R > 1), odd N, and whenever the
-environment sets ``DIFFMAMBA_SCAN_BWD=recompute`` (debugging).
+chunked reference in float32 under autograd. Used for odd N (the rotary pairs need even N), and
+whenever the environment sets ``DIFFMAMBA_SCAN_BWD=recompute`` (debugging, A/B timing).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .scan_bwd_core import core_backward
 
 def backward_mode(R: int, N: int) -> str:
     """'triton' or 'recompute' for a scan of rank R and state size N (see module docstring)."""
-    if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" or R != 1 or N % 2:
+    if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" or N % 2:
         return "recompute"
     return "triton"
 
@@ -71,23 +71,24 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
 _TRITON_BWD_BROKEN = False
 
 
-def _chunk_rows(chunk_size: int) -> int:
-    """The backward's chunk: a power of two in [16, 64] (64 keeps the [C, N] tiles in registers;
-    the chunk length changes rounding only). ``DIFFMAMBA_BWD_CHUNK`` overrides it (tuning)."""
+def _chunk_rows(chunk_size: int, R: int) -> int:
+    """Rows of the backward's chunk for ``chunk_size`` time steps of rank R: a power of two in
+    [max(16, R), 64] (64 keeps the [rows, N] tiles in registers; the chunk length changes rounding
+    only). ``DIFFMAMBA_BWD_CHUNK`` (rows) overrides it for tuning."""
+    target = int(os.environ.get("DIFFMAMBA_BWD_CHUNK", chunk_size * R))
     rows = 16
-    target = int(os.environ.get("DIFFMAMBA_BWD_CHUNK", chunk_size))
     while rows < min(target, 64):
         rows *= 2
-    return rows
+    return max(rows, R)
 
 
 def _prepass(q, k, dt, lam, dph, D, init, reverse):
-    """Differentiable pre-pass (reference semantics of ``scan_chunked_ref``), SISO, physical order.
+    """Differentiable pre-pass (reference semantics of ``scan_chunked_ref``), rank form, physical order.
 
-    q, k: [B, T, H, N] float32; dt, lam: [B, T, H]; dph: [B, T, H, S]; D: [H] or None;
-    init: (ssm0 [B, H, P, N], kp0 [B, H, N], vp0 [B, H, P], ph0 [B, H, S]) float32 or None.
-    Returns qr, kp (= kr * scale), c [B, T, H], G_0 or None, kr of the last logical step, and the
-    final phase.
+    q, k: [B, T, H, R, N] float32; dt, lam: [B, T, H]; dph: [B, T, H, S]; D: [H] or None;
+    init: (ssm0 [B, H, P, N], kp0 [B, H, R, N], vp0 [B, H, R, P], ph0 [B, H, S]) float32 or None.
+    Returns qr, kp (= kr * scale), the diagonal block c [B, T, H, R, R] (y_diag = c @ v), G_0 or
+    None, kr of the last logical step [B, H, R, N], and the final phase.
     """
     T = q.shape[1]
     first, last = (T - 1, 0) if reverse else (0, T - 1)
@@ -98,7 +99,7 @@ def _prepass(q, k, dt, lam, dph, D, init, reverse):
     if init is not None:
         cum = cum + init[3].double().unsqueeze(1)
     phase = torch.remainder(cum, TWO_PI).float()
-    factor = _rotation_factor(phase, q.shape[-1])
+    factor = _rotation_factor(phase, q.shape[-1]).unsqueeze(3)  # one angle for all R ranks
     qr = _rotate_by_complex_product(q, factor)
     kr = _rotate_by_complex_product(k, factor)
     gamma = lam * dt
@@ -106,26 +107,26 @@ def _prepass(q, k, dt, lam, dph, D, init, reverse):
     zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])
     # beta~ of logical step s is beta of logical step s + 1: physical t + 1 (t - 1 in reverse)
     ahead = torch.cat((zero, beta[:, :-1]), 1) if reverse else torch.cat((beta[:, 1:], zero), 1)
-    kp = kr * (gamma + ahead).unsqueeze(-1)
-    # Diagonal on the unrotated q . k (the rotation cancels at equal times), as the reference.
-    c = gamma * (q * k).sum(-1)
+    kp = kr * (gamma + ahead)[..., None, None]
+    # Same-step block c_rs = gamma (q_r . k_s) + D [r = s], on the unrotated q, k (the rotation
+    # cancels at equal times), as the reference.
+    c = gamma[..., None, None] * (q @ k.transpose(-1, -2))
     if D is not None:
-        c = c + D
+        c = c + D[:, None, None] * torch.eye(q.shape[3], device=q.device, dtype=q.dtype)
     g0 = None
     if init is not None:
         ssm0, kp0, vp0, _ = init
-        g0 = ssm0 + beta[:, first, :, None, None] * (vp0.unsqueeze(-1) * kp0.unsqueeze(-2))
+        g0 = ssm0 + beta[:, first, :, None, None] * (vp0.transpose(-1, -2) @ kp0)
     return qr, kp, c, g0, kr[:, last], phase[:, last]
 
 
 def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
-    T = q.shape[1]
+    T, R = q.shape[1], q.shape[3]
     first_last = 0 if reverse else T - 1
     dfinal = dfinal if dfinal is not None else (None,) * 4
     dh1, dkp1, dvp1, dph1 = dfinal
-    # leaves of the pre-pass graph, float32, SISO (rank axis dropped)
-    raw = [q[:, :, :, 0], k[:, :, :, 0], dt, lam, dph, D]
-    raw += [init[0], init[1][:, :, 0], init[2][:, :, 0], init[3]] if init is not None else [None] * 4
+    # leaves of the pre-pass graph, float32, rank form
+    raw = [q, k, dt, lam, dph, D] + (list(init) if init is not None else [None] * 4)
     need_of = [needs[0], needs[1], needs[4], needs[5], needs[6], needs[7]] + list(needs[8:12])
     with torch.enable_grad():
         leaves = [None if t is None else t.detach().float().requires_grad_(bool(nd))
@@ -134,20 +135,19 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         linit = (lh0, lkp0, lvp0, lph0) if init is not None else None
         qr, kp, c, g0, kr_last, ph_last = _prepass(lq, lk, ldt, llam, ldph, lD, linit, reverse)
 
-    v3 = v[:, :, :, 0]
-    dy3 = dy[:, :, :, 0].contiguous()
+    dy = dy.contiguous()
     dq_core, dk_core, dv, da, dg0 = core_backward(
-        qr.detach().contiguous(), kp.detach().contiguous(), v3, a,
-        None if g0 is None else g0.detach().contiguous(), dy3,
+        qr.detach().contiguous(), kp.detach().contiguous(), v, a,
+        None if g0 is None else g0.detach().contiguous(), dy,
         None if dh1 is None else dh1.float().contiguous(), reverse=reverse,
-        chunk=_chunk_rows(chunk_size))
+        chunk=_chunk_rows(chunk_size, R))
 
-    # diagonal: y += c v  ->  dc = dy . v, dv += c dy; the final v_prev is v of the last step
-    dyf = dy3.float()
-    dc = (dyf * v3.float()).sum(-1)
-    dv += c.detach().unsqueeze(-1) * dyf
+    # diagonal block: y += c @ v  ->  dc = dy @ v^T, dv += c^T @ dy; the final v_prev is the last v
+    dyf, vf = dy.float(), v.float()
+    dc = dyf @ vf.transpose(-1, -2)
+    dv += c.detach().transpose(-1, -2) @ dyf
     if dvp1 is not None:
-        dv[:, first_last] += dvp1[:, :, 0].float()
+        dv[:, first_last] += dvp1.float()
 
     outs, seeds = [qr, kp, c], [dq_core, dk_core, dc]
     if g0 is not None:
@@ -155,7 +155,7 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         seeds.append(dg0)
     if dkp1 is not None:
         outs.append(kr_last)
-        seeds.append(dkp1[:, :, 0].float())
+        seeds.append(dkp1.float())
     if dph1 is not None:
         outs.append(ph_last)
         seeds.append(dph1.float())
@@ -177,7 +177,7 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
             continue
         if g is None:
             g = torch.zeros(x.shape, device=x.device, dtype=torch.float32)
-        out[i] = g.reshape(x.shape).to(x.dtype)
+        out[i] = g.to(x.dtype)
     return out
 
 
@@ -191,10 +191,9 @@ def _recompute_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, revers
             for t, need in zip(inputs, needs)
         ]
         state = Mamba3State(*leaves[8:]) if init is not None else None
-        R = q.shape[3]
         y, final = scan_chunked_ref(
             *leaves[:7], D=leaves[7], reverse=reverse, initial_state=state,
-            chunk_size=max(1, chunk_size // R),
+            chunk_size=chunk_size,
         )
         outs, seeds = [y], [dy.float()]
         if dfinal is not None:

@@ -4,11 +4,15 @@ Reference: the chunked form of ``diffmamba.ops.reference.scan_chunked_ref`` with
 trapezoid and diagonal terms factored out (``kernels/scan_bwd.py`` does that pre-pass); the
 equations are written out in ``kernels/README.md`` ("Backward").
 
-The core, per (batch, head), with per-token log decay a_t, rotated queries Qr_t, scaled rotated
-keys K_t = kr_t scale_t (both [N]) and values v_t [P]:
+The core, per (batch, head), with per-token log decay a_t, rotated queries Qr_{t,r}, scaled
+rotated keys K_{t,r} = kr_{t,r} scale_t (both [N]) and values v_{t,r} [P], r < R (SISO: R = 1):
 
-    G_t = exp(a_t) G_{t-1} + K_t v_t^T          (G stored transposed, [N, P]; G_0 = entry state)
-    y_t = exp(a_t) G_{t-1}^T Qr_t                (the diagonal term is added outside the core)
+    G_t     = exp(a_t) G_{t-1} + sum_r K_{t,r} v_{t,r}^T   (G stored transposed, [N, P]; G_0 = entry)
+    y_{t,r} = exp(a_t) G_{t-1}^T Qr_{t,r}                  (the diagonal R x R block is added outside)
+
+A chunk holds C rows ordered (t, r), C / R time steps. Only a step's first rank row carries a_t
+(the others read 0), so the row-wise cumsum l gives every rank row of step t the step's l_t and
+the rank rows need no special case except the causal mask, which compares steps, not rows.
 
 In chunks of C steps with chunk-local inclusive cumsum l_i and entering state G_c this is the
 forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Three kernels:
@@ -49,21 +53,33 @@ def _mm(a, b, TF32: tl.constexpr):
 
 
 @triton.jit
-def _chunk_rows(b, h, c, T, H, C: tl.constexpr, REVERSE: tl.constexpr):
-    """Row offsets ((b*T + t_phys)*H + h) of chunk c's C logical steps and their validity."""
-    s_log = c * C + tl.arange(0, C)
-    ok = s_log < T
+def _chunk_rows(b, h, c, T, H, C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr):
+    """Chunk c's C logical rows (step row // R, rank row % R): row offsets ((b*T + t)*H + h)*R + r
+    into q/k/v/dy, step offsets (b*T + t)*H + h into a, validity, and the first-rank flags."""
+    s_row = c * C + tl.arange(0, C)
+    step = s_row // R
+    ok = step < T
     if REVERSE:
-        t_phys = T - 1 - s_log
+        t_phys = T - 1 - step
     else:
-        t_phys = s_log
-    return (b * T + t_phys) * H + h, ok
+        t_phys = step
+    st = (b * T + t_phys) * H + h
+    rank = s_row % R
+    return st * R + rank, st, ok, rank == 0
+
+
+@triton.jit
+def _chunk_decay(a_ptr, st, ok, first):
+    """Chunk-local inclusive cumsum l of the log decay (per row) and its total l_last."""
+    a = tl.load(a_ptr + st, mask=ok & first, other=0.0)
+    return tl.cumsum(a, axis=0), tl.sum(a, axis=0)
 
 
 @triton.jit
 def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
-                C: tl.constexpr, REVERSE: tl.constexpr, HAS_G0: tl.constexpr, TF32: tl.constexpr):
+                C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_G0: tl.constexpr,
+                TF32: tl.constexpr):
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
@@ -81,10 +97,8 @@ def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
     hs = hs_ptr + pid.to(tl.int64) * (NC + 1) * N * P
     for c in range(0, NC):
         tl.store(hs + c * N * P + n[:, None] * P + p[None, :], g, mask=st_mask)
-        row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
-        a = tl.load(a_ptr + row, mask=ok, other=0.0)
-        l = tl.cumsum(a, axis=0)
-        l_last = tl.sum(a, axis=0)
+        row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
+        l, l_last = _chunk_decay(a_ptr, st, ok, first)
         kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
         vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
                      other=0.0).to(tl.float32)
@@ -96,7 +110,8 @@ def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
 @triton.jit
 def _states_bwd(q_ptr, dy_ptr, a_ptr, dg1_ptr, dhs_ptr, dg0_ptr, T, H, NC,
                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
-                C: tl.constexpr, REVERSE: tl.constexpr, HAS_DG1: tl.constexpr, TF32: tl.constexpr):
+                C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_DG1: tl.constexpr,
+                TF32: tl.constexpr):
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
@@ -116,10 +131,8 @@ def _states_bwd(q_ptr, dy_ptr, a_ptr, dg1_ptr, dhs_ptr, dg0_ptr, T, H, NC,
     for cc in range(0, NC):
         c = NC - 1 - cc
         tl.store(dhs + c * N * P + st_off, dg, mask=st_mask)
-        row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
-        a = tl.load(a_ptr + row, mask=ok, other=0.0)
-        l = tl.cumsum(a, axis=0)
-        l_last = tl.sum(a, axis=0)
+        row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
+        l, l_last = _chunk_decay(a_ptr, st, ok, first)
         qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
         dy = tl.load(dy_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
                      other=0.0).to(tl.float32)
@@ -133,24 +146,23 @@ def _states_bwd(q_ptr, dy_ptr, a_ptr, dg1_ptr, dhs_ptr, dg0_ptr, T, H, NC,
 def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
                  dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
                  N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
-                 C: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
+                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
     c = tl.program_id(0)
     pid = tl.program_id(1)
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
     n = tl.arange(0, NB)
     n_ok = n < N
-    row, ok = _chunk_rows(b, h, c, T, H, C, REVERSE)
-    a = tl.load(a_ptr + row, mask=ok, other=0.0)
-    l = tl.cumsum(a, axis=0)
-    l_last = tl.sum(a, axis=0)
+    row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
+    l, l_last = _chunk_decay(a_ptr, st, ok, first)
     qk_mask = ok[:, None] & n_ok[None, :]
     qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
     kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
 
-    i = tl.arange(0, C)
-    # strictly causal decay M_ij = exp(l_i - l_j), j < i (clamped before exp, §6.2)
-    m = tl.where(i[None, :] < i[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
+    t = tl.arange(0, C) // R  # local time step of each row
+    # strictly causal decay M_ij = exp(l_i - l_j), t(j) < t(i) (clamped before exp, §6.2); the
+    # same-step R x R block is the diagonal term, outside the core.
+    m = tl.where(t[None, :] < t[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
     am = _mm(qq, tl.trans(kk), TF32) * m  # decayed scores (Qr_i . K_j) M_ij
     w = tl.exp(tl.minimum(l_last - l, 0.0))  # decay of step j to the chunk's end
     e = tl.exp(tl.minimum(l, 0.0))  # decay of the entering state to step i
@@ -194,20 +206,25 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
     u = w * tl.sum(kk * dk_state, axis=1)
     da = tl.sum(dl, axis=0) - tl.cumsum(dl, axis=0) + dl + tl.cumsum(u, axis=0) - u
     da += tl.exp(tl.minimum(l_last, 0.0)) * tl.sum(gdg, axis=0)
-    tl.store(da_ptr + row, da, mask=ok)
+    # a_t lives on the step's first rank row (the others' a is the constant 0)
+    tl.store(da_ptr + st, da, mask=ok & first)
 
 
 def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     """Gradients of the core recurrence (module docstring) by the three kernels.
 
-    qr, kp: [B, T, H, N] float32; v, dy: [B, T, H, P] (any float dtype); a: [B, T, H] float32;
-    g0: [B, H, P, N] float32 entry state or None (zero); dg1: [B, H, P, N] float32 upstream
-    gradient of the final state or None. All contiguous. ``chunk`` is a power of two >= 16.
-    Returns dQr, dK, dv (float32, core part only), da [B, T, H] and dG_0 [B, H, P, N].
+    qr, kp: [B, T, H, R, N] float32 (or SISO [B, T, H, N]); v, dy: [B, T, H, R, P] (or
+    [B, T, H, P]; any float dtype); a: [B, T, H] float32; g0: [B, H, P, N] float32 entry state or
+    None (zero); dg1: [B, H, P, N] float32 upstream gradient of the final state or None. All
+    contiguous. ``chunk`` (rows) is a power of two >= max(16, R).
+    Returns dQr, dK, dv (float32, core part only, shaped as the inputs), da [B, T, H] and dG_0.
     """
-    B, T, H, N = qr.shape
+    B, T, H = a.shape
+    R = qr.shape[3] if qr.dim() == 5 else 1
+    N = qr.shape[-1]
     P = v.shape[-1]
-    NC = triton.cdiv(T, chunk)
+    assert chunk % R == 0 and chunk >= 16, (chunk, R)
+    NC = triton.cdiv(T * R, chunk)
     NB = triton.next_power_of_2(N)
     PB = triton.next_power_of_2(P)
     BP = min(PB, 64)
@@ -220,9 +237,9 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     dg0 = torch.empty(B, H, P, N, device=dev, dtype=f32)
     dq = torch.empty_like(qr)
     dk = torch.empty_like(kp)
-    dv = torch.empty(B, T, H, P, device=dev, dtype=f32)
+    dv = torch.empty(v.shape, device=dev, dtype=f32)
     da = torch.empty(B, T, H, device=dev, dtype=f32)
-    common = dict(N=N, P=P, NB=NB, C=chunk, REVERSE=bool(reverse), TF32=tf32)
+    common = dict(N=N, P=P, NB=NB, C=chunk, R=R, REVERSE=bool(reverse), TF32=tf32)
     warps = 4 if NB * PB <= 4096 else 8
     _states_fwd[(B * H,)](kp, v, a, g0 if g0 is not None else a, hs, T, H, NC, PB=PB,
                           HAS_G0=g0 is not None, num_warps=warps, **common)

@@ -91,8 +91,7 @@ def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
         if impl == "triton":
             from diffmamba.kernels import mamba3_scan_triton
             return mamba3_scan_triton(*leaves, reverse=rev, chunk_size=chunk)[0]
-        rank = leaves[0].shape[3] if leaves[0].dim() == 5 else 1
-        return reference.scan_chunked_ref(*leaves, reverse=rev, chunk_size=max(1, chunk // rank))[0]
+        return reference.scan_chunked_ref(*leaves, reverse=rev, chunk_size=chunk)[0]
 
     dirs = [False, True] if reverse is None else [reverse]
     if not backward:
@@ -121,7 +120,7 @@ def bench_bwd_parts(name, xs, seed, args):
                                            reverse=False, chunk_size=args.chunk, needs=needs)
     qr, kp = q.float().contiguous(), k.float().contiguous()
     core = lambda: scan_bwd_core.core_backward(qr, kp, v, a, None, seed, None, reverse=False,  # noqa: E731
-                                               chunk=scan_bwd._chunk_rows(args.chunk))
+                                               chunk=scan_bwd._chunk_rows(args.chunk, 1))
     out = []
     for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
         ms = time_ms(fn, "cuda", args.warmup, args.rep)
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", nargs="*", default=OPS + ["step"],
                     help=f"subset of {OPS + ['step'] + EXTRA_OPS} (bwdparts: GPU, SISO only)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
-    ap.add_argument("--chunk", type=int, default=64, help="chunk_size (rows) for both paths")
+    ap.add_argument("--chunk", type=int, default=64, help="chunk_size (time steps; a chunk has chunk x R rows) for both paths")
     ap.add_argument("--warmup", type=float, default=25, help="warm-up, ms (do_bench)")
     ap.add_argument("--rep", type=float, default=100, help="timed repetition, ms (do_bench)")
     ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
@@ -166,7 +165,7 @@ def main(argv=None) -> int:
     for name in shapes:
         B, T, H, N, P, S, R = SHAPES[name]
         xs = make(B, T, H, N, P, S, R, dtype, device)
-        rows = args.chunk
+        rows = args.chunk * (R or 1)
         fb, bb, ff = roofline(B, T, H, N, P, S, R, e, rows)
         seed = torch.randn_like(xs[2])
         times = {}

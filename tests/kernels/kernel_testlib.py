@@ -24,7 +24,7 @@ class Dims:
     P: int
     S: int
     R: int  # MIMO rank used by the MIMO tests
-    chunk: int  # chunk_size (rows) passed to the kernel
+    chunk: int  # chunk_size (time steps; chunk x R rows) passed to the kernel
     tokens: int  # B * T target for the scan tests
 
 

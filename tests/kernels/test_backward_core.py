@@ -21,31 +21,34 @@ from diffmamba.ops.state import Mamba3State
 
 
 def core_ref(qr, kp, v, a, g0, reverse):
-    """The core recurrence, one token at a time (float64): G_t = exp(a_t) G_{t-1} + K_t v_t^T,
-    y_t = exp(a_t) G_{t-1}^T Qr_t; G stored [B, H, P, N]. Returns y and the final G."""
+    """The core recurrence, one token at a time (float64), rank form [B, T, H, R, *]:
+    G_t = exp(a_t) G_{t-1} + sum_r K_{t,r} v_{t,r}^T, y_{t,r} = exp(a_t) G_{t-1}^T Qr_{t,r};
+    G stored [B, H, P, N]. Returns y and the final G."""
     if reverse:
         y, g = core_ref(qr.flip(1), kp.flip(1), v.flip(1), a.flip(1), g0, False)
         return y.flip(1), g
-    B, T, H, N = qr.shape
+    B, T, H, R, N = qr.shape
     g = g0 if g0 is not None else qr.new_zeros(B, H, v.shape[-1], N)
     ys = []
     for t in range(T):
         decay = a[:, t].exp()[..., None, None]
-        ys.append(torch.einsum("bhpn,bhn->bhp", decay * g, qr[:, t]))
-        g = decay * g + torch.einsum("bhp,bhn->bhpn", v[:, t], kp[:, t])
+        ys.append(torch.einsum("bhpn,bhrn->bhrp", decay * g, qr[:, t]))
+        g = decay * g + torch.einsum("bhrp,bhrn->bhpn", v[:, t], kp[:, t])
     return torch.stack(ys, 1), g
 
 
-@pytest.mark.parametrize("T", [1, 16, 17, 40])
+@pytest.mark.parametrize("T,R", [(1, 1), (16, 1), (17, 1), (40, 1), (1, 4), (9, 4), (21, 2)],
+                         ids=lambda x: str(x))
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("ends", ["fresh", "init+dfinal"])
-def test_core_backward_ragged(T, reverse, ends):
-    """N = 24, P = 80: padded key lanes and two value blocks (the second one ragged)."""
+def test_core_backward_ragged(T, R, reverse, ends):
+    """N = 24, P = 80: padded key lanes and two value blocks (the second one ragged); with
+    rank R > 1 the chunk of 16 rows holds 16 / R steps, so T = 9 at R = 4 spans three chunks."""
     B, H, N, P = 2, 2, 24, 80
     g = torch.Generator().manual_seed(T)
-    qr = torch.randn(B, T, H, N, generator=g, dtype=torch.float64)
-    kp = 0.1 * torch.randn(B, T, H, N, generator=g, dtype=torch.float64)
-    v = torch.randn(B, T, H, P, generator=g, dtype=torch.float64)
+    qr = torch.randn(B, T, H, R, N, generator=g, dtype=torch.float64)
+    kp = 0.1 * torch.randn(B, T, H, R, N, generator=g, dtype=torch.float64)
+    v = torch.randn(B, T, H, R, P, generator=g, dtype=torch.float64)
     a = -0.5 * torch.rand(B, T, H, generator=g, dtype=torch.float64)
     with_ends = ends != "fresh"
     g0 = torch.randn(B, H, P, N, generator=g, dtype=torch.float64) if with_ends else None
@@ -74,7 +77,7 @@ def test_core_backward_ragged(T, reverse, ends):
 def test_backward_switch(monkeypatch):
     monkeypatch.delenv("DIFFMAMBA_SCAN_BWD", raising=False)
     assert scan_bwd.backward_mode(1, DIMS.N) == "triton"
-    assert scan_bwd.backward_mode(DIMS.R, DIMS.N) == "recompute"  # MIMO stays on recompute
+    assert scan_bwd.backward_mode(DIMS.R, DIMS.N) == "triton"
     assert scan_bwd.backward_mode(1, DIMS.N + 1) == "recompute"
     monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "recompute")
     assert scan_bwd.backward_mode(1, DIMS.N) == "recompute"

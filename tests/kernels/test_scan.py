@@ -13,6 +13,8 @@ from kernel_testlib import (CUDA, DIMS, batch_for, check, check_state, double, m
 
 import diffmamba.kernels as K
 from diffmamba.kernels import autograd as kernel_autograd
+from diffmamba.kernels import scan_bwd
+from diffmamba.kernels.scan_bwd_core import core_backward
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
 
@@ -112,11 +114,17 @@ def test_backward_siso(T, dtype, reverse, with_init):
     run_backward(T, dtype, reverse, with_init)
 
 
-@pytest.mark.parametrize("T", [1, 17, 65] if CUDA else [17])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", T_ALL if CUDA else [1, 17, 65])
 @pytest.mark.parametrize("with_init", [False, True], ids=["fresh", "init"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_backward_mimo(T, reverse, with_init):
-    run_backward(T, torch.float32, reverse, with_init, R=DIMS.R)
+def test_backward_mimo(T, dtype, reverse, with_init, monkeypatch):
+    """MIMO runs the Triton backward (rank rows in the core, R x R diagonal block in the pre-pass)."""
+    calls = []
+    monkeypatch.setattr(scan_bwd, "core_backward",
+                        lambda *a, **kw: calls.append(1) or core_backward(*a, **kw))
+    run_backward(T, dtype, reverse, with_init, R=DIMS.R)
+    assert calls, "the MIMO backward did not run the Triton core"
 
 
 @pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])
@@ -130,7 +138,7 @@ def test_split_and_resume(reverse, R):
     xs = make_inputs(B, T, dtype, R=R, seed=11)
     st0 = make_state(B, dtype, R=R, seed=12)
     y_full, s_full = oracle(xs, reverse, st0)
-    for t in (1, DIMS.chunk // (1 if R is None else R), 37):
+    for t in (1, DIMS.chunk, 37):
         leaves = [x.detach().clone().requires_grad_() for x in xs]
         D = leaves[7]
         cut = lambda x: (x[:, t:], x[:, :t]) if reverse else (x[:, :t], x[:, t:])  # noqa: E731
