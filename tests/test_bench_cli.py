@@ -14,3 +14,17 @@ def test_bench_kernels_on_cpu_times_the_reference(capsys):
     out = capsys.readouterr().out
     assert "no GPU" in out and "cpu-tiny" in out and "reference" in out
 
+
+
+def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
+    """The GPU-only rows (Triton fwd+bwd, recompute A/B, backward parts) run under the interpreter,
+    so a harness bug cannot cost a GPU session its device time. Times here mean nothing."""
+    assert main(["bench", "kernels", "--interpreter", "--shapes", "cpu-tiny", "cpu-tiny-mimo",
+                 "--ops", "fwd", "fwdbwd", "bwdparts", "--step-shapes", "--rep", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Triton interpreter" in out
+    for shape in ("cpu-tiny", "cpu-tiny-mimo"):
+        rows = [line for line in out.splitlines() if line.startswith(shape)]
+        for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "bwd core", "bwd (whole)"):
+            assert any(needle in line for line in rows), (shape, needle, out)
+    assert "recompute backward / with the Triton backward" in out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -33,6 +34,7 @@ SHAPES = {
     "b1-t8k-h32": (1, 8192, 32, 128, 64, 32, None),
     "mimo4-bt16k-h16": (8, 2048, 16, 128, 64, 32, 4),
     "cpu-tiny": (2, 256, 4, 32, 16, 8, None),
+    "cpu-tiny-mimo": (2, 64, 4, 32, 16, 8, 2),
 }
 STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
 OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
@@ -84,11 +86,14 @@ def roofline(B, T, H, N, P, S, R, e, rows):
 
 
 def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
-    """A closure running one direction (or both for reverse=None) forward (and backward)."""
+    """A closure running one direction (or both for reverse=None) forward (and backward).
+
+    impl: "triton", "triton-recompute" (Triton forward, recompute backward: the A/B baseline of
+    the Triton backward) or "reference"."""
     from diffmamba.ops import reference
 
     def one(rev, leaves):
-        if impl == "triton":
+        if impl.startswith("triton"):
             from diffmamba.kernels import mamba3_scan_triton
             return mamba3_scan_triton(*leaves, reverse=rev, chunk_size=chunk)[0]
         return reference.scan_chunked_ref(*leaves, reverse=rev, chunk_size=chunk)[0]
@@ -107,23 +112,40 @@ def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
             lf.grad = None
         ys = [one(rev, leaves) for rev in dirs]
         torch.autograd.backward(ys, [seed_grads] * len(ys))
-    return run_bwd
+
+    if impl != "triton-recompute":
+        return run_bwd
+
+    def run_bwd_recompute():
+        # scan_bwd.backward_mode reads the switch at every backward call
+        saved = os.environ.get("DIFFMAMBA_SCAN_BWD")
+        os.environ["DIFFMAMBA_SCAN_BWD"] = "recompute"
+        try:
+            run_bwd()
+        finally:
+            if saved is None:
+                del os.environ["DIFFMAMBA_SCAN_BWD"]
+            else:
+                os.environ["DIFFMAMBA_SCAN_BWD"] = saved
+    return run_bwd_recompute
 
 
 def bench_bwd_parts(name, xs, seed, args):
     """Time the Triton backward (whole, and its core kernels alone) on one direction."""
     from diffmamba.kernels import scan_bwd, scan_bwd_core
     q, k, v, a, dt, lam, dph, D = xs
-    q5, k5, v5, dy5 = (t.unsqueeze(3).contiguous() for t in (q, k, v, seed))
+    rank_form = (lambda t: t.contiguous()) if q.dim() == 5 else (lambda t: t.unsqueeze(3).contiguous())  # noqa: E731
+    q5, k5, v5, dy5 = (rank_form(t) for t in (q, k, v, seed))
     needs = (True,) * 8 + (False,) * 4
+    chunk = args.chunk or 64 // q5.shape[3]
     whole = lambda: scan_bwd.scan_backward(q5, k5, v5, a, dt, lam, dph, D, None, dy5, None,  # noqa: E731
-                                           reverse=False, chunk_size=args.chunk, needs=needs)
-    qr, kp = q.float().contiguous(), k.float().contiguous()
-    core = lambda: scan_bwd_core.core_backward(qr, kp, v, a, None, seed, None, reverse=False,  # noqa: E731
-                                               chunk=scan_bwd._chunk_rows(args.chunk, 1))
+                                           reverse=False, chunk_size=chunk, needs=needs)
+    qr, kp = q5.float(), k5.float()
+    core = lambda: scan_bwd_core.core_backward(qr, kp, v5, a, None, dy5, None, reverse=False,  # noqa: E731
+                                               chunk=scan_bwd._chunk_rows(chunk, q5.shape[3]))
     out = []
     for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
-        ms = time_ms(fn, "cuda", args.warmup, args.rep)
+        ms = time_ms(fn, q.device.type, args.warmup, args.rep)
         out.append(dict(shape=name, op="bwdparts", impl=part, ms=ms))
         print(f"{name:18s} {'bwdpart':7s} {part:12s} {ms:9.3f} ms", flush=True)
     return out
@@ -136,12 +158,16 @@ def main(argv=None) -> int:
                     help=f"scan shapes from {sorted(SHAPES)} (default: all GPU shapes, or cpu-tiny on CPU)")
     ap.add_argument("--step-shapes", nargs="*", default=None, help=f"decode shapes from {sorted(STEP_SHAPES)}")
     ap.add_argument("--ops", nargs="*", default=OPS + ["step"],
-                    help=f"subset of {OPS + ['step'] + EXTRA_OPS} (bwdparts: GPU, SISO only)")
+                    help=f"subset of {OPS + ['step'] + EXTRA_OPS} (bwdparts: GPU only)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
-    ap.add_argument("--chunk", type=int, default=64, help="chunk_size (time steps; a chunk has chunk x R rows) for both paths")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="chunk_size in time steps for both paths (default 64 // R: 64 rows, as mamba_ssm)")
     ap.add_argument("--warmup", type=float, default=25, help="warm-up, ms (do_bench)")
     ap.add_argument("--rep", type=float, default=100, help="timed repetition, ms (do_bench)")
     ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
+    ap.add_argument("--interpreter", action="store_true",
+                    help="CPU only: also run the Triton paths in the Triton interpreter (needs TRITON_INTERPRET=1 "
+                         "before the import); checks the harness, its times say nothing about GPU speed")
     ap.add_argument("--bw", type=float, default=3.0e12, help="memory ceiling, bytes/s (measured H100: 3.0e12)")
     ap.add_argument("--peak", type=float, default=798e12, help="bf16 tensor ceiling, FLOP/s (measured H100: 798e12)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
@@ -152,28 +178,35 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     e = 2 if dtype == torch.bfloat16 else 4
     import triton
-    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (no GPU: timing the PyTorch reference path only)'}")
+
+    from diffmamba.kernels.configs import interpreting
+    if args.interpreter and (cuda or not interpreting()):
+        raise SystemExit("--interpreter needs a CPU-only run with TRITON_INTERPRET=1 set in the environment")
+    cpu_label = ("cpu, Triton interpreter (harness check: times are not kernel speed)" if args.interpreter
+                 else "cpu (no GPU: timing the PyTorch reference path only)")
+    print(f"device: {torch.cuda.get_device_name() if cuda else cpu_label}")
     print(f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}, dtype {args.dtype}, "
-          f"chunk {args.chunk}; ceilings {args.bw / 1e12:.2f} TB/s, {args.peak / 1e12:.0f} TFLOP/s")
-    shapes = args.shapes or ([s for s in SHAPES if s != "cpu-tiny"] if cuda else ["cpu-tiny"])
-    impls = ["triton", "reference"] if cuda else ["reference"]
-    if args.no_reference and cuda:
+          f"chunk {args.chunk or '64 // R'} steps; ceilings {args.bw / 1e12:.2f} TB/s, {args.peak / 1e12:.0f} TFLOP/s")
+    shapes = args.shapes or ([s for s in SHAPES if not s.startswith("cpu-")] if cuda else ["cpu-tiny"])
+    impls = ["triton", "reference"] if cuda or args.interpreter else ["reference"]
+    if args.no_reference and "triton" in impls:
         impls = ["triton"]
     rows_out = []
-    header = f"{'shape':18s} {'op':7s} {'impl':9s} {'ms':>9s} {'GB/s':>7s} {'%BW':>5s} {'TFLOP/s':>8s} {'%peak':>6s}"
+    header = f"{'shape':18s} {'op':7s} {'impl':16s} {'ms':>9s} {'GB/s':>7s} {'%BW':>5s} {'TFLOP/s':>8s} {'%peak':>6s}"
     print(header)
     for name in shapes:
         B, T, H, N, P, S, R = SHAPES[name]
         xs = make(B, T, H, N, P, S, R, dtype, device)
-        rows = args.chunk * (R or 1)
+        chunk = args.chunk or max(1, 64 // (R or 1))
+        rows = chunk * (R or 1)
         fb, bb, ff = roofline(B, T, H, N, P, S, R, e, rows)
         seed = torch.randn_like(xs[2])
         times = {}
         for op in [o for o in args.ops if o in OPS]:
-            for impl in impls:
-                backward = op in ("fwdbwd", "bibwd")
+            backward = op in ("fwdbwd", "bibwd")
+            for impl in impls + (["triton-recompute"] if backward and "triton" in impls else []):
                 rev = {"fwd": False, "rev": True, "bi": None, "fwdbwd": False, "bibwd": None}[op]
-                fn = scan_fn(impl, xs, rev, args.chunk, backward, seed)
+                fn = scan_fn(impl, xs, rev, chunk, backward, seed)
                 ms = time_ms(fn, device, args.warmup, args.rep)
                 ndir = 2 if rev is None else 1
                 nbytes = ndir * (fb + (bb if backward else 0))
@@ -184,11 +217,14 @@ def main(argv=None) -> int:
                            pct_bw=100 * nbytes / ms / 1e-3 / args.bw, tflops=nflops / ms / 1e9,
                            pct_peak=100 * nflops / ms / 1e-3 / args.peak)
                 rows_out.append(row)
-                print(f"{name:18s} {op:7s} {impl:9s} {ms:9.3f} {row['gbps']:7.0f} {row['pct_bw']:5.1f} "
+                print(f"{name:18s} {op:7s} {impl:16s} {ms:9.3f} {row['gbps']:7.0f} {row['pct_bw']:5.1f} "
                       f"{row['tflops']:8.2f} {row['pct_peak']:6.2f}", flush=True)
-            if cuda and (op, "reference") in times and (op, "triton") in times:
+            if (op, "reference") in times and (op, "triton") in times:
                 print(f"{'':18s} {op:7s} speed-up over reference: {times[(op, 'reference')] / times[(op, 'triton')]:.1f}x")
-        if "bwdparts" in args.ops and cuda and R is None:
+            if (op, "triton-recompute") in times:
+                print(f"{'':18s} {op:7s} time with the recompute backward / with the Triton backward: "
+                      f"{times[(op, 'triton-recompute')] / times[(op, 'triton')]:.2f}")
+        if "bwdparts" in args.ops and "triton" in impls:
             rows_out += bench_bwd_parts(name, xs, seed, args)
         for impl in impls:
             if ("bi", impl) in times and ("fwd", impl) in times:
@@ -221,7 +257,7 @@ def main(argv=None) -> int:
                 row = dict(shape=name, op="step", impl=impl, ms=ms, gbps=floor_bytes / ms / 1e6,
                            pct_bw=100 * floor_bytes / ms / 1e-3 / args.bw, floor_us=floor_us)
                 rows_out.append(row)
-                print(f"{name:18s} {'step':7s} {impl:9s} {ms * 1e3:8.1f}us {row['gbps']:7.0f} {row['pct_bw']:5.1f}"
+                print(f"{name:18s} {'step':7s} {impl:16s} {ms * 1e3:8.1f}us {row['gbps']:7.0f} {row['pct_bw']:5.1f}"
                       f"   state-traffic floor {floor_us:.1f} us")
     if args.json:
         with open(args.json, "w") as f:
