@@ -38,12 +38,12 @@ def batch_for(T: int) -> int:
     return max(1, math.ceil(DIMS.tokens / T)) if CUDA else DIMS.tokens
 
 
-def make_inputs(B, T, dtype, R=None, seed=0, device=DEVICE):
+def make_inputs(B, T, dtype, R=None, seed=0, device=DEVICE, dims=DIMS):
     """Realistic random inputs: q/k ~ N(0,1) + 1 (BC-norm output plus the init-1 bias),
     dt in [0.01, 0.2], a = -A dt with A in [0.2, 3], lam = sigmoid(N(0,1)),
     dphase = dt * pi * tanh(N(0,1)), D ~ N(0,1). Returns the list [q, k, v, a, dt, lam, dphase, D]."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    H, N, P, S = DIMS.H, DIMS.N, DIMS.P, DIMS.S
+    H, N, P, S = dims.H, dims.N, dims.P, dims.S
     rk = () if R is None else (R,)
 
     def rn(*shape):
@@ -66,10 +66,10 @@ def make_inputs(B, T, dtype, R=None, seed=0, device=DEVICE):
     return [x.to(device) for x in out]
 
 
-def make_state(B, dtype, R=None, seed=1, device=DEVICE) -> Mamba3State:
+def make_state(B, dtype, R=None, seed=1, device=DEVICE, dims=DIMS) -> Mamba3State:
     """A non-trivial continuation state (random ssm, k_prev, v_prev, phase in [0, 2pi))."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    H, N, P, S = DIMS.H, DIMS.N, DIMS.P, DIMS.S
+    H, N, P, S = dims.H, dims.N, dims.P, dims.S
     rk = () if R is None else (R,)
     ssm = torch.randn(B, H, P, N, generator=g, dtype=torch.float64)
     kp = torch.randn(B, H, *rk, N, generator=g, dtype=torch.float64) + 1.0
@@ -106,6 +106,8 @@ def check(name, got, ref, dtype):
     got = got.detach().double()
     ref = ref.detach().double()
     assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    if ref.numel() == 0:  # e.g. the phase gradients when S = 0
+        return
     atol = atol_frac * ref.abs().max().clamp_min(1e-30)
     bound = atol + rtol * ref.abs()
     err = (got - ref).abs()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import (CUDA, DIMS, batch_for, check, check_state, double, make_inputs,
+from kernel_testlib import (CUDA, DIMS, Dims, batch_for, check, check_state, double, make_inputs,
                             make_state, upstream)
 
 import diffmamba.kernels as K
@@ -67,12 +67,12 @@ def test_forward_mimo(T, dtype, reverse, with_init):
     run_forward(T, dtype, reverse, with_init, R=DIMS.R)
 
 
-def grads_kernel(xs, st, reverse, seeds):
+def grads_kernel(xs, st, reverse, seeds, chunk=DIMS.chunk):
     leaves = [x.detach().clone().requires_grad_() for x in xs]
     sl = [t.detach().clone().requires_grad_() for t in st] if st is not None else None
     y, s = K.mamba3_scan_triton(*leaves, reverse=reverse,
                                 initial_state=None if sl is None else Mamba3State(*sl),
-                                return_final_state=True, chunk_size=DIMS.chunk)
+                                return_final_state=True, chunk_size=chunk)
     torch.autograd.backward([y, *s], seeds)
     return [t.grad for t in leaves + (sl or [])], (y, s)
 
@@ -90,17 +90,17 @@ NAMES = ["dq", "dk", "dv", "dlog_decay", "ddt", "dtrap", "ddphase", "dD",
          "dssm0", "dk_prev0", "dv_prev0", "dphase0"]
 
 
-def run_backward(T, dtype, reverse, with_init, R=None):
-    B = batch_for(T)
-    xs = make_inputs(B, T, dtype, R=R, seed=3)
-    st = make_state(B, dtype, R=R, seed=4) if with_init else None
+def run_backward(T, dtype, reverse, with_init, R=None, dims=DIMS, B=None):
+    B = B or batch_for(T)
+    xs = make_inputs(B, T, dtype, R=R, seed=3, dims=dims)
+    st = make_state(B, dtype, R=R, seed=4, dims=dims) if with_init else None
     # shapes of (y, ssm, k_prev, v_prev, phase) without running anything
     rk = () if R is None else (R,)
-    shapes = [(xs[2].shape, xs[2].dtype), ((B, DIMS.H, DIMS.P, DIMS.N), torch.float32),
-              ((B, DIMS.H, *rk, DIMS.N), dtype), ((B, DIMS.H, *rk, DIMS.P), dtype),
-              ((B, DIMS.H, DIMS.S), torch.float32)]
+    shapes = [(xs[2].shape, xs[2].dtype), ((B, dims.H, dims.P, dims.N), torch.float32),
+              ((B, dims.H, *rk, dims.N), dtype), ((B, dims.H, *rk, dims.P), dtype),
+              ((B, dims.H, dims.S), torch.float32)]
     seeds = upstream([torch.empty(s, dtype=d, device=xs[0].device) for s, d in shapes])
-    got, _ = grads_kernel(xs, st, reverse, seeds)
+    got, _ = grads_kernel(xs, st, reverse, seeds, chunk=dims.chunk)
     ref = grads_oracle(xs, st, reverse, seeds)
     for name, g, r in zip(NAMES, got, ref):
         check(name, g, r, dtype)
@@ -125,6 +125,24 @@ def test_backward_mimo(T, dtype, reverse, with_init, monkeypatch):
                         lambda *a, **kw: calls.append(1) or core_backward(*a, **kw))
     run_backward(T, dtype, reverse, with_init, R=DIMS.R)
     assert calls, "the MIMO backward did not run the Triton core"
+
+
+AWKWARD = {
+    # name: (Dims, R, T); fields H, N, P, S, R (unused), chunk (steps), tokens (unused)
+    "no-rotation": (Dims(2, 24, 20, 0, 1, 16, 0), None, 23),   # S = 0, N/P not powers of two
+    "all-rotated": (Dims(2, 24, 20, 12, 1, 16, 0), None, 23),  # S = N / 2
+    "odd-P": (Dims(1, 40, 33, 7, 1, 32, 0), None, 50),         # N = 40 pads to 64 lanes, P odd
+    "rank-8": (Dims(2, 8, 4, 2, 1, 2, 0), 8, 19),             # 16-row chunks of two steps
+    "rank-2-big-chunk": (Dims(2, 32, 16, 5, 1, 64, 0), 2, 33),  # 128 rows fwd, clamped to 64 bwd
+}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", sorted(AWKWARD))
+def test_backward_awkward_shapes(case, reverse):
+    """Every output and gradient at shapes the main matrix does not reach (same float64 oracle)."""
+    dims, R, T = AWKWARD[case]
+    run_backward(T, torch.float32, reverse, True, R=R, dims=dims, B=2)
 
 
 @pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])
