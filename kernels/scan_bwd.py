@@ -3,18 +3,20 @@
 Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``; the split and the equations
 are in kernels/README.md ("Backward").
 
-Default (SISO and MIMO, even N): a **Triton backward** in two parts.
+Default (SISO and MIMO, even N): a **Triton backward** in three parts.
 
-  (a) pre-pass, PyTorch autograd of cheap elementwise / prefix ops (``_prepass``): cumulative
-      phase, rotation qr = R(Phi) q, kr = R(Phi) k, trapezoid scales gamma and the shifted
-      scale = gamma + beta~ (look-ahead one logical step), K' = kr * scale, the per-step diagonal
-      block c_rs = gamma (q_r . k_s) + D [r = s] (SISO: a scalar), the entry state
-      G_0 = ssm0 + beta_first sum_r vp0_r kp0_r^T, and the final state's k_prev / phase;
+  (a) pre-pass. On [B, T, H]-sized tensors, differentiable PyTorch (``_phase_and_scales`` and
+      the lines after it): cumulative phase Phi, trapezoid gamma and the shifted scale
+      gamma + beta~ (look-ahead one logical step), the per-step diagonal block
+      c_rs = gamma (q_r . k_s) + D [r = s] (SISO: a scalar), the entry state
+      G_0 = ssm0 + beta_first sum_r vp0_r kp0_r^T, and the final state's k_prev / phase.
+      On the [B, T, H, R, N] tensors, Triton (``scan_bwd_prepass.prepass_forward``): the rotated
+      qr = R(Phi) q, K' = R(Phi) k * scale and the same-step q . k;
   (b) the core decayed linear recurrence in Triton (``scan_bwd_core.core_backward``): dQr, dK',
-      dv, d log_decay and dG_0, carrying the state adjoint backward over chunks.
-
-The core's gradients (plus dc = dy . v, dv += c dy and the final state's upstream gradients) are
-then pulled through the pre-pass graph with one ``torch.autograd.grad``.
+      dv, d log_decay and dG_0, carrying the state adjoint backward over chunks;
+  (c) the pre-pass backward in Triton (``scan_bwd_prepass.prepass_backward``): dq, dk, and the
+      per-step dPhi, dscale that seed, with dc = dy v^T, dG_0 and the final state's upstream
+      gradients, one ``torch.autograd.grad`` over the small graph of (a).
 
 Fallback: the **recompute** backward (``_recompute_backward``): re-run the differentiable
 chunked reference in float32 under autograd. Used for odd N (the rotary pairs need even N), and
@@ -35,6 +37,7 @@ from diffmamba.ops.reference import (TWO_PI, _rotate_by_complex_product, _rotati
 from diffmamba.ops.state import Mamba3State
 
 from .scan_bwd_core import core_backward
+from .scan_bwd_prepass import prepass_backward, prepass_forward
 
 
 def backward_mode(R: int, N: int) -> str:
@@ -82,74 +85,72 @@ def _chunk_rows(chunk_size: int, R: int) -> int:
     return max(rows, R)
 
 
-def _prepass(q, k, dt, lam, dph, D, init, reverse):
-    """Differentiable pre-pass (reference semantics of ``scan_chunked_ref``), rank form, physical order.
+def _phase_and_scales(dt, lam, dph, ph0, reverse):
+    """Differentiable [B, T, H]-sized part of the pre-pass (reference semantics, physical order).
 
-    q, k: [B, T, H, R, N] float32; dt, lam: [B, T, H]; dph: [B, T, H, S]; D: [H] or None;
-    init: (ssm0 [B, H, P, N], kp0 [B, H, R, N], vp0 [B, H, R, P], ph0 [B, H, S]) float32 or None.
-    Returns qr, kp (= kr * scale), the diagonal block c [B, T, H, R, R] (y_diag = c @ v), G_0 or
-    None, kr of the last logical step [B, H, R, N], and the final phase.
+    dt, lam: [B, T, H]; dph: [B, T, H, S]; ph0: [B, H, S] or None. Returns the cumulative phase
+    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, mamba3.md §6.3; reverse: suffix
+    sums, the logical order being the mirrored physical one), gamma, beta and the shifted scale
+    gamma + beta~ (beta of the next logical step: physical t + 1, or t - 1 in reverse).
     """
-    T = q.shape[1]
-    first, last = (T - 1, 0) if reverse else (0, T - 1)
-    # Cumulative phase summed in float64, reduced mod 2pi (as the reference, mamba3.md §6.3);
-    # reverse: suffix sums (logical order is the mirrored physical order).
     d64 = dph.double()
     cum = d64.flip(1).cumsum(1).flip(1) if reverse else d64.cumsum(1)
-    if init is not None:
-        cum = cum + init[3].double().unsqueeze(1)
+    if ph0 is not None:
+        cum = cum + ph0.double().unsqueeze(1)
     phase = torch.remainder(cum, TWO_PI).float()
-    factor = _rotation_factor(phase, q.shape[-1]).unsqueeze(3)  # one angle for all R ranks
-    qr = _rotate_by_complex_product(q, factor)
-    kr = _rotate_by_complex_product(k, factor)
     gamma = lam * dt
     beta = (1.0 - lam) * dt
     zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])
-    # beta~ of logical step s is beta of logical step s + 1: physical t + 1 (t - 1 in reverse)
     ahead = torch.cat((zero, beta[:, :-1]), 1) if reverse else torch.cat((beta[:, 1:], zero), 1)
-    kp = kr * (gamma + ahead)[..., None, None]
-    # Same-step block c_rs = gamma (q_r . k_s) + D [r = s], on the unrotated q, k (the rotation
-    # cancels at equal times), as the reference.
-    c = gamma[..., None, None] * (q @ k.transpose(-1, -2))
-    if D is not None:
-        c = c + D[:, None, None] * torch.eye(q.shape[3], device=q.device, dtype=q.dtype)
-    g0 = None
-    if init is not None:
-        ssm0, kp0, vp0, _ = init
-        g0 = ssm0 + beta[:, first, :, None, None] * (vp0.transpose(-1, -2) @ kp0)
-    return qr, kp, c, g0, kr[:, last], phase[:, last]
+    return phase, gamma, beta, gamma + ahead
 
 
 def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
+    """Pre-pass (Triton for the [B, T, H, R, N] tensors, autograd for the small ones), Triton
+    core, then one ``torch.autograd.grad`` over the small graph (module docstring)."""
     T, R = q.shape[1], q.shape[3]
-    first_last = 0 if reverse else T - 1
+    first, last = (T - 1, 0) if reverse else (0, T - 1)
     dfinal = dfinal if dfinal is not None else (None,) * 4
     dh1, dkp1, dvp1, dph1 = dfinal
-    # leaves of the pre-pass graph, float32, rank form
-    raw = [q, k, dt, lam, dph, D] + (list(init) if init is not None else [None] * 4)
-    need_of = [needs[0], needs[1], needs[4], needs[5], needs[6], needs[7]] + list(needs[8:12])
+    # leaves of the small graph, float32, rank form; q and k reach it only as the last raw key
+    raw = [dt, lam, dph, D, k[:, last]] + (list(init) if init is not None else [None] * 4)
+    need_of = [needs[4], needs[5], needs[6], needs[7], needs[1]] + list(needs[8:12])
     with torch.enable_grad():
         leaves = [None if t is None else t.detach().float().requires_grad_(bool(nd))
                   for t, nd in zip(raw, need_of)]
-        lq, lk, ldt, llam, ldph, lD, lh0, lkp0, lvp0, lph0 = leaves
-        linit = (lh0, lkp0, lvp0, lph0) if init is not None else None
-        qr, kp, c, g0, kr_last, ph_last = _prepass(lq, lk, ldt, llam, ldph, lD, linit, reverse)
+        ldt, llam, ldph, lD, lk_last, lh0, lkp0, lvp0, lph0 = leaves
+        phase, gamma, beta, scale = _phase_and_scales(ldt, llam, ldph, lph0, reverse)
+    phase_c, scale_c, gamma_c = (t.detach().contiguous() for t in (phase, scale, gamma))
+    qr, kp, qk = prepass_forward(q, k, phase_c, scale_c)
+    with torch.enable_grad():
+        # same-step block c_rs = gamma (q_r . k_s) + D [r = s]; qk is a constant here (its q, k
+        # gradients come from prepass_backward)
+        c = gamma[..., None, None] * qk
+        if lD is not None:
+            c = c + lD[:, None, None] * torch.eye(R, device=q.device, dtype=torch.float32)
+        g0 = None
+        if init is not None:  # entry state, with the trapezoid term owed by the cached token
+            g0 = lh0 + beta[:, first, :, None, None] * (lvp0.transpose(-1, -2) @ lkp0)
+        ph_last = phase[:, last]
+        kr_last = _rotate_by_complex_product(lk_last, _rotation_factor(ph_last, q.shape[-1]).unsqueeze(2))
 
     dy = dy.contiguous()
     dq_core, dk_core, dv, da, dg0 = core_backward(
-        qr.detach().contiguous(), kp.detach().contiguous(), v, a,
-        None if g0 is None else g0.detach().contiguous(), dy,
+        qr, kp, v, a, None if g0 is None else g0.detach().contiguous(), dy,
         None if dh1 is None else dh1.float().contiguous(), reverse=reverse,
         chunk=_chunk_rows(chunk_size, R))
+    del qr, kp
 
     # diagonal block: y += c @ v  ->  dc = dy @ v^T, dv += c^T @ dy; the final v_prev is the last v
     dyf, vf = dy.float(), v.float()
     dc = dyf @ vf.transpose(-1, -2)
     dv += c.detach().transpose(-1, -2) @ dyf
     if dvp1 is not None:
-        dv[:, first_last] += dvp1.float()
+        dv[:, last] += dvp1.float()
+    dq, dk, dphi, dscale = prepass_backward(q, k, phase_c, scale_c, gamma_c, dq_core, dk_core,
+                                            dc.contiguous())
 
-    outs, seeds = [qr, kp, c], [dq_core, dk_core, dc]
+    outs, seeds = [phase, scale, c], [dphi, dscale, dc]
     if g0 is not None:
         outs.append(g0)
         seeds.append(dg0)
@@ -166,11 +167,13 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         got = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wanted],
                                   [s for _, s in pairs], allow_unused=True)
         for i, g in zip(wanted, got):
-            grads[i] = g if g is not None else torch.zeros_like(leaves[i])
-    gq, gk, gdt, glam, gdph, gD, gh0, gkp0, gvp0, gph0 = grads
+            grads[i] = g
+    gdt, glam, gdph, gD, gk_last, gh0, gkp0, gvp0, gph0 = grads
+    if gk_last is not None:  # the final k_prev is the last key, rotated
+        dk[:, last] += gk_last
 
     inputs = [q, k, v, a, dt, lam, dph, D] + (list(init) if init is not None else [None] * 4)
-    rank_form = [gq, gk, dv, da, gdt, glam, gdph, gD, gh0, gkp0, gvp0, gph0]
+    rank_form = [dq, dk, dv, da, gdt, glam, gdph, gD, gh0, gkp0, gvp0, gph0]
     out = [None] * 12
     for i, (g, x) in enumerate(zip(rank_form, inputs)):
         if x is None or not needs[i]:

@@ -39,8 +39,8 @@ SHAPES = {
 STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
 OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
 # bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction)
-# and its core kernels alone (scan_bwd_core.core_backward); the difference is the PyTorch
-# pre-pass (rotation, trapezoid scales, diagonal) and its autograd.
+# and its core kernels alone (scan_bwd_core.core_backward); the difference is the pre-pass
+# (Triton rotation / scale / diagonal kernels and their adjoint, autograd on [B, T, H] tensors).
 EXTRA_OPS = ["bwdparts"]
 
 

@@ -1,0 +1,170 @@
+"""Triton kernels of the backward's pre-pass: rotation, trapezoid scale and the same-step q . k.
+
+The backward (``kernels/scan_bwd.py``) splits the scan into this elementwise pre-pass and the core
+decayed recurrence (``scan_bwd_core.py``). Per row (time step t, rank r; rows are the flattened
+[B, T, H, R] index, so no time order is involved and ``reverse`` needs no special case):
+
+  forward   qr = R(Phi_t) q,  K' = R(Phi_t) k * scale_t,  qk_t[r, s] = q_r . k_s  (same step)
+  backward  dq = R(Phi_t)^T dqr + gamma_t sum_s dc_t[r, s] k_s
+            dk = R(Phi_t)^T (scale_t dK') + gamma_t sum_r dc_t[r, s] q_r
+            dPhi_t[i] += (qr x dqr)_i + (kr x dkr)_i     (pairs i < S; x: 2-D cross product)
+            dscale_t  += K'-side: dK' . kr
+
+where R(Phi) rotates the pairs (2i, 2i+1), i < S, and dc is the gradient of the same-step
+diagonal block c = gamma qk + D (the rotation cancels at equal times, so qk uses the unrotated
+q, k, as the reference does). dPhi and dscale come back per row; the caller sums the R ranks of
+a step. The phase Phi, the scales and everything on [B, T, H]-sized tensors stay in PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rows_and_pairs(pid, n_rows, R: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+                    HALF: tl.constexpr, ROWS: tl.constexpr):
+    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    ok = rows < n_rows
+    step = rows // R
+    j = tl.arange(0, HALF)
+    j_ok = j < N // 2
+    rot = j < S
+    return rows, ok, step, j, j_ok, rot
+
+
+@triton.jit
+def _load_pairs(ptr, rows, j, mask, N: tl.constexpr):
+    even = tl.load(ptr + rows[:, None] * N + 2 * j[None, :], mask=mask, other=0.0).to(tl.float32)
+    odd = tl.load(ptr + rows[:, None] * N + 2 * j[None, :] + 1, mask=mask, other=0.0).to(tl.float32)
+    return even, odd
+
+
+@triton.jit
+def _store_pairs(ptr, rows, j, mask, even, odd, N: tl.constexpr):
+    tl.store(ptr + rows[:, None] * N + 2 * j[None, :], even, mask=mask)
+    tl.store(ptr + rows[:, None] * N + 2 * j[None, :] + 1, odd, mask=mask)
+
+
+@triton.jit
+def _same_step(rows, step, ok, R: tl.constexpr):
+    """[ROWS, ROWS] mask of row pairs in one step, and the offsets of dc/qk [.., R, R] there."""
+    same = (step[:, None] == step[None, :]) & ok[:, None] & ok[None, :]
+    off = step[:, None] * R * R + (rows % R)[:, None] * R + (rows % R)[None, :]
+    return same, off
+
+
+@triton.jit
+def _prepass_fwd(q_ptr, k_ptr, ph_ptr, sc_ptr, qr_ptr, kp_ptr, qk_ptr, n_rows,
+                 R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
+                 ROWS: tl.constexpr):
+    rows, ok, step, j, j_ok, rot = _rows_and_pairs(tl.program_id(0), n_rows, R, N, S, HALF, ROWS)
+    m = ok[:, None] & j_ok[None, :]
+    phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & rot[None, :], other=0.0)
+    cs = tl.cos(phi)
+    sn = tl.sin(phi)
+    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
+    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
+    sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
+    _store_pairs(qr_ptr, rows, j, m, qe * cs - qo * sn, qe * sn + qo * cs, N)
+    _store_pairs(kp_ptr, rows, j, m, (ke * cs - ko * sn) * sc, (ke * sn + ko * cs) * sc, N)
+    if R == 1:
+        tl.store(qk_ptr + rows, tl.sum(qe * ke + qo * ko, axis=1), mask=ok)
+    else:
+        blk = (tl.dot(qe, tl.trans(ke), input_precision="ieee")
+               + tl.dot(qo, tl.trans(ko), input_precision="ieee"))
+        same, off = _same_step(rows, step, ok, R)
+        tl.store(qk_ptr + off, blk, mask=same)
+
+
+@triton.jit
+def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr,
+                 dq_ptr, dk_ptr, dphi_ptr, dsc_ptr, n_rows,
+                 R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
+                 ROWS: tl.constexpr):
+    rows, ok, step, j, j_ok, rot = _rows_and_pairs(tl.program_id(0), n_rows, R, N, S, HALF, ROWS)
+    m = ok[:, None] & j_ok[None, :]
+    phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & rot[None, :], other=0.0)
+    cs = tl.cos(phi)
+    sn = tl.sin(phi)
+    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
+    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
+    sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
+    gam = tl.load(gam_ptr + step, mask=ok, other=0.0)
+    dqre, dqro = _load_pairs(dqr_ptr, rows, j, m, N)
+    dkpe, dkpo = _load_pairs(dkp_ptr, rows, j, m, N)
+    qre = qe * cs - qo * sn
+    qro = qe * sn + qo * cs
+    kre = ke * cs - ko * sn
+    kro = ke * sn + ko * cs
+    dkre = dkpe * sc
+    dkro = dkpo * sc
+    # d/dPhi of a rotated pair (x', y') = (x cos - y sin, x sin + y cos) is (-y', x')
+    dphi = qre * dqro - qro * dqre + kre * dkro - kro * dkre
+    tl.store(dphi_ptr + rows[:, None] * S + j[None, :], dphi, mask=ok[:, None] & rot[None, :])
+    tl.store(dsc_ptr + rows, tl.sum(dkpe * kre + dkpo * kro, axis=1), mask=ok)
+    # rotation is orthogonal: the adjoint rotates back by -Phi
+    dqe = dqre * cs + dqro * sn
+    dqo = dqro * cs - dqre * sn
+    dke = dkre * cs + dkro * sn
+    dko = dkro * cs - dkre * sn
+    # same-step diagonal block y_r += gamma sum_s qk[r, s] v_s: dq_r += gamma sum_s dc[r, s] k_s,
+    # dk_s += gamma sum_r dc[r, s] q_r
+    if R == 1:
+        d = (tl.load(dc_ptr + rows, mask=ok, other=0.0) * gam)[:, None]
+        dqe += d * ke
+        dqo += d * ko
+        dke += d * qe
+        dko += d * qo
+    else:
+        same, off = _same_step(rows, step, ok, R)
+        dcb = tl.load(dc_ptr + off, mask=same, other=0.0) * gam[:, None]
+        dqe += tl.dot(dcb, ke, input_precision="ieee")
+        dqo += tl.dot(dcb, ko, input_precision="ieee")
+        dke += tl.dot(tl.trans(dcb), qe, input_precision="ieee")
+        dko += tl.dot(tl.trans(dcb), qo, input_precision="ieee")
+    _store_pairs(dq_ptr, rows, j, m, dqe, dqo, N)
+    _store_pairs(dk_ptr, rows, j, m, dke, dko, N)
+
+
+def _launch_meta(q, S):
+    B, T, H, R, N = q.shape
+    half = triton.next_power_of_2(max(N // 2, 1))
+    rows = max(16, R, min(64, 4096 // half))  # a [rows, N/2] tile per operand
+    n_rows = B * T * H * R
+    return dict(R=R, N=N, S=S, HALF=half, ROWS=rows), n_rows, (triton.cdiv(n_rows, rows),)
+
+
+def prepass_forward(q, k, phase, scale):
+    """qr, K' [B, T, H, R, N] float32 and the same-step q . k [B, T, H, R, R] float32.
+
+    q, k: [B, T, H, R, N] (any float dtype, N even); phase: [B, T, H, S] float32 in [0, 2pi);
+    scale: [B, T, H] float32. All contiguous.
+    """
+    meta, n_rows, grid = _launch_meta(q, phase.shape[-1])
+    qr = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    kp = torch.empty_like(qr)
+    qk = torch.empty(*q.shape[:4], q.shape[3], device=q.device, dtype=torch.float32)
+    ph = phase if phase.numel() else scale  # S = 0: nothing is loaded; avoid a null pointer
+    _prepass_fwd[grid](q, k, ph, scale, qr, kp, qk, n_rows, **meta)
+    return qr, kp, qk
+
+
+def prepass_backward(q, k, phase, scale, gamma, dqr, dkp, dc):
+    """dq, dk [B, T, H, R, N] float32, dPhi [B, T, H, S] and dscale [B, T, H] (ranks summed).
+
+    dqr, dkp: the core's gradients of qr and K' (float32); dc [B, T, H, R, R] float32: gradient
+    of the same-step block c = gamma qk + D. Other arguments as ``prepass_forward``.
+    """
+    meta, n_rows, grid = _launch_meta(q, phase.shape[-1])
+    B, T, H, R, N = q.shape
+    S = phase.shape[-1]
+    dq = torch.empty(q.shape, device=q.device, dtype=torch.float32)
+    dk = torch.empty_like(dq)
+    dphi = torch.empty(B, T, H, R, S, device=q.device, dtype=torch.float32)
+    dsc = torch.empty(B, T, H, R, device=q.device, dtype=torch.float32)
+    ph, dph = (phase, dphi) if S else (scale, dsc)  # S = 0: nothing is loaded or stored there
+    _prepass_bwd[grid](q, k, ph, scale, gamma, dqr, dkp, dc, dq, dk, dph, dsc, n_rows, **meta)
+    return dq, dk, dphi.sum(3), dsc.sum(3)
