@@ -15,14 +15,15 @@ A chunk holds C rows ordered (t, r), C / R time steps. Only a step's first rank 
 the rank rows need no special case except the causal mask, which compares steps, not rows.
 
 In chunks of C steps with chunk-local inclusive cumsum l_i and entering state G_c this is the
-forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Three kernels:
+forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Two kernels,
+three launches:
 
-  ``_states_fwd``   one program per (b, h) walks the chunks forward and stores every chunk's
-                    entering state (and the final one) in fp32 — the forward kernel keeps its
-                    states in registers, so the backward recomputes them (one light pass).
-  ``_states_bwd``   one program per (b, h) walks the chunks backward carrying dG, the adjoint of
-                    the state leaving the chunk, exactly as the forward carries G; stores it per
-                    chunk, and the adjoint of the entry state G_0.
+  ``_walk_states``  forward walk: one program per (b, h) walks the chunks forward and stores
+                    every chunk's entering state in fp32 (the forward kernel keeps its states in
+                    registers, so the backward recomputes them: one light pass).
+                    Backward walk: the same kernel carries dG, the adjoint of the state leaving
+                    the chunk, from the last chunk to the first, exactly as the forward carries
+                    G; stores it per chunk, and the adjoint of the entry state G_0.
   ``_chunk_grads``  one program per (chunk, b, h), fully parallel: dQr, dK, dv (core part) and
                     d a from the saved G_c and dG of its chunk.
 
@@ -76,10 +77,15 @@ def _chunk_decay(a_ptr, st, ok, first):
 
 
 @triton.jit
-def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
-                N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
-                C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_G0: tl.constexpr,
-                TF32: tl.constexpr):
+def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
+                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
+                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr,
+                 HAS_INIT: tl.constexpr, TF32: tl.constexpr):
+    """One program per (b, h) carries an [N, P] matrix over the chunks and stores it as it enters
+    each chunk: the states G (BACKWARD = False: first chunk to last, X = K', Y = v, row weight
+    exp(l_last - l_j)) or the state adjoints dG (BACKWARD = True: last chunk to first, X = Qr,
+    Y = dy, row weight exp(l_i)); per chunk  M <- exp(l_last) M + (X * weight)^T Y.
+    init / end are [P, N] (the state's layout): G_0, or the final ssm's gradient in and dG_0 out."""
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
@@ -88,58 +94,26 @@ def _states_fwd(k_ptr, v_ptr, a_ptr, g0_ptr, hs_ptr, T, H, NC,
     n_ok = n < N
     p_ok = p < P
     st_mask = n_ok[:, None] & p_ok[None, :]
-    if HAS_G0:
-        # G_0 arrives as [P, N] (the state's layout); the kernel keeps its transpose [N, P].
-        g = tl.load(g0_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None],
-                    mask=st_mask, other=0.0)
+    state_layout = pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None]  # [P, N] read as [N, P]
+    if HAS_INIT:
+        m = tl.load(init_ptr + state_layout, mask=st_mask, other=0.0)
     else:
-        g = tl.zeros([NB, PB], dtype=tl.float32)
-    hs = hs_ptr + pid.to(tl.int64) * (NC + 1) * N * P
-    for c in range(0, NC):
-        tl.store(hs + c * N * P + n[:, None] * P + p[None, :], g, mask=st_mask)
+        m = tl.zeros([NB, PB], dtype=tl.float32)
+    stack = stack_ptr + pid.to(tl.int64) * NC * N * P + n[:, None] * P + p[None, :]
+    for i in range(0, NC):
+        c = NC - 1 - i if BACKWARD else i
+        tl.store(stack + c * N * P, m, mask=st_mask)
         row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
         l, l_last = _chunk_decay(a_ptr, st, ok, first)
-        kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
-        vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
+        xx = tl.load(x_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
+        yy = tl.load(y_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
                      other=0.0).to(tl.float32)
-        w = tl.exp(tl.minimum(l_last - l, 0.0))  # exponents <= 0 (mamba3.md §6.2)
-        g = tl.exp(tl.minimum(l_last, 0.0)) * g + _mm(tl.trans(kk * w[:, None]), vv, TF32)
-    tl.store(hs + NC * N * P + n[:, None] * P + p[None, :], g, mask=st_mask)
-
-
-@triton.jit
-def _states_bwd(q_ptr, dy_ptr, a_ptr, dg1_ptr, dhs_ptr, dg0_ptr, T, H, NC,
-                N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
-                C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_DG1: tl.constexpr,
-                TF32: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // H).to(tl.int64)
-    h = (pid % H).to(tl.int64)
-    n = tl.arange(0, NB)
-    p = tl.arange(0, PB)
-    n_ok = n < N
-    p_ok = p < P
-    st_mask = n_ok[:, None] & p_ok[None, :]
-    st_off = n[:, None] * P + p[None, :]
-    if HAS_DG1:
-        # upstream gradient of the final ssm, [P, N] -> transposed [N, P]
-        dg = tl.load(dg1_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None],
-                     mask=st_mask, other=0.0)
-    else:
-        dg = tl.zeros([NB, PB], dtype=tl.float32)
-    dhs = dhs_ptr + pid.to(tl.int64) * NC * N * P
-    for cc in range(0, NC):
-        c = NC - 1 - cc
-        tl.store(dhs + c * N * P + st_off, dg, mask=st_mask)
-        row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
-        l, l_last = _chunk_decay(a_ptr, st, ok, first)
-        qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
-        dy = tl.load(dy_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
-                     other=0.0).to(tl.float32)
-        # dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T (inter-chunk term of every y_i)
-        qd = qq * tl.exp(tl.minimum(l, 0.0))[:, None]
-        dg = tl.exp(tl.minimum(l_last, 0.0)) * dg + _mm(tl.trans(qd), dy, TF32)
-    tl.store(dg0_ptr + pid.to(tl.int64) * P * N + p[None, :] * N + n[:, None], dg, mask=st_mask)
+        # exponents <= 0 (mamba3.md §6.2). Backward: dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T,
+        # the inter-chunk term of every y_i.
+        w = tl.exp(tl.minimum(l, 0.0)) if BACKWARD else tl.exp(tl.minimum(l_last - l, 0.0))
+        m = tl.exp(tl.minimum(l_last, 0.0)) * m + _mm(tl.trans(xx * w[:, None]), yy, TF32)
+    if BACKWARD:
+        tl.store(end_ptr + state_layout, m, mask=st_mask)
 
 
 @triton.jit
@@ -167,7 +141,7 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
     w = tl.exp(tl.minimum(l_last - l, 0.0))  # decay of step j to the chunk's end
     e = tl.exp(tl.minimum(l, 0.0))  # decay of the entering state to step i
 
-    hs = hs_ptr + (pid.to(tl.int64) * (NC + 1) + c) * N * P
+    hs = hs_ptr + (pid.to(tl.int64) * NC + c) * N * P
     dhs = dhs_ptr + (pid.to(tl.int64) * NC + c) * N * P
     dp = tl.zeros([C, C], dtype=tl.float32)  # dy_i . v_j
     dq_inter = tl.zeros([C, NB], dtype=tl.float32)  # G_c^T-side: dy_i G_c^T
@@ -232,7 +206,7 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
             and os.environ.get("DIFFMAMBA_BWD_TF32", "0") == "1")
     dev = qr.device
     f32 = torch.float32
-    hs = torch.empty(B * H, NC + 1, N, P, device=dev, dtype=f32)
+    hs = torch.empty(B * H, NC, N, P, device=dev, dtype=f32)
     dhs = torch.empty(B * H, NC, N, P, device=dev, dtype=f32)
     dg0 = torch.empty(B, H, P, N, device=dev, dtype=f32)
     dq = torch.empty_like(qr)
@@ -241,10 +215,10 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     da = torch.empty(B, T, H, device=dev, dtype=f32)
     common = dict(N=N, P=P, NB=NB, C=chunk, R=R, REVERSE=bool(reverse), TF32=tf32)
     warps = 4 if NB * PB <= 4096 else 8
-    _states_fwd[(B * H,)](kp, v, a, g0 if g0 is not None else a, hs, T, H, NC, PB=PB,
-                          HAS_G0=g0 is not None, num_warps=warps, **common)
-    _states_bwd[(B * H,)](qr, dy, a, dg1 if dg1 is not None else a, dhs, dg0, T, H, NC,
-                          PB=PB, HAS_DG1=dg1 is not None, num_warps=warps, **common)
+    _walk_states[(B * H,)](kp, v, a, g0 if g0 is not None else a, hs, a, T, H, NC, PB=PB,
+                           BACKWARD=False, HAS_INIT=g0 is not None, num_warps=warps, **common)
+    _walk_states[(B * H,)](qr, dy, a, dg1 if dg1 is not None else a, dhs, dg0, T, H, NC, PB=PB,
+                           BACKWARD=True, HAS_INIT=dg1 is not None, num_warps=warps, **common)
     _chunk_grads[(NC, B * H)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
                               BP=BP, num_warps=8 if NB >= 128 else 4, **common)
     return dq, dk, dv, da, dg0

@@ -24,18 +24,6 @@ import triton.language as tl
 
 
 @triton.jit
-def _rows_and_pairs(pid, n_rows, R: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
-                    HALF: tl.constexpr, ROWS: tl.constexpr):
-    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    ok = rows < n_rows
-    step = rows // R
-    j = tl.arange(0, HALF)
-    j_ok = j < N // 2
-    rot = j < S
-    return rows, ok, step, j, j_ok, rot
-
-
-@triton.jit
 def _load_pairs(ptr, rows, j, mask, N: tl.constexpr):
     even = tl.load(ptr + rows[:, None] * N + 2 * j[None, :], mask=mask, other=0.0).to(tl.float32)
     odd = tl.load(ptr + rows[:, None] * N + 2 * j[None, :] + 1, mask=mask, other=0.0).to(tl.float32)
@@ -46,6 +34,23 @@ def _load_pairs(ptr, rows, j, mask, N: tl.constexpr):
 def _store_pairs(ptr, rows, j, mask, even, odd, N: tl.constexpr):
     tl.store(ptr + rows[:, None] * N + 2 * j[None, :], even, mask=mask)
     tl.store(ptr + rows[:, None] * N + 2 * j[None, :] + 1, odd, mask=mask)
+
+
+@triton.jit
+def _load_rows(q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R: tl.constexpr, N: tl.constexpr,
+               S: tl.constexpr, HALF: tl.constexpr, ROWS: tl.constexpr):
+    """This program's ROWS flattened rows: offsets, validity, step index, pair index and mask,
+    cos / sin of the step's angles (pairs >= S: angle 0), the q and k pairs, the step's scale."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    ok = rows < n_rows
+    step = rows // R
+    j = tl.arange(0, HALF)
+    m = ok[:, None] & (j < N // 2)[None, :]
+    phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & (j < S)[None, :], other=0.0)
+    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
+    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
+    sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
+    return rows, ok, step, j, m, tl.cos(phi), tl.sin(phi), qe, qo, ke, ko, sc
 
 
 @triton.jit
@@ -60,14 +65,8 @@ def _same_step(rows, step, ok, R: tl.constexpr):
 def _prepass_fwd(q_ptr, k_ptr, ph_ptr, sc_ptr, qr_ptr, kp_ptr, qk_ptr, n_rows,
                  R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
                  ROWS: tl.constexpr):
-    rows, ok, step, j, j_ok, rot = _rows_and_pairs(tl.program_id(0), n_rows, R, N, S, HALF, ROWS)
-    m = ok[:, None] & j_ok[None, :]
-    phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & rot[None, :], other=0.0)
-    cs = tl.cos(phi)
-    sn = tl.sin(phi)
-    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
-    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
-    sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
+    rows, ok, step, j, m, cs, sn, qe, qo, ke, ko, sc = _load_rows(
+        q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R, N, S, HALF, ROWS)
     _store_pairs(qr_ptr, rows, j, m, qe * cs - qo * sn, qe * sn + qo * cs, N)
     _store_pairs(kp_ptr, rows, j, m, (ke * cs - ko * sn) * sc, (ke * sn + ko * cs) * sc, N)
     if R == 1:
@@ -84,14 +83,8 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
                  dq_ptr, dk_ptr, dphi_ptr, dsc_ptr, n_rows,
                  R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
                  ROWS: tl.constexpr):
-    rows, ok, step, j, j_ok, rot = _rows_and_pairs(tl.program_id(0), n_rows, R, N, S, HALF, ROWS)
-    m = ok[:, None] & j_ok[None, :]
-    phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & rot[None, :], other=0.0)
-    cs = tl.cos(phi)
-    sn = tl.sin(phi)
-    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
-    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
-    sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
+    rows, ok, step, j, m, cs, sn, qe, qo, ke, ko, sc = _load_rows(
+        q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R, N, S, HALF, ROWS)
     gam = tl.load(gam_ptr + step, mask=ok, other=0.0)
     dqre, dqro = _load_pairs(dqr_ptr, rows, j, m, N)
     dkpe, dkpo = _load_pairs(dkp_ptr, rows, j, m, N)
@@ -103,7 +96,7 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
     dkro = dkpo * sc
     # d/dPhi of a rotated pair (x', y') = (x cos - y sin, x sin + y cos) is (-y', x')
     dphi = qre * dqro - qro * dqre + kre * dkro - kro * dkre
-    tl.store(dphi_ptr + rows[:, None] * S + j[None, :], dphi, mask=ok[:, None] & rot[None, :])
+    tl.store(dphi_ptr + rows[:, None] * S + j[None, :], dphi, mask=ok[:, None] & (j < S)[None, :])
     tl.store(dsc_ptr + rows, tl.sum(dkpe * kre + dkpo * kro, axis=1), mask=ok)
     # rotation is orthogonal: the adjoint rotates back by -Phi
     dqe = dqre * cs + dqro * sn
