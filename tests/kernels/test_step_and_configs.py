@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 from kernel_testlib import (CUDA, DIMS, batch_for, check, check_state, double, make_inputs,
                             make_state)
 
@@ -62,14 +63,19 @@ def test_prefill_then_decode(R):
     check_state("state", s, s_ref, dtype)
 
 
-@pytest.mark.parametrize("index", range(len(SCAN_FWD_CONFIGS)))
+# The listed configs all cover P = 64 with one value block; the split-P path (several programs
+# per (b, h), only the first storing k_prev / phase) is launched by forcing a value block of P / 2.
+SPLIT_P = triton.Config({"BLOCK_P": DIMS.P // 2}, num_warps=4, num_stages=1)
+
+
+@pytest.mark.parametrize("index", list(range(len(SCAN_FWD_CONFIGS))) + ["split-P"])
 def test_every_forward_config(index):
     """Each autotune entry of the forward kernel, forced, against the oracle (MIMO + reverse +
-    initial state: the branchiest variant)."""
-    cfg = SCAN_FWD_CONFIGS[index]
+    initial state: the branchiest variant), and the value dim split over two programs."""
+    cfg = SPLIT_P if index == "split-P" else SCAN_FWD_CONFIGS[index]
     T, R = 37, DIMS.R
     B = batch_for(T) if CUDA else 1
-    q, k, v, a, dt, lam, dph, D = make_inputs(B, T, torch.float32, R=R, seed=30 + index)
+    q, k, v, a, dt, lam, dph, D = make_inputs(B, T, torch.float32, R=R, seed=40 if index == "split-P" else 30 + index)
     st = make_state(B, torch.float32, R=R, seed=31)
     y_ref, s_ref = reference.scan_recurrent_ref(q.double(), k.double(), v.double(), a.double(),
                                                 dt.double(), lam.double(), dph.double(), D.double(),
