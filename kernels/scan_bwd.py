@@ -3,7 +3,7 @@
 Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``; the split and the equations
 are in kernels/README.md ("Backward").
 
-Default (SISO and MIMO, even N): a **Triton backward** in three parts.
+Default (SISO and MIMO, any N): a **Triton backward** in three parts.
 
   (a) pre-pass. On [B, T, H]-sized tensors, differentiable PyTorch (``_phase_and_scales`` and
       the lines after it): cumulative phase Phi, trapezoid gamma and the shifted scale
@@ -19,8 +19,9 @@ Default (SISO and MIMO, even N): a **Triton backward** in three parts.
       gradients, one ``torch.autograd.grad`` over the small graph of (a).
 
 Fallback: the **recompute** backward (``_recompute_backward``): re-run the differentiable
-chunked reference in float32 under autograd. Used for odd N (the rotary pairs need even N), and
-whenever the environment sets ``DIFFMAMBA_SCAN_BWD=recompute`` (debugging, A/B timing).
+chunked reference in float32 under autograd. Used when the environment sets
+``DIFFMAMBA_SCAN_BWD=recompute`` (debugging, A/B timing) and, with a warning, when a GPU's Triton
+compiler rejects the backward kernels.
 """
 
 from __future__ import annotations
@@ -32,19 +33,16 @@ import torch
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from diffmamba.ops.reference import (TWO_PI, _rotate_by_complex_product, _rotation_factor,
-                                     scan_chunked_ref)
+from diffmamba.ops.reference import TWO_PI, rotate, scan_chunked_ref
 from diffmamba.ops.state import Mamba3State
 
 from .scan_bwd_core import core_backward
 from .scan_bwd_prepass import prepass_backward, prepass_forward
 
 
-def backward_mode(R: int, N: int) -> str:
-    """'triton' or 'recompute' for a scan of rank R and state size N (see module docstring)."""
-    if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" or N % 2:
-        return "recompute"
-    return "triton"
+def backward_mode() -> str:
+    """'triton', or 'recompute' when ``DIFFMAMBA_SCAN_BWD=recompute`` (see module docstring)."""
+    return "recompute" if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" else "triton"
 
 
 def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
@@ -55,7 +53,7 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
     or is None when the forward returned no state.
     """
     global _TRITON_BWD_BROKEN
-    if backward_mode(q.shape[3], q.shape[4]) == "triton" and not _TRITON_BWD_BROKEN:
+    if backward_mode() == "triton" and not _TRITON_BWD_BROKEN:
         try:
             return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
                                     reverse=reverse, chunk_size=chunk_size, needs=needs)
@@ -132,7 +130,7 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         if init is not None:  # entry state, with the trapezoid term owed by the cached token
             g0 = lh0 + beta[:, first, :, None, None] * (lvp0.transpose(-1, -2) @ lkp0)
         ph_last = phase[:, last]
-        kr_last = _rotate_by_complex_product(lk_last, _rotation_factor(ph_last, q.shape[-1]).unsqueeze(2))
+        kr_last = rotate(lk_last, ph_last.unsqueeze(2))
 
     dy = dy.contiguous()
     dq_core, dk_core, dv, da, dg0 = core_backward(

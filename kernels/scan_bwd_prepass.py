@@ -24,33 +24,40 @@ import triton.language as tl
 
 
 @triton.jit
-def _load_pairs(ptr, rows, j, mask, N: tl.constexpr):
-    even = tl.load(ptr + rows[:, None] * N + 2 * j[None, :], mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(ptr + rows[:, None] * N + 2 * j[None, :] + 1, mask=mask, other=0.0).to(tl.float32)
+def _pair_masks(ok, j, N: tl.constexpr):
+    # odd N: the last even element has no partner (it is never rotated, S <= N // 2)
+    return ok[:, None] & (2 * j < N)[None, :], ok[:, None] & (2 * j + 1 < N)[None, :]
+
+
+@triton.jit
+def _load_pairs(ptr, rows, j, ok, N: tl.constexpr):
+    me, mo = _pair_masks(ok, j, N)
+    even = tl.load(ptr + rows[:, None] * N + 2 * j[None, :], mask=me, other=0.0).to(tl.float32)
+    odd = tl.load(ptr + rows[:, None] * N + 2 * j[None, :] + 1, mask=mo, other=0.0).to(tl.float32)
     return even, odd
 
 
 @triton.jit
-def _store_pairs(ptr, rows, j, mask, even, odd, N: tl.constexpr):
-    tl.store(ptr + rows[:, None] * N + 2 * j[None, :], even, mask=mask)
-    tl.store(ptr + rows[:, None] * N + 2 * j[None, :] + 1, odd, mask=mask)
+def _store_pairs(ptr, rows, j, ok, even, odd, N: tl.constexpr):
+    me, mo = _pair_masks(ok, j, N)
+    tl.store(ptr + rows[:, None] * N + 2 * j[None, :], even, mask=me)
+    tl.store(ptr + rows[:, None] * N + 2 * j[None, :] + 1, odd, mask=mo)
 
 
 @triton.jit
 def _load_rows(q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R: tl.constexpr, N: tl.constexpr,
                S: tl.constexpr, HALF: tl.constexpr, ROWS: tl.constexpr):
-    """This program's ROWS flattened rows: offsets, validity, step index, pair index and mask,
-    cos / sin of the step's angles (pairs >= S: angle 0), the q and k pairs, the step's scale."""
+    """This program's ROWS flattened rows: offsets, validity, step index, pair index, cos / sin
+    of the step's angles (pairs >= S: angle 0), the q and k pairs, the step's scale."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     ok = rows < n_rows
     step = rows // R
     j = tl.arange(0, HALF)
-    m = ok[:, None] & (j < N // 2)[None, :]
     phi = tl.load(ph_ptr + step[:, None] * S + j[None, :], mask=ok[:, None] & (j < S)[None, :], other=0.0)
-    qe, qo = _load_pairs(q_ptr, rows, j, m, N)
-    ke, ko = _load_pairs(k_ptr, rows, j, m, N)
+    qe, qo = _load_pairs(q_ptr, rows, j, ok, N)
+    ke, ko = _load_pairs(k_ptr, rows, j, ok, N)
     sc = tl.load(sc_ptr + step, mask=ok, other=0.0)[:, None]
-    return rows, ok, step, j, m, tl.cos(phi), tl.sin(phi), qe, qo, ke, ko, sc
+    return rows, ok, step, j, tl.cos(phi), tl.sin(phi), qe, qo, ke, ko, sc
 
 
 @triton.jit
@@ -65,10 +72,10 @@ def _same_step(rows, step, ok, R: tl.constexpr):
 def _prepass_fwd(q_ptr, k_ptr, ph_ptr, sc_ptr, qr_ptr, kp_ptr, qk_ptr, n_rows,
                  R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
                  ROWS: tl.constexpr):
-    rows, ok, step, j, m, cs, sn, qe, qo, ke, ko, sc = _load_rows(
+    rows, ok, step, j, cs, sn, qe, qo, ke, ko, sc = _load_rows(
         q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R, N, S, HALF, ROWS)
-    _store_pairs(qr_ptr, rows, j, m, qe * cs - qo * sn, qe * sn + qo * cs, N)
-    _store_pairs(kp_ptr, rows, j, m, (ke * cs - ko * sn) * sc, (ke * sn + ko * cs) * sc, N)
+    _store_pairs(qr_ptr, rows, j, ok, qe * cs - qo * sn, qe * sn + qo * cs, N)
+    _store_pairs(kp_ptr, rows, j, ok, (ke * cs - ko * sn) * sc, (ke * sn + ko * cs) * sc, N)
     if R == 1:
         tl.store(qk_ptr + rows, tl.sum(qe * ke + qo * ko, axis=1), mask=ok)
     else:
@@ -83,11 +90,11 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
                  dq_ptr, dk_ptr, dphi_ptr, dsc_ptr, n_rows,
                  R: tl.constexpr, N: tl.constexpr, S: tl.constexpr, HALF: tl.constexpr,
                  ROWS: tl.constexpr):
-    rows, ok, step, j, m, cs, sn, qe, qo, ke, ko, sc = _load_rows(
+    rows, ok, step, j, cs, sn, qe, qo, ke, ko, sc = _load_rows(
         q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R, N, S, HALF, ROWS)
     gam = tl.load(gam_ptr + step, mask=ok, other=0.0)
-    dqre, dqro = _load_pairs(dqr_ptr, rows, j, m, N)
-    dkpe, dkpo = _load_pairs(dkp_ptr, rows, j, m, N)
+    dqre, dqro = _load_pairs(dqr_ptr, rows, j, ok, N)
+    dkpe, dkpo = _load_pairs(dkp_ptr, rows, j, ok, N)
     qre = qe * cs - qo * sn
     qro = qe * sn + qo * cs
     kre = ke * cs - ko * sn
@@ -118,13 +125,13 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
         dqo += tl.dot(dcb, ko, input_precision="ieee")
         dke += tl.dot(tl.trans(dcb), qe, input_precision="ieee")
         dko += tl.dot(tl.trans(dcb), qo, input_precision="ieee")
-    _store_pairs(dq_ptr, rows, j, m, dqe, dqo, N)
-    _store_pairs(dk_ptr, rows, j, m, dke, dko, N)
+    _store_pairs(dq_ptr, rows, j, ok, dqe, dqo, N)
+    _store_pairs(dk_ptr, rows, j, ok, dke, dko, N)
 
 
 def _launch_meta(q, S):
     B, T, H, R, N = q.shape
-    half = triton.next_power_of_2(max(N // 2, 1))
+    half = triton.next_power_of_2(max((N + 1) // 2, 1))
     rows = max(16, R, min(64, 4096 // half))  # a [rows, N/2] tile per operand
     n_rows = B * T * H * R
     return dict(R=R, N=N, S=S, HALF=half, ROWS=rows), n_rows, (triton.cdiv(n_rows, rows),)

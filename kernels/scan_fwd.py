@@ -68,7 +68,8 @@ def _fwd_kernel_impl(
     r_idx = rows % R
     first_rank = r_idx == 0
     j = tl.arange(0, HALF)  # pair index: elements 2j, 2j+1
-    j_ok = j < (N // 2)
+    e_ok = 2 * j < N  # odd N: the last even element has no partner (it is never rotated, S <= N // 2)
+    o_ok = 2 * j + 1 < N
     rot_ok = j < S
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = pp < P
@@ -78,9 +79,9 @@ def _fwd_kernel_impl(
         carry = tl.load(ph0_ptr + (b * H + h) * S + j, mask=rot_ok, other=0.0).to(tl.float32)
         hbase = h0_ptr + (b * H + h) * P * N
         hT_e = tl.load(hbase + pp[None, :] * N + 2 * j[:, None],
-                       mask=j_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+                       mask=e_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
         hT_o = tl.load(hbase + pp[None, :] * N + 2 * j[:, None] + 1,
-                       mask=j_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+                       mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
         # Trapezoid term of the first step from the cached previous token:
         # (1 - lam_0) dt_0 k_prev v_prev^T is added before the first decay (mamba3.md §2.1).
         t0 = T - 1 if REVERSE else 0
@@ -88,8 +89,8 @@ def _fwd_kernel_impl(
         beta0 = (1.0 - tl.load(lam_ptr + sc0).to(tl.float32)) * tl.load(dt_ptr + sc0).to(tl.float32)
         rr = tl.arange(0, R)
         kpb = kp0_ptr + (b * H + h) * R * N + rr[:, None] * N
-        kp_e = tl.load(kpb + 2 * j[None, :], mask=j_ok[None, :], other=0.0).to(tl.float32)
-        kp_o = tl.load(kpb + 2 * j[None, :] + 1, mask=j_ok[None, :], other=0.0).to(tl.float32)
+        kp_e = tl.load(kpb + 2 * j[None, :], mask=e_ok[None, :], other=0.0).to(tl.float32)
+        kp_o = tl.load(kpb + 2 * j[None, :] + 1, mask=o_ok[None, :], other=0.0).to(tl.float32)
         vp = tl.load(vp0_ptr + (b * H + h) * R * P + rr[:, None] * P + pp[None, :],
                      mask=p_ok[None, :], other=0.0).to(tl.float32)
         hT_e += beta0 * tl.sum(kp_e[:, :, None] * vp[:, None, :], axis=0)
@@ -141,12 +142,13 @@ def _fwd_kernel_impl(
 
         # ---- q, k as even/odd halves, rotated in fp32 ----
         row_off = ((b * T + t_phys) * H + h) * R + r_idx
-        qk_mask = ok[:, None] & j_ok[None, :]
+        e_mask = ok[:, None] & e_ok[None, :]
+        o_mask = ok[:, None] & o_ok[None, :]
         qkb = row_off[:, None] * N + 2 * j[None, :]
-        qe = tl.load(q_ptr + qkb, mask=qk_mask, other=0.0).to(tl.float32)
-        qo = tl.load(q_ptr + qkb + 1, mask=qk_mask, other=0.0).to(tl.float32)
-        ke = tl.load(k_ptr + qkb, mask=qk_mask, other=0.0).to(tl.float32)
-        ko = tl.load(k_ptr + qkb + 1, mask=qk_mask, other=0.0).to(tl.float32)
+        qe = tl.load(q_ptr + qkb, mask=e_mask, other=0.0).to(tl.float32)
+        qo = tl.load(q_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
+        ke = tl.load(k_ptr + qkb, mask=e_mask, other=0.0).to(tl.float32)
+        ko = tl.load(k_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
         qre = qe * cs - qo * sn
         qro = qe * sn + qo * cs
         kre = ke * cs - ko * sn
@@ -174,9 +176,8 @@ def _fwd_kernel_impl(
 
     if STORE_FINAL:
         hbase1 = h1_ptr + (b * H + h) * P * N
-        st_mask = j_ok[:, None] & p_ok[None, :]
-        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None], hT_e, mask=st_mask)
-        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None] + 1, hT_o, mask=st_mask)
+        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None], hT_e, mask=e_ok[:, None] & p_ok[None, :])
+        tl.store(hbase1 + pp[None, :] * N + 2 * j[:, None] + 1, hT_o, mask=o_ok[:, None] & p_ok[None, :])
         # last logical step: its key rotated by the final phase, its value, the phase.
         t_last = 0 if REVERSE else T - 1
         rr = tl.arange(0, R)
@@ -186,11 +187,11 @@ def _fwd_kernel_impl(
         if pid_p == 0:
             ce = tl.cos(carry)[None, :]
             se = tl.sin(carry)[None, :]
-            kl_e = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :], mask=j_ok[None, :], other=0.0).to(tl.float32)
-            kl_o = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :] + 1, mask=j_ok[None, :], other=0.0).to(tl.float32)
+            kl_e = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :], mask=e_ok[None, :], other=0.0).to(tl.float32)
+            kl_o = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :] + 1, mask=o_ok[None, :], other=0.0).to(tl.float32)
             kpb1 = kp1_ptr + (b * H + h) * R * N + rr[:, None] * N + 2 * j[None, :]
-            tl.store(kpb1, (kl_e * ce - kl_o * se).to(kp1_ptr.dtype.element_ty), mask=j_ok[None, :])
-            tl.store(kpb1 + 1, (kl_e * se + kl_o * ce).to(kp1_ptr.dtype.element_ty), mask=j_ok[None, :])
+            tl.store(kpb1, (kl_e * ce - kl_o * se).to(kp1_ptr.dtype.element_ty), mask=e_ok[None, :])
+            tl.store(kpb1 + 1, (kl_e * se + kl_o * ce).to(kp1_ptr.dtype.element_ty), mask=o_ok[None, :])
             tl.store(ph1_ptr + (b * H + h) * S + j, carry, mask=rot_ok)
 
 
@@ -211,7 +212,7 @@ def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows,
     N = q.shape[-1]
     P = v.shape[-1]
     S = dph.shape[-1]
-    half = triton.next_power_of_2(max(N // 2, 1))
+    half = triton.next_power_of_2(max((N + 1) // 2, 1))
     dummy = a
     h0, kp0, vp0, ph0 = init if init is not None else (dummy, dummy, dummy, dummy)
     h1, kp1, vp1, ph1 = final if final is not None else (dummy, dummy, dummy, dummy)

@@ -32,7 +32,8 @@ def _step_kernel_impl(
     pid_p = tl.program_id(1)
     h = pid_bh % H
     j = tl.arange(0, HALF)
-    j_ok = j < (N // 2)
+    e_ok = 2 * j < N  # odd N: the last even element has no partner (never rotated, S <= N // 2)
+    o_ok = 2 * j + 1 < N
     rot_ok = j < S
     rr = tl.arange(0, R)
     pp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -51,17 +52,18 @@ def _step_kernel_impl(
     gamma = lam * dt
 
     rowk = (pid_bh * R + rr)[:, None] * N + 2 * j[None, :]  # [R, HALF]
-    mk = j_ok[None, :]
+    mk = e_ok[None, :]
+    mko = o_ok[None, :]
     qe = tl.load(q_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    qo = tl.load(q_ptr + rowk + 1, mask=mk, other=0.0).to(tl.float32)
+    qo = tl.load(q_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
     ke = tl.load(k_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    ko = tl.load(k_ptr + rowk + 1, mask=mk, other=0.0).to(tl.float32)
+    ko = tl.load(k_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
     qre = qe * cs - qo * sn
     qro = qe * sn + qo * cs
     kre = ke * cs - ko * sn
     kro = ke * sn + ko * cs
     kpe = tl.load(kp_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    kpo = tl.load(kp_ptr + rowk + 1, mask=mk, other=0.0).to(tl.float32)
+    kpo = tl.load(kp_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
 
     rowv = (pid_bh * R + rr)[:, None] * P + pp[None, :]  # [R, BLOCK_P]
     mv = p_ok[None, :]
@@ -70,14 +72,15 @@ def _step_kernel_impl(
 
     # state rows pp, even/odd columns: [BLOCK_P, HALF]
     hoff = pid_bh * P * N + pp[:, None] * N + 2 * j[None, :]
-    mh = p_ok[:, None] & j_ok[None, :]
+    mh = p_ok[:, None] & e_ok[None, :]
+    mho = p_ok[:, None] & o_ok[None, :]
     he = tl.load(h_ptr + hoff, mask=mh, other=0.0)
-    ho = tl.load(h_ptr + hoff + 1, mask=mh, other=0.0)
+    ho = tl.load(h_ptr + hoff + 1, mask=mho, other=0.0)
     # rank-R outer products as broadcast sums over r ([R, BLOCK_P, HALF]); R is tiny.
     he = alpha * he + tl.sum(beta * vp[:, :, None] * kpe[:, None, :] + gamma * vv[:, :, None] * kre[:, None, :], axis=0)
     ho = alpha * ho + tl.sum(beta * vp[:, :, None] * kpo[:, None, :] + gamma * vv[:, :, None] * kro[:, None, :], axis=0)
     tl.store(h_ptr + hoff, he, mask=mh)
-    tl.store(h_ptr + hoff + 1, ho, mask=mh)
+    tl.store(h_ptr + hoff + 1, ho, mask=mho)
 
     y = tl.sum(he[None, :, :] * qre[:, None, :] + ho[None, :, :] * qro[:, None, :], axis=2)  # [R, BLOCK_P]
     if HAS_D:
@@ -86,7 +89,7 @@ def _step_kernel_impl(
     tl.store(vp1_ptr + rowv, vv.to(vp1_ptr.dtype.element_ty), mask=mv)
     if pid_p == 0:
         tl.store(kp1_ptr + rowk, kre.to(kp1_ptr.dtype.element_ty), mask=mk)
-        tl.store(kp1_ptr + rowk + 1, kro.to(kp1_ptr.dtype.element_ty), mask=mk)
+        tl.store(kp1_ptr + rowk + 1, kro.to(kp1_ptr.dtype.element_ty), mask=mko)
         tl.store(ph1_ptr + pid_bh * S + j, phi, mask=rot_ok)
 
 
@@ -103,7 +106,7 @@ def launch_step(q, k, v, a, dt, lam, dph, D, y, ssm, kp, vp, ph, kp1, vp1, ph1, 
     B, H, R, N = q.shape
     P = v.shape[-1]
     S = dph.shape[-1]
-    half = triton.next_power_of_2(max(N // 2, 1))
+    half = triton.next_power_of_2(max((N + 1) // 2, 1))
     dummy = a
     args = (q, k, v, a, dt, lam, dph, D if D is not None else dummy, y,
             ssm, kp, vp, ph, kp1, vp1, ph1, H)

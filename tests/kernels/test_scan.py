@@ -90,7 +90,7 @@ NAMES = ["dq", "dk", "dv", "dlog_decay", "ddt", "dtrap", "ddphase", "dD",
          "dssm0", "dk_prev0", "dv_prev0", "dphase0"]
 
 
-def run_backward(T, dtype, reverse, with_init, R=None, dims=DIMS, B=None):
+def run_backward(T, dtype, reverse, with_init, R=None, dims=DIMS, B=None, check_outputs=False):
     B = B or batch_for(T)
     xs = make_inputs(B, T, dtype, R=R, seed=3, dims=dims)
     st = make_state(B, dtype, R=R, seed=4, dims=dims) if with_init else None
@@ -100,8 +100,12 @@ def run_backward(T, dtype, reverse, with_init, R=None, dims=DIMS, B=None):
               ((B, dims.H, *rk, dims.N), dtype), ((B, dims.H, *rk, dims.P), dtype),
               ((B, dims.H, dims.S), torch.float32)]
     seeds = upstream([torch.empty(s, dtype=d, device=xs[0].device) for s, d in shapes])
-    got, _ = grads_kernel(xs, st, reverse, seeds, chunk=dims.chunk)
+    got, (y, s) = grads_kernel(xs, st, reverse, seeds, chunk=dims.chunk)
     ref = grads_oracle(xs, st, reverse, seeds)
+    if check_outputs:
+        y_ref, s_ref = oracle(xs, reverse, st)
+        check("y", y, y_ref, dtype)
+        check_state("state", s, s_ref, dtype)
     for name, g, r in zip(NAMES, got, ref):
         check(name, g, r, dtype)
 
@@ -132,6 +136,8 @@ AWKWARD = {
     "no-rotation": (Dims(2, 24, 20, 0, 1, 16, 0), None, 23),   # S = 0, N/P not powers of two
     "all-rotated": (Dims(2, 24, 20, 12, 1, 16, 0), None, 23),  # S = N / 2
     "odd-P": (Dims(1, 40, 33, 7, 1, 32, 0), None, 50),         # N = 40 pads to 64 lanes, P odd
+    "odd-N": (Dims(2, 15, 8, 7, 1, 16, 0), None, 20),          # last key element has no rotary partner
+    "odd-N-mimo": (Dims(2, 9, 8, 4, 1, 8, 0), 2, 20),
     "rank-8": (Dims(2, 8, 4, 2, 1, 2, 0), 8, 19),             # 16-row chunks of two steps
     "rank-2-big-chunk": (Dims(2, 32, 16, 5, 1, 64, 0), 2, 33),  # 128 rows fwd, clamped to 64 bwd
 }
@@ -139,10 +145,10 @@ AWKWARD = {
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("case", sorted(AWKWARD))
-def test_backward_awkward_shapes(case, reverse):
+def test_awkward_shapes(case, reverse):
     """Every output and gradient at shapes the main matrix does not reach (same float64 oracle)."""
     dims, R, T = AWKWARD[case]
-    run_backward(T, torch.float32, reverse, True, R=R, dims=dims, B=2)
+    run_backward(T, torch.float32, reverse, True, R=R, dims=dims, B=2, check_outputs=True)
 
 
 @pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import triton
-from kernel_testlib import (CUDA, DIMS, batch_for, check, check_state, double, make_inputs,
+from kernel_testlib import (CUDA, DIMS, Dims, batch_for, check, check_state, double, make_inputs,
                             make_state)
 
 import diffmamba.kernels as K
@@ -24,8 +24,8 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(kernel_autograd, "POISON_OUTPUTS", True)
 
 
-def step_inputs(B, dtype, R, seed):
-    xs = make_inputs(B, 1, dtype, R=R, seed=seed)
+def step_inputs(B, dtype, R, seed, dims=DIMS):
+    xs = make_inputs(B, 1, dtype, R=R, seed=seed, dims=dims)
     return [x[:, 0] if i < 7 else x for i, x in enumerate(xs)]
 
 
@@ -43,6 +43,18 @@ def test_step(B, R, dtype, fresh):
     check_state("state", s, s_ref, dtype)
     if ssm_in is not None:
         assert s.ssm.data_ptr() == ssm_in.data_ptr(), "ssm should be updated in place"
+
+
+@pytest.mark.parametrize("R", [None, 2], ids=["siso", "mimo"])
+def test_step_odd_state_size(R):
+    """N = 15: the last key element has no rotary partner (loaded and stored on its own)."""
+    dims = Dims(2, 15, 8, 7, 1, 16, 0)
+    xs = step_inputs(3, torch.float32, R, seed=23, dims=dims)
+    st = make_state(3, torch.float32, R=R, seed=24, dims=dims)
+    y_ref, s_ref = reference.scan_step_ref(*double(xs), state=Mamba3State(*double(st)))
+    y, s = K.mamba3_step_triton(*xs, state=st)
+    check("y", y, y_ref, torch.float32)
+    check_state("state", s, s_ref, torch.float32)
 
 
 @pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])
