@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import triton
 
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
@@ -27,6 +28,13 @@ def _wants_float64(*tensors) -> bool:
 
 def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.contiguous()
+
+
+def _pad_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
+    """Zero rank rows up to ``rank`` (the axis before the last). The kernels lay a chunk out as
+    steps x R rows and need R to be a power of two; a zero rank adds nothing to the state, the
+    diagonal block or its own (discarded) output, so padding is exact."""
+    return torch.nn.functional.pad(t, (0, 0, 0, rank - t.shape[-2])) if t.shape[-2] != rank else t
 
 
 def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False,
@@ -51,21 +59,22 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
     siso = q.dim() == 4
     if siso:
         q, k, v = q.unsqueeze(3), k.unsqueeze(3), v.unsqueeze(3)
+    R = q.shape[3]
+    Rp = triton.next_power_of_2(R)
+    q, k, v = (_pad_rank(t, Rp) for t in (q, k, v))
     init = None
     if initial_state is not None:
         kp, vp = initial_state.k_prev, initial_state.v_prev
         if siso:
             kp, vp = kp.unsqueeze(2), vp.unsqueeze(2)
-        init = (initial_state.ssm.float().contiguous(), kp.contiguous(), vp.contiguous(),
-                initial_state.phase.float().contiguous())
+        init = (initial_state.ssm.float().contiguous(), _pad_rank(kp, Rp).contiguous(),
+                _pad_rank(vp, Rp).contiguous(), initial_state.phase.float().contiguous())
     args = [_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(), dphase.float(), D)]
     y, h1, kp1, vp1, ph1 = mamba3_scan_autograd(*args, init, reverse, chunk_size, return_final_state)
-    if siso:
-        y = y.squeeze(3)
+    y = y.squeeze(3) if siso else y[:, :, :, :R]
     if not return_final_state:
         return y, None
-    if siso:
-        kp1, vp1 = kp1.squeeze(2), vp1.squeeze(2)
+    kp1, vp1 = (kp1.squeeze(2), vp1.squeeze(2)) if siso else (kp1[:, :, :R], vp1[:, :, :R])
     return y, Mamba3State(h1, kp1, vp1, ph1)
 
 
@@ -98,9 +107,12 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
             kp, vp = kp.unsqueeze(2), vp.unsqueeze(2)
         if ssm.dtype != torch.float32 or not ssm.is_contiguous():
             ssm = ssm.float().contiguous()
+    Rp = triton.next_power_of_2(R)
+    if Rp != R:  # zero rank rows, as in mamba3_scan_triton
+        q, k, v, kp, vp = (_pad_rank(t, Rp) for t in (q, k, v, kp, vp))
     y = _autograd.new_empty(*v.shape, device=v.device, dtype=v.dtype)
-    kp1 = _autograd.new_empty(B, H, R, N, device=q.device, dtype=k.dtype)
-    vp1 = _autograd.new_empty(B, H, R, P, device=q.device, dtype=v.dtype)
+    kp1 = _autograd.new_empty(B, H, Rp, N, device=q.device, dtype=k.dtype)
+    vp1 = _autograd.new_empty(B, H, Rp, P, device=q.device, dtype=v.dtype)
     ph1 = _autograd.new_empty(B, H, S, device=q.device, dtype=torch.float32)
     with torch.no_grad():
         launch_step(*(_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(),
@@ -108,4 +120,6 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
                     y, ssm, _c(kp), _c(vp), ph.float().contiguous(), kp1, vp1, ph1)
     if siso:
         y, kp1, vp1 = y.squeeze(2), kp1.squeeze(2), vp1.squeeze(2)
+    else:
+        y, kp1, vp1 = y[:, :, :R], kp1[:, :, :R], vp1[:, :, :R]
     return y, Mamba3State(ssm, kp1, vp1, ph1)

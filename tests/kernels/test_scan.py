@@ -138,6 +138,7 @@ AWKWARD = {
     "odd-P": (Dims(1, 40, 33, 7, 1, 32, 0), None, 50),         # N = 40 pads to 64 lanes, P odd
     "odd-N": (Dims(2, 15, 8, 7, 1, 16, 0), None, 20),          # last key element has no rotary partner
     "odd-N-mimo": (Dims(2, 9, 8, 4, 1, 8, 0), 2, 20),
+    "rank-3": (Dims(2, 16, 8, 3, 1, 8, 0), 3, 20),             # padded to 4 zero-filled rank rows
     "rank-8": (Dims(2, 8, 4, 2, 1, 2, 0), 8, 19),             # 16-row chunks of two steps
     "rank-2-big-chunk": (Dims(2, 32, 16, 5, 1, 64, 0), 2, 33),  # 128 rows fwd, clamped to 64 bwd
 }

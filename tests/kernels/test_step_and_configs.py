@@ -45,10 +45,11 @@ def test_step(B, R, dtype, fresh):
         assert s.ssm.data_ptr() == ssm_in.data_ptr(), "ssm should be updated in place"
 
 
-@pytest.mark.parametrize("R", [None, 2], ids=["siso", "mimo"])
-def test_step_odd_state_size(R):
-    """N = 15: the last key element has no rotary partner (loaded and stored on its own)."""
-    dims = Dims(2, 15, 8, 7, 1, 16, 0)
+@pytest.mark.parametrize("N,R", [(15, None), (15, 2), (16, 3)], ids=["odd-N", "odd-N-mimo", "rank-3"])
+def test_step_awkward(N, R):
+    """N = 15: the last key element has no rotary partner (loaded and stored on its own);
+    R = 3: padded to 4 zero rank rows."""
+    dims = Dims(2, N, 8, 7, 1, 16, 0)
     xs = step_inputs(3, torch.float32, R, seed=23, dims=dims)
     st = make_state(3, torch.float32, R=R, seed=24, dims=dims)
     y_ref, s_ref = reference.scan_step_ref(*double(xs), state=Mamba3State(*double(st)))
