@@ -30,11 +30,27 @@ def _c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.contiguous()
 
 
-def _pad_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
-    """Zero rank rows up to ``rank`` (the axis before the last). The kernels lay a chunk out as
-    steps x R rows and need R to be a power of two; a zero rank adds nothing to the state, the
-    diagonal block or its own (discarded) output, so padding is exact."""
-    return torch.nn.functional.pad(t, (0, 0, 0, rank - t.shape[-2])) if t.shape[-2] != rank else t
+# What the kernels need, reached by zero padding: R a power of two (a chunk is laid out as
+# steps x R rows), and on a GPU every tl.dot dimension >= 16, i.e. N/2 pairs >= 16 and P >= 16.
+# Padding is exact: a zero rank row or key/query channel adds nothing to the state, the scores or
+# the diagonal block, a zero value channel only to its own output, and the padding is sliced off
+# the outputs (padded channels lie beyond the 2S rotated ones, so the rotation never mixes them in).
+MIN_N, MIN_P = 32, 16
+
+
+def _padded_sizes(R: int, N: int, P: int) -> tuple[int, int, int]:
+    return triton.next_power_of_2(R), max(N, MIN_N), max(P, MIN_P)
+
+
+def _pad(t: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """Zero-pad the last ``len(sizes)`` axes of t up to ``sizes`` (no copy when nothing grows)."""
+    grow = [size - have for size, have in zip(sizes, t.shape[-len(sizes):])]
+    if not any(grow):
+        return t
+    spec = []
+    for g in reversed(grow):  # F.pad lists the last axis first
+        spec += [0, g]
+    return torch.nn.functional.pad(t, spec)
 
 
 def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False,
@@ -59,22 +75,26 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
     siso = q.dim() == 4
     if siso:
         q, k, v = q.unsqueeze(3), k.unsqueeze(3), v.unsqueeze(3)
-    R = q.shape[3]
-    Rp = triton.next_power_of_2(R)
-    q, k, v = (_pad_rank(t, Rp) for t in (q, k, v))
+    R, N, P = q.shape[3], q.shape[4], v.shape[4]
+    Rp, Np, Pp = _padded_sizes(R, N, P)
+    q, k, v = _pad(q, Rp, Np), _pad(k, Rp, Np), _pad(v, Rp, Pp)
     init = None
     if initial_state is not None:
         kp, vp = initial_state.k_prev, initial_state.v_prev
         if siso:
             kp, vp = kp.unsqueeze(2), vp.unsqueeze(2)
-        init = (initial_state.ssm.float().contiguous(), _pad_rank(kp, Rp).contiguous(),
-                _pad_rank(vp, Rp).contiguous(), initial_state.phase.float().contiguous())
+        init = (_pad(initial_state.ssm.float(), Pp, Np).contiguous(), _pad(kp, Rp, Np).contiguous(),
+                _pad(vp, Rp, Pp).contiguous(), initial_state.phase.float().contiguous())
     args = [_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(), dphase.float(), D)]
     y, h1, kp1, vp1, ph1 = mamba3_scan_autograd(*args, init, reverse, chunk_size, return_final_state)
-    y = y.squeeze(3) if siso else y[:, :, :, :R]
+    y = y[:, :, :, :R, :P]
+    if siso:
+        y = y.squeeze(3)
     if not return_final_state:
         return y, None
-    kp1, vp1 = (kp1.squeeze(2), vp1.squeeze(2)) if siso else (kp1[:, :, :R], vp1[:, :, :R])
+    h1, kp1, vp1 = h1[:, :, :P, :N], kp1[:, :, :R, :N], vp1[:, :, :R, :P]
+    if siso:
+        kp1, vp1 = kp1.squeeze(2), vp1.squeeze(2)
     return y, Mamba3State(h1, kp1, vp1, ph1)
 
 
@@ -107,19 +127,21 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
             kp, vp = kp.unsqueeze(2), vp.unsqueeze(2)
         if ssm.dtype != torch.float32 or not ssm.is_contiguous():
             ssm = ssm.float().contiguous()
-    Rp = triton.next_power_of_2(R)
-    if Rp != R:  # zero rank rows, as in mamba3_scan_triton
-        q, k, v, kp, vp = (_pad_rank(t, Rp) for t in (q, k, v, kp, vp))
+    Rp, Np, Pp = _padded_sizes(R, N, P)  # zero padding, as in mamba3_scan_triton
+    q, k, v = _pad(q, Rp, Np), _pad(k, Rp, Np), _pad(v, Rp, Pp)
+    kp, vp = _pad(kp.reshape(B, H, R, N), Rp, Np), _pad(vp.reshape(B, H, R, P), Rp, Pp)
+    ssm_k = _pad(ssm, Pp, Np).contiguous()  # ssm itself when nothing is padded
     y = _autograd.new_empty(*v.shape, device=v.device, dtype=v.dtype)
-    kp1 = _autograd.new_empty(B, H, Rp, N, device=q.device, dtype=k.dtype)
-    vp1 = _autograd.new_empty(B, H, Rp, P, device=q.device, dtype=v.dtype)
+    kp1 = _autograd.new_empty(B, H, Rp, Np, device=q.device, dtype=k.dtype)
+    vp1 = _autograd.new_empty(B, H, Rp, Pp, device=q.device, dtype=v.dtype)
     ph1 = _autograd.new_empty(B, H, S, device=q.device, dtype=torch.float32)
     with torch.no_grad():
         launch_step(*(_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(),
                                        dphase.float(), D)),
-                    y, ssm, _c(kp), _c(vp), ph.float().contiguous(), kp1, vp1, ph1)
+                    y, ssm_k, _c(kp), _c(vp), ph.float().contiguous(), kp1, vp1, ph1)
+        if ssm_k is not ssm:
+            ssm.copy_(ssm_k[:, :, :P, :N])
+    y, kp1, vp1 = y[:, :, :R, :P], kp1[:, :, :R, :N], vp1[:, :, :R, :P]
     if siso:
         y, kp1, vp1 = y.squeeze(2), kp1.squeeze(2), vp1.squeeze(2)
-    else:
-        y, kp1, vp1 = y[:, :, :R], kp1[:, :, :R], vp1[:, :, :R]
     return y, Mamba3State(ssm, kp1, vp1, ph1)

@@ -133,11 +133,12 @@ def test_backward_mimo(T, dtype, reverse, with_init, monkeypatch):
 
 AWKWARD = {
     # name: (Dims, R, T); fields H, N, P, S, R (unused), chunk (steps), tokens (unused)
-    "no-rotation": (Dims(2, 24, 20, 0, 1, 16, 0), None, 23),   # S = 0, N/P not powers of two
-    "all-rotated": (Dims(2, 24, 20, 12, 1, 16, 0), None, 23),  # S = N / 2
+    "no-rotation": (Dims(2, 40, 20, 0, 1, 16, 0), None, 23),   # S = 0, N/P not powers of two
+    "all-rotated": (Dims(2, 40, 20, 20, 1, 16, 0), None, 23),  # S = N / 2
     "odd-P": (Dims(1, 40, 33, 7, 1, 32, 0), None, 50),         # N = 40 pads to 64 lanes, P odd
-    "odd-N": (Dims(2, 15, 8, 7, 1, 16, 0), None, 20),          # last key element has no rotary partner
-    "odd-N-mimo": (Dims(2, 9, 8, 4, 1, 8, 0), 2, 20),
+    "odd-N": (Dims(2, 33, 16, 7, 1, 16, 0), None, 20),         # last key element has no rotary partner
+    "odd-N-mimo": (Dims(2, 33, 16, 4, 1, 8, 0), 2, 20),
+    "small-N-P": (Dims(2, 15, 8, 7, 1, 16, 0), None, 20),      # zero-padded to N = 32, P = 16
     "rank-3": (Dims(2, 16, 8, 3, 1, 8, 0), 3, 20),             # padded to 4 zero-filled rank rows
     "rank-8": (Dims(2, 8, 4, 2, 1, 2, 0), 8, 19),             # 16-row chunks of two steps
     "rank-2-big-chunk": (Dims(2, 32, 16, 5, 1, 64, 0), 2, 33),  # 128 rows fwd, clamped to 64 bwd

@@ -45,17 +45,20 @@ def test_step(B, R, dtype, fresh):
         assert s.ssm.data_ptr() == ssm_in.data_ptr(), "ssm should be updated in place"
 
 
-@pytest.mark.parametrize("N,R", [(15, None), (15, 2), (16, 3)], ids=["odd-N", "odd-N-mimo", "rank-3"])
-def test_step_awkward(N, R):
-    """N = 15: the last key element has no rotary partner (loaded and stored on its own);
-    R = 3: padded to 4 zero rank rows."""
-    dims = Dims(2, N, 8, 7, 1, 16, 0)
+@pytest.mark.parametrize("N,P,R", [(33, 16, None), (33, 16, 2), (15, 8, None), (32, 16, 3)],
+                         ids=["odd-N", "odd-N-mimo", "small-N-P", "rank-3"])
+def test_step_awkward(N, P, R):
+    """N = 33: the last key element has no rotary partner (loaded and stored on its own);
+    N = 15, P = 8: zero-padded to 32, 16 (ssm still updated in place); R = 3: padded to 4."""
+    dims = Dims(2, N, P, 7, 1, 16, 0)
     xs = step_inputs(3, torch.float32, R, seed=23, dims=dims)
     st = make_state(3, torch.float32, R=R, seed=24, dims=dims)
     y_ref, s_ref = reference.scan_step_ref(*double(xs), state=Mamba3State(*double(st)))
+    ssm_in = st.ssm
     y, s = K.mamba3_step_triton(*xs, state=st)
     check("y", y, y_ref, torch.float32)
     check_state("state", s, s_ref, torch.float32)
+    assert s.ssm.data_ptr() == ssm_in.data_ptr(), "ssm should be updated in place"
 
 
 @pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])
