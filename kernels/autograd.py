@@ -8,6 +8,7 @@ four fields as well as through y.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from .configs import interpreting
 from .scan_bwd import scan_backward
 from .scan_fwd import launch_fwd
+from .scan_fwd_split import forward_split
 
 
 # Tests set this to True so every output buffer starts as NaN: an element the kernel fails to
@@ -40,15 +42,27 @@ def _rows(chunk_size: int, R: int) -> int:
     return max(16, min(rows, 128), R)
 
 
+def forward_mode() -> str:
+    """'fused' (``scan_fwd.py``, default) or 'split' (``scan_fwd_split.py``), from
+    ``DIFFMAMBA_SCAN_FWD``; both give the same results, the benchmark says which is faster."""
+    mode = os.environ.get("DIFFMAMBA_SCAN_FWD", "fused")
+    if mode not in ("fused", "split"):
+        raise ValueError(f"DIFFMAMBA_SCAN_FWD must be 'fused' or 'split', got {mode!r}")
+    return mode
+
+
 def scan_forward(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final, config=None):
     """Run the Triton forward on contiguous inputs. Returns y and the final state tuple or None.
 
     q, k: [B, T, H, R, N]; v: [B, T, H, R, P] (rank form); init: 4-tuple (rank form) or None.
+    ``config`` forces one autotune entry of the fused kernel (tests).
     """
     B, T, H, R, N = q.shape
     P = v.shape[-1]
     S = dph.shape[-1]
     y = new_empty(*v.shape, device=v.device, dtype=v.dtype)
+    if forward_mode() == "split" and config is None:
+        return y, forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final, y)
     final = None
     if want_final:
         sdt = torch.float32

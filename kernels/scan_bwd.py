@@ -5,16 +5,16 @@ are in kernels/README.md ("Backward").
 
 Default (SISO and MIMO, any N): a **Triton backward** in three parts.
 
-  (a) pre-pass. On [B, T, H]-sized tensors, differentiable PyTorch (``_phase_and_scales`` and
+  (a) pre-pass. On [B, T, H]-sized tensors, differentiable PyTorch (``prepass.phase_and_scales`` and
       the lines after it): cumulative phase Phi, trapezoid gamma and the shifted scale
       gamma + beta~ (look-ahead one logical step), the per-step diagonal block
       c_rs = gamma (q_r . k_s) + D [r = s] (SISO: a scalar), the entry state
       G_0 = ssm0 + beta_first sum_r vp0_r kp0_r^T, and the final state's k_prev / phase.
-      On the [B, T, H, R, N] tensors, Triton (``scan_bwd_prepass.prepass_forward``): the rotated
+      On the [B, T, H, R, N] tensors, Triton (``prepass.prepass_forward``): the rotated
       qr = R(Phi) q, K' = R(Phi) k * scale and the same-step q . k;
-  (b) the core decayed linear recurrence in Triton (``scan_bwd_core.core_backward``): dQr, dK',
+  (b) the core decayed linear recurrence in Triton (``core.core_backward``): dQr, dK',
       dv, d log_decay and dG_0, carrying the state adjoint backward over chunks;
-  (c) the pre-pass backward in Triton (``scan_bwd_prepass.prepass_backward``): dq, dk, and the
+  (c) the pre-pass backward in Triton (``prepass.prepass_backward``): dq, dk, and the
       per-step dPhi, dscale that seed, with dc = dy v^T, dG_0 and the final state's upstream
       gradients, one ``torch.autograd.grad`` over the small graph of (a).
 
@@ -33,11 +33,11 @@ import torch
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from diffmamba.ops.reference import TWO_PI, rotate, scan_chunked_ref
+from diffmamba.ops.reference import rotate, scan_chunked_ref
 from diffmamba.ops.state import Mamba3State
 
-from .scan_bwd_core import core_backward
-from .scan_bwd_prepass import prepass_backward, prepass_forward
+from .core import chunk_rows, core_backward
+from .prepass import phase_and_scales, prepass_backward, prepass_forward
 
 
 def backward_mode() -> str:
@@ -72,37 +72,6 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
 _TRITON_BWD_BROKEN = False
 
 
-def _chunk_rows(chunk_size: int, R: int) -> int:
-    """Rows of the backward's chunk for ``chunk_size`` time steps of rank R: a power of two in
-    [max(16, R), 64] (64 keeps the [rows, N] tiles in registers; the chunk length changes rounding
-    only). ``DIFFMAMBA_BWD_CHUNK`` (rows) overrides it for tuning."""
-    target = int(os.environ.get("DIFFMAMBA_BWD_CHUNK", chunk_size * R))
-    rows = 16
-    while rows < min(target, 64):
-        rows *= 2
-    return max(rows, R)
-
-
-def _phase_and_scales(dt, lam, dph, ph0, reverse):
-    """Differentiable [B, T, H]-sized part of the pre-pass (reference semantics, physical order).
-
-    dt, lam: [B, T, H]; dph: [B, T, H, S]; ph0: [B, H, S] or None. Returns the cumulative phase
-    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, mamba3.md §6.3; reverse: suffix
-    sums, the logical order being the mirrored physical one), gamma, beta and the shifted scale
-    gamma + beta~ (beta of the next logical step: physical t + 1, or t - 1 in reverse).
-    """
-    d64 = dph.double()
-    cum = d64.flip(1).cumsum(1).flip(1) if reverse else d64.cumsum(1)
-    if ph0 is not None:
-        cum = cum + ph0.double().unsqueeze(1)
-    phase = torch.remainder(cum, TWO_PI).float()
-    gamma = lam * dt
-    beta = (1.0 - lam) * dt
-    zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])
-    ahead = torch.cat((zero, beta[:, :-1]), 1) if reverse else torch.cat((beta[:, 1:], zero), 1)
-    return phase, gamma, beta, gamma + ahead
-
-
 def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
     """Pre-pass (Triton for the [B, T, H, R, N] tensors, autograd for the small ones), Triton
     core, then one ``torch.autograd.grad`` over the small graph (module docstring)."""
@@ -117,7 +86,7 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         leaves = [None if t is None else t.detach().float().requires_grad_(bool(nd))
                   for t, nd in zip(raw, need_of)]
         ldt, llam, ldph, lD, lk_last, lh0, lkp0, lvp0, lph0 = leaves
-        phase, gamma, beta, scale = _phase_and_scales(ldt, llam, ldph, lph0, reverse)
+        phase, gamma, beta, scale = phase_and_scales(ldt, llam, ldph, lph0, reverse)
     phase_c, scale_c, gamma_c = (t.detach().contiguous() for t in (phase, scale, gamma))
     qr, kp, qk = prepass_forward(q, k, phase_c, scale_c)
     with torch.enable_grad():
@@ -136,7 +105,7 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
     dq_core, dk_core, dv, da, dg0 = core_backward(
         qr, kp, v, a, None if g0 is None else g0.detach().contiguous(), dy,
         None if dh1 is None else dh1.float().contiguous(), reverse=reverse,
-        chunk=_chunk_rows(chunk_size, R))
+        chunk=chunk_rows(chunk_size, R))
     del qr, kp
 
     # diagonal block: y += c @ v  ->  dc = dy @ v^T, dv += c^T @ dy; the final v_prev is the last v

@@ -19,12 +19,13 @@ def test_bench_kernels_on_cpu_times_the_reference(capsys):
 def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
     """The GPU-only rows (Triton fwd+bwd, recompute A/B, backward parts) run under the interpreter,
     so a harness bug cannot cost a GPU session its device time. Times here mean nothing."""
-    assert main(["bench", "kernels", "--interpreter", "--shapes", "cpu-tiny", "cpu-tiny-mimo",
+    assert main(["bench", "kernels", "--interpreter", "--shapes", "cpu-micro", "cpu-micro-mimo",
                  "--ops", "fwd", "fwdbwd", "bwdparts", "--step-shapes", "--rep", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "Triton interpreter" in out
-    for shape in ("cpu-tiny", "cpu-tiny-mimo"):
+    for shape in ("cpu-micro", "cpu-micro-mimo"):
         rows = [line for line in out.splitlines() if line.startswith(shape)]
-        for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "bwd core", "bwd (whole)"):
+        for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "fwd     triton-split", "bwd core",
+                       "bwd (whole)"):
             assert any(needle in line for line in rows), (shape, needle, out)
     assert "recompute backward / with the Triton backward" in out

@@ -34,12 +34,13 @@ SHAPES = {
     "b1-t8k-h32": (1, 8192, 32, 128, 64, 32, None),
     "mimo4-bt16k-h16": (8, 2048, 16, 128, 64, 32, 4),
     "cpu-tiny": (2, 256, 4, 32, 16, 8, None),
-    "cpu-tiny-mimo": (2, 64, 4, 32, 16, 8, 2),
+    "cpu-micro": (1, 32, 2, 32, 16, 4, None),  # harness checks under the Triton interpreter
+    "cpu-micro-mimo": (1, 32, 2, 32, 16, 4, 2),
 }
 STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
 OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
 # bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction)
-# and its core kernels alone (scan_bwd_core.core_backward); the difference is the pre-pass
+# and its core kernels alone (core.core_backward); the difference is the pre-pass
 # (Triton rotation / scale / diagonal kernels and their adjoint, autograd on [B, T, H] tensors).
 EXTRA_OPS = ["bwdparts"]
 
@@ -85,11 +86,35 @@ def roofline(B, T, H, N, P, S, R, e, rows):
     return fwd_bytes, bwd_bytes, fwd_flops
 
 
+# Triton variants timed beside the default one: the switch each sets while it runs (the kernels
+# read it at every call). split: the chunk-parallel forward; recompute: the recompute backward.
+VARIANT_ENV = {"triton-split": ("DIFFMAMBA_SCAN_FWD", "split"),
+               "triton-recompute": ("DIFFMAMBA_SCAN_BWD", "recompute")}
+
+
+def _with_env(fn, name, value):
+    def run():
+        saved = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            fn()
+        finally:
+            if saved is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = saved
+    return run
+
+
 def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
     """A closure running one direction (or both for reverse=None) forward (and backward).
 
-    impl: "triton", "triton-recompute" (Triton forward, recompute backward: the A/B baseline of
-    the Triton backward) or "reference"."""
+    impl: "triton", a key of VARIANT_ENV, or "reference"."""
+    run = _scan_fn(impl, xs, reverse, chunk, backward, seed_grads)
+    return _with_env(run, *VARIANT_ENV[impl]) if impl in VARIANT_ENV else run
+
+
+def _scan_fn(impl, xs, reverse, chunk, backward, seed_grads):
     from diffmamba.ops import reference
 
     def one(rev, leaves):
@@ -112,27 +137,13 @@ def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
             lf.grad = None
         ys = [one(rev, leaves) for rev in dirs]
         torch.autograd.backward(ys, [seed_grads] * len(ys))
-
-    if impl != "triton-recompute":
-        return run_bwd
-
-    def run_bwd_recompute():
-        # scan_bwd.backward_mode reads the switch at every backward call
-        saved = os.environ.get("DIFFMAMBA_SCAN_BWD")
-        os.environ["DIFFMAMBA_SCAN_BWD"] = "recompute"
-        try:
-            run_bwd()
-        finally:
-            if saved is None:
-                del os.environ["DIFFMAMBA_SCAN_BWD"]
-            else:
-                os.environ["DIFFMAMBA_SCAN_BWD"] = saved
-    return run_bwd_recompute
+    return run_bwd
 
 
 def bench_bwd_parts(name, xs, seed, args):
     """Time the Triton backward (whole, and its core kernels alone) on one direction."""
-    from diffmamba.kernels import scan_bwd, scan_bwd_core
+    from diffmamba.kernels import scan_bwd
+    from diffmamba.kernels.core import chunk_rows, core_backward
     q, k, v, a, dt, lam, dph, D = xs
     rank_form = (lambda t: t.contiguous()) if q.dim() == 5 else (lambda t: t.unsqueeze(3).contiguous())  # noqa: E731
     q5, k5, v5, dy5 = (rank_form(t) for t in (q, k, v, seed))
@@ -141,8 +152,8 @@ def bench_bwd_parts(name, xs, seed, args):
     whole = lambda: scan_bwd.scan_backward(q5, k5, v5, a, dt, lam, dph, D, None, dy5, None,  # noqa: E731
                                            reverse=False, chunk_size=chunk, needs=needs)
     qr, kp = q5.float(), k5.float()
-    core = lambda: scan_bwd_core.core_backward(qr, kp, v5, a, None, dy5, None, reverse=False,  # noqa: E731
-                                               chunk=scan_bwd._chunk_rows(chunk, q5.shape[3]))
+    core = lambda: core_backward(qr, kp, v5, a, None, dy5, None, reverse=False,  # noqa: E731
+                                 chunk=chunk_rows(chunk, q5.shape[3]))
     out = []
     for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
         ms = time_ms(fn, q.device.type, args.warmup, args.rep)
@@ -204,7 +215,8 @@ def main(argv=None) -> int:
         times = {}
         for op in [o for o in args.ops if o in OPS]:
             backward = op in ("fwdbwd", "bibwd")
-            for impl in impls + (["triton-recompute"] if backward and "triton" in impls else []):
+            variants = (["triton-split"] + (["triton-recompute"] if backward else [])) if "triton" in impls else []
+            for impl in impls + variants:
                 rev = {"fwd": False, "rev": True, "bi": None, "fwdbwd": False, "bibwd": None}[op]
                 fn = scan_fn(impl, xs, rev, chunk, backward, seed)
                 ms = time_ms(fn, device, args.warmup, args.rep)
@@ -221,6 +233,9 @@ def main(argv=None) -> int:
                       f"{row['tflops']:8.2f} {row['pct_peak']:6.2f}", flush=True)
             if (op, "reference") in times and (op, "triton") in times:
                 print(f"{'':18s} {op:7s} speed-up over reference: {times[(op, 'reference')] / times[(op, 'triton')]:.1f}x")
+            if (op, "triton-split") in times:
+                print(f"{'':18s} {op:7s} time with the split forward / with the fused forward: "
+                      f"{times[(op, 'triton-split')] / times[(op, 'triton')]:.2f}")
             if (op, "triton-recompute") in times:
                 print(f"{'':18s} {op:7s} time with the recompute backward / with the Triton backward: "
                       f"{times[(op, 'triton-recompute')] / times[(op, 'triton')]:.2f}")

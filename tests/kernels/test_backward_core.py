@@ -17,7 +17,7 @@ from kernel_testlib import CUDA, DEVICE, DIMS, batch_for, check, make_inputs, ma
 
 import diffmamba.kernels as K
 from diffmamba.kernels import scan_bwd
-from diffmamba.kernels.scan_bwd_core import core_backward
+from diffmamba.kernels.core import core_backward
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
 
@@ -137,9 +137,9 @@ def test_state_only_upstream():
 
 @pytest.mark.parametrize("R,S", [(1, 5), (4, 5), (2, 0)], ids=["siso", "mimo4", "mimo2-S0"])
 def test_prepass_kernels_match_autograd(R, S):
-    """scan_bwd_prepass against float64 autograd of its formulas: qr = R(Phi) q,
+    """prepass against float64 autograd of its formulas: qr = R(Phi) q,
     K' = R(Phi) k * scale, qk = q k^T (same step), and their adjoints from random seeds."""
-    from diffmamba.kernels.scan_bwd_prepass import prepass_backward, prepass_forward
+    from diffmamba.kernels.prepass import prepass_backward, prepass_forward
     B, T, H, N = 2, 7, 3, 24
     g = torch.Generator().manual_seed(R + S)
     q, k = (torch.randn(B, T, H, R, N, generator=g, dtype=torch.float64) + 1 for _ in range(2))
@@ -164,3 +164,14 @@ def test_prepass_kernels_match_autograd(R, S):
     check("dk", dk.cpu(), lk.grad, torch.float32)
     check("dPhi", dphi.cpu(), torch.zeros_like(lph) if lph.grad is None else lph.grad, torch.float32)
     check("dscale", dsc.cpu(), lsc.grad, torch.float32)
+
+
+def test_forward_switch(monkeypatch):
+    from diffmamba.kernels.autograd import forward_mode
+    monkeypatch.delenv("DIFFMAMBA_SCAN_FWD", raising=False)
+    assert forward_mode() == "fused"
+    monkeypatch.setenv("DIFFMAMBA_SCAN_FWD", "split")
+    assert forward_mode() == "split"
+    monkeypatch.setenv("DIFFMAMBA_SCAN_FWD", "chunked")
+    with pytest.raises(ValueError, match="'fused' or 'split'"):
+        forward_mode()

@@ -14,7 +14,7 @@ from kernel_testlib import (CUDA, DIMS, Dims, batch_for, check, check_state, dou
 import diffmamba.kernels as K
 from diffmamba.kernels import autograd as kernel_autograd
 from diffmamba.kernels import scan_bwd
-from diffmamba.kernels.scan_bwd_core import core_backward
+from diffmamba.kernels.core import core_backward
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
 
@@ -65,6 +65,17 @@ def test_forward_siso(T, dtype, reverse, with_init):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_forward_mimo(T, dtype, reverse, with_init):
     run_forward(T, dtype, reverse, with_init, R=DIMS.R)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", T_ALL if CUDA else [1, 16, 17, 65])
+@pytest.mark.parametrize("with_init", [False, True], ids=["fresh", "init"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("R", [None, DIMS.R], ids=["siso", "mimo"])
+def test_forward_split(T, dtype, reverse, with_init, R, monkeypatch):
+    """The chunk-parallel forward (DIFFMAMBA_SCAN_FWD=split) against the same oracle."""
+    monkeypatch.setenv("DIFFMAMBA_SCAN_FWD", "split")
+    run_forward(T, dtype, reverse, with_init, R=R)
 
 
 def grads_kernel(xs, st, reverse, seeds, chunk=DIMS.chunk):
@@ -147,8 +158,10 @@ AWKWARD = {
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("case", sorted(AWKWARD))
-def test_awkward_shapes(case, reverse):
+@pytest.mark.parametrize("forward", ["fused", "split"])
+def test_awkward_shapes(case, reverse, forward, monkeypatch):
     """Every output and gradient at shapes the main matrix does not reach (same float64 oracle)."""
+    monkeypatch.setenv("DIFFMAMBA_SCAN_FWD", forward)
     dims, R, T = AWKWARD[case]
     run_backward(T, torch.float32, reverse, True, R=R, dims=dims, B=2, check_outputs=True)
 

@@ -1,7 +1,7 @@
 """Triton kernels of the backward's pre-pass: rotation, trapezoid scale and the same-step q . k.
 
 The backward (``kernels/scan_bwd.py``) splits the scan into this elementwise pre-pass and the core
-decayed recurrence (``scan_bwd_core.py``). Per row (time step t, rank r; rows are the flattened
+decayed recurrence (``core.py``). Per row (time step t, rank r; rows are the flattened
 [B, T, H, R] index, so no time order is involved and ``reverse`` needs no special case):
 
   forward   qr = R(Phi_t) q,  K' = R(Phi_t) k * scale_t,  qk_t[r, s] = q_r . k_s  (same step)
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from diffmamba.ops.reference import TWO_PI
 
 
 @triton.jit
@@ -127,6 +129,26 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
         dko += tl.dot(tl.trans(dcb), qo, input_precision="ieee")
     _store_pairs(dq_ptr, rows, j, ok, dqe, dqo, N)
     _store_pairs(dk_ptr, rows, j, ok, dke, dko, N)
+
+
+def phase_and_scales(dt, lam, dph, ph0, reverse):
+    """Differentiable [B, T, H]-sized part of the pre-pass (reference semantics, physical order).
+
+    dt, lam: [B, T, H]; dph: [B, T, H, S]; ph0: [B, H, S] or None. Returns the cumulative phase
+    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, mamba3.md §6.3; reverse: suffix
+    sums, the logical order being the mirrored physical one), gamma, beta and the shifted scale
+    gamma + beta~ (beta of the next logical step: physical t + 1, or t - 1 in reverse).
+    """
+    d64 = dph.double()
+    cum = d64.flip(1).cumsum(1).flip(1) if reverse else d64.cumsum(1)
+    if ph0 is not None:
+        cum = cum + ph0.double().unsqueeze(1)
+    phase = torch.remainder(cum, TWO_PI).float()
+    gamma = lam * dt
+    beta = (1.0 - lam) * dt
+    zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])
+    ahead = torch.cat((zero, beta[:, :-1]), 1) if reverse else torch.cat((beta[:, 1:], zero), 1)
+    return phase, gamma, beta, gamma + ahead
 
 
 def _launch_meta(q, S):

@@ -80,12 +80,13 @@ def _chunk_decay(a_ptr, st, ok, first):
 def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
                  N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
                  C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr,
-                 HAS_INIT: tl.constexpr, TF32: tl.constexpr):
+                 HAS_INIT: tl.constexpr, HAS_END: tl.constexpr, TF32: tl.constexpr):
     """One program per (b, h) carries an [N, P] matrix over the chunks and stores it as it enters
     each chunk: the states G (BACKWARD = False: first chunk to last, X = K', Y = v, row weight
     exp(l_last - l_j)) or the state adjoints dG (BACKWARD = True: last chunk to first, X = Qr,
     Y = dy, row weight exp(l_i)); per chunk  M <- exp(l_last) M + (X * weight)^T Y.
-    init / end are [P, N] (the state's layout): G_0, or the final ssm's gradient in and dG_0 out."""
+    init / end are [P, N] (the state's layout): G_0 in and the final G (= final ssm) out, or the
+    final ssm's gradient in and dG_0 out."""
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
@@ -112,7 +113,7 @@ def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
         # the inter-chunk term of every y_i.
         w = tl.exp(tl.minimum(l, 0.0)) if BACKWARD else tl.exp(tl.minimum(l_last - l, 0.0))
         m = tl.exp(tl.minimum(l_last, 0.0)) * m + _mm(tl.trans(xx * w[:, None]), yy, TF32)
-    if BACKWARD:
+    if HAS_END:
         tl.store(end_ptr + state_layout, m, mask=st_mask)
 
 
@@ -184,6 +185,90 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
     tl.store(da_ptr + st, da, mask=ok & first)
 
 
+@triton.jit
+def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
+                   N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
+                   C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr,
+                   DOT_BF16: tl.constexpr):
+    """y of one chunk and value block from its entering state G_c (the split forward):
+    y_i = sum_{t(j) < t(i)} (Qr_i . K_j) exp(l_i - l_j) v_j + sum_{t(j) = t(i)} c_ij v_j
+          + exp(l_i) G_c^T Qr_i,   c = the same-step block gamma qk + D (from the pre-pass)."""
+    c = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // H).to(tl.int64)
+    h = (pid % H).to(tl.int64)
+    n = tl.arange(0, NB)
+    n_ok = n < N
+    row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
+    l, l_last = _chunk_decay(a_ptr, st, ok, first)
+    qk_mask = ok[:, None] & n_ok[None, :]
+    qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
+    kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
+    t = tl.arange(0, C) // R
+    m = tl.where(t[None, :] < t[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
+    w = _mm(qq, tl.trans(kk), TF32) * m
+    rank = tl.arange(0, C) % R
+    same = (t[None, :] == t[:, None]) & ok[:, None] & ok[None, :]
+    w += tl.load(c_ptr + st[:, None] * R * R + rank[:, None] * R + rank[None, :], mask=same, other=0.0)
+    p = tl.program_id(2) * BP + tl.arange(0, BP)
+    p_ok = p < P
+    vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :], other=0.0)
+    g = tl.load(hs_ptr + (pid.to(tl.int64) * NC + c) * N * P + n[:, None] * P + p[None, :],
+                mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+    if DOT_BF16:  # bf16 tensor-core operands, fp32 accumulation (as the fused forward)
+        y = tl.dot(w.to(tl.bfloat16), vv.to(tl.bfloat16), out_dtype=tl.float32)
+    else:
+        y = _mm(w, vv.to(tl.float32), TF32)
+    y += tl.exp(tl.minimum(l, 0.0))[:, None] * _mm(qq, g, TF32)
+    tl.store(y_ptr + row[:, None] * P + p[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=ok[:, None] & p_ok[None, :])
+
+
+def chunk_rows(chunk_size: int, R: int) -> int:
+    """Rows of the chunk of these kernels for ``chunk_size`` time steps of rank R: a power of two in
+    [max(16, R), 64] (64 keeps the [rows, N] tiles in registers; the chunk length changes rounding
+    only). ``DIFFMAMBA_BWD_CHUNK`` (rows) overrides it for tuning."""
+    target = int(os.environ.get("DIFFMAMBA_BWD_CHUNK", chunk_size * R))
+    rows = 16
+    while rows < min(target, 64):
+        rows *= 2
+    return max(rows, R)
+
+
+def _geometry(qr, v, a, chunk):
+    B, T, H = a.shape
+    R = qr.shape[3] if qr.dim() == 5 else 1
+    assert chunk % R == 0 and chunk >= 16, (chunk, R)
+    N, P = qr.shape[-1], v.shape[-1]
+    return B, T, H, R, N, P, triton.cdiv(T * R, chunk), triton.next_power_of_2(N), triton.next_power_of_2(P)
+
+
+def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, want_end: bool, tf32=False):
+    """``_walk_states`` on [B, T, H, (R,) *] inputs: the [N, P] matrix entering every chunk,
+    [B*H, NC, N, P] fp32, and the one leaving the walk ([B, H, P, N], or None)."""
+    B, T, H, R, N, P, NC, NB, PB = _geometry(x, y, a, chunk)
+    stack = torch.empty(B * H, NC, N, P, device=x.device, dtype=torch.float32)
+    end = torch.empty(B, H, P, N, device=x.device, dtype=torch.float32) if want_end else None
+    _walk_states[(B * H,)](x, y, a, init if init is not None else a, stack, end if want_end else a,
+                           T, H, NC, N=N, P=P, NB=NB, PB=PB, C=chunk, R=R, REVERSE=bool(reverse),
+                           BACKWARD=backward, HAS_INIT=init is not None, HAS_END=want_end, TF32=tf32,
+                           num_warps=4 if NB * PB <= 4096 else 8)
+    return stack, end
+
+
+def chunk_outputs(qr, kp, v, a, c, hs, y, *, reverse: bool, chunk: int):
+    """Fill y [B, T, H, R, P] from the pre-pass outputs (qr, K' fp32; the same-step block c
+    [B, T, H, R, R] fp32) and the entering states ``hs`` of ``walk_states``, one program per
+    (chunk, b*h, value block of <= 64)."""
+    B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
+    BP = min(PB, 64)
+    dot_bf16 = v.dtype == torch.bfloat16 and not interpreting()
+    _chunk_outputs[(NC, B * H, triton.cdiv(P, BP))](
+        qr, kp, v, a, c, hs, y, T, H, NC, N=N, P=P, NB=NB, BP=BP, C=chunk, R=R,
+        REVERSE=bool(reverse), TF32=False, DOT_BF16=dot_bf16, num_warps=8 if NB >= 128 else 4)
+    return y
+
+
 def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     """Gradients of the core recurrence (module docstring) by the three kernels.
 
@@ -193,32 +278,17 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     contiguous. ``chunk`` (rows) is a power of two >= max(16, R).
     Returns dQr, dK, dv (float32, core part only, shaped as the inputs), da [B, T, H] and dG_0.
     """
-    B, T, H = a.shape
-    R = qr.shape[3] if qr.dim() == 5 else 1
-    N = qr.shape[-1]
-    P = v.shape[-1]
-    assert chunk % R == 0 and chunk >= 16, (chunk, R)
-    NC = triton.cdiv(T * R, chunk)
-    NB = triton.next_power_of_2(N)
-    PB = triton.next_power_of_2(P)
-    BP = min(PB, 64)
+    B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
     tf32 = (v.dtype != torch.float32 and not interpreting()
             and os.environ.get("DIFFMAMBA_BWD_TF32", "0") == "1")
-    dev = qr.device
-    f32 = torch.float32
-    hs = torch.empty(B * H, NC, N, P, device=dev, dtype=f32)
-    dhs = torch.empty(B * H, NC, N, P, device=dev, dtype=f32)
-    dg0 = torch.empty(B, H, P, N, device=dev, dtype=f32)
+    walk = dict(reverse=reverse, chunk=chunk, tf32=tf32)
+    hs, _ = walk_states(kp, v, a, g0, backward=False, want_end=False, **walk)
+    dhs, dg0 = walk_states(qr, dy, a, dg1, backward=True, want_end=True, **walk)
     dq = torch.empty_like(qr)
     dk = torch.empty_like(kp)
-    dv = torch.empty(v.shape, device=dev, dtype=f32)
-    da = torch.empty(B, T, H, device=dev, dtype=f32)
-    common = dict(N=N, P=P, NB=NB, C=chunk, R=R, REVERSE=bool(reverse), TF32=tf32)
-    warps = 4 if NB * PB <= 4096 else 8
-    _walk_states[(B * H,)](kp, v, a, g0 if g0 is not None else a, hs, a, T, H, NC, PB=PB,
-                           BACKWARD=False, HAS_INIT=g0 is not None, num_warps=warps, **common)
-    _walk_states[(B * H,)](qr, dy, a, dg1 if dg1 is not None else a, dhs, dg0, T, H, NC, PB=PB,
-                           BACKWARD=True, HAS_INIT=dg1 is not None, num_warps=warps, **common)
+    dv = torch.empty(v.shape, device=qr.device, dtype=torch.float32)
+    da = torch.empty(B, T, H, device=qr.device, dtype=torch.float32)
     _chunk_grads[(NC, B * H)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
-                              BP=BP, num_warps=8 if NB >= 128 else 4, **common)
+                              N=N, P=P, NB=NB, BP=min(PB, 64), C=chunk, R=R, REVERSE=bool(reverse),
+                              TF32=tf32, num_warps=8 if NB >= 128 else 4)
     return dq, dk, dv, da, dg0
