@@ -118,12 +118,12 @@ def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
 
 
 @triton.jit
-def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
-                 dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
-                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
-                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+def _chunk_tiles(q_ptr, k_ptr, a_ptr, c, pid, T, H, N: tl.constexpr, NB: tl.constexpr,
+                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr):
+    """What every chunk-parallel program of (chunk c, b*h = pid) starts from: its rows, their
+    decays, the [C, N] Qr and K' tiles, each row's local step t and the strictly causal decay
+    M_ij = exp(l_i - l_j) for t(j) < t(i) (clamped before exp, §6.2; the same-step R x R block is
+    the diagonal term, kept apart)."""
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
     n = tl.arange(0, NB)
@@ -133,11 +133,20 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
     qk_mask = ok[:, None] & n_ok[None, :]
     qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
     kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
-
-    t = tl.arange(0, C) // R  # local time step of each row
-    # strictly causal decay M_ij = exp(l_i - l_j), t(j) < t(i) (clamped before exp, §6.2); the
-    # same-step R x R block is the diagonal term, outside the core.
+    t = tl.arange(0, C) // R
     m = tl.where(t[None, :] < t[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
+    return row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m
+
+
+@triton.jit
+def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
+                 dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
+                 N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
+                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
+    c = tl.program_id(0)
+    pid = tl.program_id(1)
+    row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
+        q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
     am = _mm(qq, tl.trans(kk), TF32) * m  # decayed scores (Qr_i . K_j) M_ij
     w = tl.exp(tl.minimum(l_last - l, 0.0))  # decay of step j to the chunk's end
     e = tl.exp(tl.minimum(l, 0.0))  # decay of the entering state to step i
@@ -195,17 +204,8 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
           + exp(l_i) G_c^T Qr_i,   c = the same-step block gamma qk + D (from the pre-pass)."""
     c = tl.program_id(0)
     pid = tl.program_id(1)
-    b = (pid // H).to(tl.int64)
-    h = (pid % H).to(tl.int64)
-    n = tl.arange(0, NB)
-    n_ok = n < N
-    row, st, ok, first = _chunk_rows(b, h, c, T, H, C, R, REVERSE)
-    l, l_last = _chunk_decay(a_ptr, st, ok, first)
-    qk_mask = ok[:, None] & n_ok[None, :]
-    qq = tl.load(q_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
-    kk = tl.load(k_ptr + row[:, None] * N + n[None, :], mask=qk_mask, other=0.0)
-    t = tl.arange(0, C) // R
-    m = tl.where(t[None, :] < t[:, None], tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0)), 0.0)
+    row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
+        q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
     w = _mm(qq, tl.trans(kk), TF32) * m
     rank = tl.arange(0, C) % R
     same = (t[None, :] == t[:, None]) & ok[:, None] & ok[None, :]
