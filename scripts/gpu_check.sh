@@ -44,7 +44,7 @@ for part in $PARTS; do
         DIFFMAMBA_AUTOTUNE=0 timeout "$TESTS_S" "$PY" -m pytest -q -x -p no:cacheprovider \
             tests/kernels/test_backward_core.py tests/kernels/test_scan.py::test_backward_siso \
             tests/kernels/test_scan.py::test_backward_mimo tests/kernels/test_scan.py::test_split_and_resume \
-            tests/kernels/test_step_and_configs.py tests/kernels/test_scan.py \
+            tests/kernels/test_step_and_configs.py tests/kernels/test_model_on_kernels.py tests/kernels/test_scan.py \
             2>&1 | tail -40 | tee "$OUT/tests.txt"
         rc=${PIPESTATUS[0]}; echo "tests exit $rc" | tee -a "$OUT/tests.txt"; [ "$rc" = 0 ] || status=1 ;;
     bench)
