@@ -175,3 +175,29 @@ def test_forward_switch(monkeypatch):
     monkeypatch.setenv("DIFFMAMBA_SCAN_FWD", "chunked")
     with pytest.raises(ValueError, match="'fused' or 'split'"):
         forward_mode()
+
+
+def test_compile_failure_falls_back_to_recompute(monkeypatch):
+    """A GPU whose Triton rejects the backward kernels still trains: one RuntimeWarning, then
+    the recompute backward from there on, with the same gradients."""
+    from triton.runtime.errors import OutOfResources
+    T = 19
+    B = batch_for(T)
+    xs = make_inputs(B, T, torch.float32, seed=41)
+    st = make_state(B, torch.float32, seed=42)
+    want = _grads(xs, st, False, True, set(range(8)))
+    calls = []
+
+    def rejected(*args, **kwargs):
+        calls.append(1)
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(scan_bwd, "_TRITON_BWD_BROKEN", False)
+    monkeypatch.setattr(scan_bwd, "_triton_backward", rejected)
+    with pytest.warns(RuntimeWarning, match="recompute backward from now on"):
+        got = _grads(xs, st, False, True, set(range(8)))
+    again = _grads(xs, st, False, True, set(range(8)))  # no second try, no second warning
+    assert calls == [1] and scan_bwd._TRITON_BWD_BROKEN
+    for i in range(8):
+        check(f"input {i}", got[i], want[i], torch.float32)
+        assert torch.equal(again[i], got[i])
