@@ -1,8 +1,8 @@
-"""Triton kernels of the core decayed linear recurrence behind the Mamba-3 scan backward.
+"""Triton kernels of the core decayed linear recurrence behind the backward and the split forward.
 
 Reference: the chunked form of ``diffmamba.ops.reference.scan_chunked_ref`` with the rotary,
-trapezoid and diagonal terms factored out (``kernels/scan_bwd.py`` does that pre-pass); the
-equations are written out in ``kernels/README.md`` ("Backward").
+trapezoid and diagonal terms factored out (``prepass.py`` does that pre-pass); the equations are
+written out in ``kernels/README.md`` ("Backward").
 
 The core, per (batch, head), with per-token log decay a_t, rotated queries Qr_{t,r}, scaled
 rotated keys K_{t,r} = kr_{t,r} scale_t (both [N]) and values v_{t,r} [P], r < R (SISO: R = 1):
@@ -15,8 +15,7 @@ A chunk holds C rows ordered (t, r), C / R time steps. Only a step's first rank 
 the rank rows need no special case except the causal mask, which compares steps, not rows.
 
 In chunks of C steps with chunk-local inclusive cumsum l_i and entering state G_c this is the
-forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Two kernels,
-three launches:
+forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_i``. Kernels:
 
   ``_walk_states``  forward walk: one program per (b, h) walks the chunks forward and stores
                     every chunk's entering state in fp32 (the forward kernel keeps its states in
@@ -26,6 +25,8 @@ three launches:
                     G; stores it per chunk, and the adjoint of the entry state G_0.
   ``_chunk_grads``  one program per (chunk, b, h), fully parallel: dQr, dK, dv (core part) and
                     d a from the saved G_c and dG of its chunk.
+  ``_chunk_outputs`` the split forward's outputs: one program per (chunk, b, h, value block),
+                    y from the chunk's entering G_c plus the same-step block from the pre-pass.
 
 ``reverse=True`` mirrors the time index (logical step s reads physical step T-1-s) as in the
 forward kernel, so no flipped copies are made.

@@ -1,14 +1,15 @@
-"""Triton kernels of the backward's pre-pass: rotation, trapezoid scale and the same-step q . k.
+"""The scan's pre-pass: rotation, trapezoid scale and the same-step q . k (Triton), and the phase
+prefix sums and scales it needs (PyTorch, ``phase_and_scales``).
 
-The backward (``kernels/scan_bwd.py``) splits the scan into this elementwise pre-pass and the core
-decayed recurrence (``core.py``). Per row (time step t, rank r; rows are the flattened
+The backward (``scan_bwd.py``) and the split forward (``scan_fwd_split.py``) split the scan into
+this elementwise pre-pass and the core decayed recurrence (``core.py``). Per row (time step t, rank r; rows are the flattened
 [B, T, H, R] index, so no time order is involved and ``reverse`` needs no special case):
 
   forward   qr = R(Phi_t) q,  K' = R(Phi_t) k * scale_t,  qk_t[r, s] = q_r . k_s  (same step)
   backward  dq = R(Phi_t)^T dqr + gamma_t sum_s dc_t[r, s] k_s
             dk = R(Phi_t)^T (scale_t dK') + gamma_t sum_r dc_t[r, s] q_r
             dPhi_t[i] += (qr x dqr)_i + (kr x dkr)_i     (pairs i < S; x: 2-D cross product)
-            dscale_t  += K'-side: dK' . kr
+            dscale_t  += dK' . kr
 
 where R(Phi) rotates the pairs (2i, 2i+1), i < S, and dc is the gradient of the same-step
 diagonal block c = gamma qk + D (the rotation cancels at equal times, so qk uses the unrotated
