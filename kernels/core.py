@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from .configs import interpreting
+from .scan_fwd import _dot
 
 
 @triton.jit
@@ -198,8 +199,7 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
 @triton.jit
 def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
                    N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
-                   C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr,
-                   DOT_BF16: tl.constexpr):
+                   C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, DOT_BF16: tl.constexpr):
     """y of one chunk and value block from its entering state G_c (the split forward):
     y_i = sum_{t(j) < t(i)} (Qr_i . K_j) exp(l_i - l_j) v_j + sum_{t(j) = t(i)} c_ij v_j
           + exp(l_i) G_c^T Qr_i,   c = the same-step block gamma qk + D (from the pre-pass)."""
@@ -207,7 +207,8 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
     pid = tl.program_id(1)
     row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
         q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
-    w = _mm(qq, tl.trans(kk), TF32) * m
+    # bf16 I/O: bf16 tensor-core operands with fp32 accumulation, the fused forward's policy
+    w = _dot(qq, tl.trans(kk), DOT_BF16) * m
     rank = tl.arange(0, C) % R
     same = (t[None, :] == t[:, None]) & ok[:, None] & ok[None, :]
     w += tl.load(c_ptr + st[:, None] * R * R + rank[:, None] * R + rank[None, :], mask=same, other=0.0)
@@ -216,11 +217,8 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
     vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :], other=0.0)
     g = tl.load(hs_ptr + (pid.to(tl.int64) * NC + c) * N * P + n[:, None] * P + p[None, :],
                 mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-    if DOT_BF16:  # bf16 tensor-core operands, fp32 accumulation (as the fused forward)
-        y = tl.dot(w.to(tl.bfloat16), vv.to(tl.bfloat16), out_dtype=tl.float32)
-    else:
-        y = _mm(w, vv.to(tl.float32), TF32)
-    y += tl.exp(tl.minimum(l, 0.0))[:, None] * _mm(qq, g, TF32)
+    y = _dot(w, vv.to(tl.float32), DOT_BF16)
+    y += tl.exp(tl.minimum(l, 0.0))[:, None] * _dot(qq, g, DOT_BF16)
     tl.store(y_ptr + row[:, None] * P + p[None, :], y.to(y_ptr.dtype.element_ty),
              mask=ok[:, None] & p_ok[None, :])
 
@@ -266,7 +264,7 @@ def chunk_outputs(qr, kp, v, a, c, hs, y, *, reverse: bool, chunk: int):
     dot_bf16 = v.dtype == torch.bfloat16 and not interpreting()
     _chunk_outputs[(NC, B * H, triton.cdiv(P, BP))](
         qr, kp, v, a, c, hs, y, T, H, NC, N=N, P=P, NB=NB, BP=BP, C=chunk, R=R,
-        REVERSE=bool(reverse), TF32=False, DOT_BF16=dot_bf16, num_warps=8 if NB >= 128 else 4)
+        REVERSE=bool(reverse), DOT_BF16=dot_bf16, num_warps=8 if NB >= 128 else 4)
     return y
 
 
