@@ -45,12 +45,22 @@ from .scan_fwd import _dot
 
 
 @triton.jit
+def _tf32(x):
+    # What a TF32 tensor core reads of an fp32 value: the low 13 mantissa bits dropped (truncation,
+    # the worse of the two roundings hardware may use), leaving 10 explicit bits.
+    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _mm(a, b, TF32: tl.constexpr):
-    # fp32 operands always. IEEE fp32 by default: the d(log decay) identity below subtracts two
-    # sums of similar size, and IEEE is what the interpreter tests validate. TF32 (10-bit
-    # mantissa) is opt-in for bf16/fp16 I/O via DIFFMAMBA_BWD_TF32=1 (not yet validated on a GPU).
-    if TF32:
+    # fp32 operands. TF32 = 0: IEEE fp32 dot (CUDA cores; what fp32 I/O uses). 1: TF32 tensor
+    # cores (bf16 / fp16 I/O by default: IEEE would cap the backward at the fp32 FMA rate, see
+    # docs/benchmarks.md). 2: TF32 emulated (operands truncated, then an IEEE dot), so the
+    # interpreter tests check TF32's accuracy, the d(log decay) sums included.
+    if TF32 == 1:
         return tl.dot(a, b, input_precision="tf32")
+    elif TF32 == 2:
+        return tl.dot(_tf32(a), _tf32(b), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision="ieee")
 
@@ -242,7 +252,16 @@ def _geometry(qr, v, a, chunk):
     return B, T, H, R, N, P, triton.cdiv(T * R, chunk), triton.next_power_of_2(N), triton.next_power_of_2(P)
 
 
-def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, want_end: bool, tf32=False):
+def tf32_mode(io_dtype: torch.dtype) -> int:
+    """The ``TF32`` constexpr of the core dots for this I/O dtype (see ``_mm``): TF32 for bf16 /
+    fp16 I/O, IEEE for fp32 I/O; ``DIFFMAMBA_BWD_TF32=1`` / ``=0`` forces it on / off. Under the
+    interpreter TF32 is emulated, so the CPU tests measure its error."""
+    forced = os.environ.get("DIFFMAMBA_BWD_TF32")
+    on = io_dtype != torch.float32 if forced is None else forced == "1"
+    return 0 if not on else (2 if interpreting() else 1)
+
+
+def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, want_end: bool, tf32=0):
     """``_walk_states`` on [B, T, H, (R,) *] inputs: the [N, P] matrix entering every chunk,
     [B*H, NC, N, P] fp32, and the one leaving the walk ([B, H, P, N], or None)."""
     B, T, H, R, N, P, NC, NB, PB = _geometry(x, y, a, chunk)
@@ -278,8 +297,7 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     Returns dQr, dK, dv (float32, core part only, shaped as the inputs), da [B, T, H] and dG_0.
     """
     B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
-    tf32 = (v.dtype != torch.float32 and not interpreting()
-            and os.environ.get("DIFFMAMBA_BWD_TF32", "0") == "1")
+    tf32 = tf32_mode(v.dtype)
     walk = dict(reverse=reverse, chunk=chunk, tf32=tf32)
     hs, _ = walk_states(kp, v, a, g0, backward=False, want_end=False, **walk)
     dhs, dg0 = walk_states(qr, dy, a, dg1, backward=True, want_end=True, **walk)

@@ -3,7 +3,7 @@
 #
 #   bash scripts/gpu_check.sh                 # everything, logs under ./gpu-check/
 #   OUT=/some/dir bash scripts/gpu_check.sh   # logs there (the device tool's $OUT comes back)
-#   PARTS="bench" bash scripts/gpu_check.sh   # a subset of: env tests bench tf32
+#   PARTS="bench" bash scripts/gpu_check.sh   # a subset of: env tests bench
 #
 # Works in an installed checkout (scripts/install.sh) and on a bare GPU image that already has
 # torch + triton but cannot pip-install: then it imports diffmamba from the source tree through a
@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
-PARTS=${PARTS:-env tests bench tf32}
+PARTS=${PARTS:-env tests bench}
 TESTS_S=${TESTS_S:-300}
 BENCH_S=${BENCH_S:-240}
 PY=${PY:-python3}
@@ -52,18 +52,7 @@ for part in $PARTS; do
             --ops fwd bi fwdbwd bibwd bwdparts step --rep 50 --warmup 10 --json "$OUT/bench.json" \
             2>&1 | tee "$OUT/bench.txt"
         rc=${PIPESTATUS[0]}; echo "bench exit $rc" | tee -a "$OUT/bench.txt"; [ "$rc" = 0 ] || status=1 ;;
-    tf32)
-        # The backward's IEEE fp32 dots cap it far from the roofline (docs/benchmarks.md); TF32
-        # tensor-core dots for bf16 I/O are opt-in until this says they pass the bf16 tolerances.
-        { DIFFMAMBA_BWD_TF32=1 DIFFMAMBA_AUTOTUNE=0 timeout "$TESTS_S" "$PY" -m pytest -q -x -p no:cacheprovider \
-              tests/kernels/test_scan.py -k "backward and bf16" 2>&1 | tail -15
-          echo "tf32 tests exit ${PIPESTATUS[0]}"
-          DIFFMAMBA_BWD_TF32=1 timeout "$BENCH_S" "$PY" scripts/bench_kernels.py --shapes bt16k-h16 \
-              --ops fwdbwd bwdparts --no-reference --rep 50 --warmup 10 2>&1
-          echo "tf32 bench exit ${PIPESTATUS[0]}"
-        } | tee "$OUT/tf32.txt"
-        grep -q "exit [^0]" "$OUT/tf32.txt" && status=1 ;;
-    *) echo "unknown part '$part' (PARTS takes: env tests bench tf32)" >&2; exit 2 ;;
+    *) echo "unknown part '$part' (PARTS takes: env tests bench)" >&2; exit 2 ;;
     esac
 done
 exit $status

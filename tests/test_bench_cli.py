@@ -25,7 +25,7 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
     assert "Triton interpreter" in out
     for shape in ("cpu-micro", "cpu-micro-mimo"):
         rows = [line for line in out.splitlines() if line.startswith(shape)]
-        for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "fwd     triton-split", "bwd core",
-                       "bwd (whole)"):
+        for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "fwd     triton-split",
+                       "fwdbwd  triton-bwd-ieee", "bwd core", "bwd (whole)"):
             assert any(needle in line for line in rows), (shape, needle, out)
     assert "recompute backward / with the Triton backward" in out

@@ -87,9 +87,11 @@ def roofline(B, T, H, N, P, S, R, e, rows):
 
 
 # Triton variants timed beside the default one: the switch each sets while it runs (the kernels
-# read it at every call). split: the chunk-parallel forward; recompute: the recompute backward.
+# read it at every call). split: the chunk-parallel forward; recompute: the recompute backward;
+# bwd-ieee: IEEE fp32 instead of TF32 dots in the backward (differs for bf16 I/O only).
 VARIANT_ENV = {"triton-split": ("DIFFMAMBA_SCAN_FWD", "split"),
-               "triton-recompute": ("DIFFMAMBA_SCAN_BWD", "recompute")}
+               "triton-recompute": ("DIFFMAMBA_SCAN_BWD", "recompute"),
+               "triton-bwd-ieee": ("DIFFMAMBA_BWD_TF32", "0")}
 
 
 def _with_env(fn, name, value):
@@ -215,7 +217,9 @@ def main(argv=None) -> int:
         times = {}
         for op in [o for o in args.ops if o in OPS]:
             backward = op in ("fwdbwd", "bibwd")
-            variants = (["triton-split"] + (["triton-recompute"] if backward else [])) if "triton" in impls else []
+            variants = ["triton-split"] if "triton" in impls else []
+            if backward and "triton" in impls:
+                variants += ["triton-recompute"] + (["triton-bwd-ieee"] if dtype != torch.float32 else [])
             for impl in impls + variants:
                 rev = {"fwd": False, "rev": True, "bi": None, "fwdbwd": False, "bibwd": None}[op]
                 fn = scan_fn(impl, xs, rev, chunk, backward, seed)
@@ -236,6 +240,9 @@ def main(argv=None) -> int:
             if (op, "triton-split") in times:
                 print(f"{'':18s} {op:7s} time with the split forward / with the fused forward: "
                       f"{times[(op, 'triton-split')] / times[(op, 'triton')]:.2f}")
+            if (op, "triton-bwd-ieee") in times:
+                print(f"{'':18s} {op:7s} time with IEEE backward dots / with TF32 ones: "
+                      f"{times[(op, 'triton-bwd-ieee')] / times[(op, 'triton')]:.2f}")
             if (op, "triton-recompute") in times:
                 print(f"{'':18s} {op:7s} time with the recompute backward / with the Triton backward: "
                       f"{times[(op, 'triton-recompute')] / times[(op, 'triton')]:.2f}")
