@@ -201,3 +201,15 @@ def test_compile_failure_falls_back_to_recompute(monkeypatch):
     for i in range(8):
         check(f"input {i}", got[i], want[i], torch.float32)
         assert torch.equal(again[i], got[i])
+
+
+def test_tf32_mode(monkeypatch):
+    """TF32 core dots for bf16 / fp16 I/O, IEEE for fp32; emulated (2) under the interpreter."""
+    from diffmamba.kernels.core import tf32_mode
+    tf32 = 1 if CUDA else 2
+    monkeypatch.delenv("DIFFMAMBA_BWD_TF32", raising=False)
+    assert (tf32_mode(torch.bfloat16), tf32_mode(torch.float16), tf32_mode(torch.float32)) == (tf32, tf32, 0)
+    monkeypatch.setenv("DIFFMAMBA_BWD_TF32", "0")
+    assert tf32_mode(torch.bfloat16) == 0
+    monkeypatch.setenv("DIFFMAMBA_BWD_TF32", "1")
+    assert tf32_mode(torch.float32) == tf32
