@@ -87,12 +87,13 @@ def mamba3_scan_triton(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=Fal
                 _pad(vp, Rp, Pp).contiguous(), initial_state.phase.float().contiguous())
     args = [_c(t) for t in (q, k, v, log_decay.float(), dt.float(), trap.float(), dphase.float(), D)]
     y, h1, kp1, vp1, ph1 = mamba3_scan_autograd(*args, init, reverse, chunk_size, return_final_state)
-    y = y[:, :, :, :R, :P]
+    # .contiguous(): a no-op unless padding was sliced off (callers may .view() the results)
+    y = y[:, :, :, :R, :P].contiguous()
     if siso:
         y = y.squeeze(3)
     if not return_final_state:
         return y, None
-    h1, kp1, vp1 = h1[:, :, :P, :N], kp1[:, :, :R, :N], vp1[:, :, :R, :P]
+    h1, kp1, vp1 = (t.contiguous() for t in (h1[:, :, :P, :N], kp1[:, :, :R, :N], vp1[:, :, :R, :P]))
     if siso:
         kp1, vp1 = kp1.squeeze(2), vp1.squeeze(2)
     return y, Mamba3State(h1, kp1, vp1, ph1)
@@ -141,7 +142,7 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
                     y, ssm_k, _c(kp), _c(vp), ph.float().contiguous(), kp1, vp1, ph1)
         if ssm_k is not ssm:
             ssm.copy_(ssm_k[:, :, :P, :N])
-    y, kp1, vp1 = y[:, :, :R, :P], kp1[:, :, :R, :N], vp1[:, :, :R, :P]
+    y, kp1, vp1 = (t.contiguous() for t in (y[:, :, :R, :P], kp1[:, :, :R, :N], vp1[:, :, :R, :P]))
     if siso:
         y, kp1, vp1 = y.squeeze(2), kp1.squeeze(2), vp1.squeeze(2)
     return y, Mamba3State(ssm, kp1, vp1, ph1)

@@ -23,9 +23,9 @@ forward's ``y_i = sum_{j<i} (Qr_i . K_j) exp(l_i - l_j) v_j + exp(l_i) G_c^T Qr_
                     Backward walk: the same kernel carries dG, the adjoint of the state leaving
                     the chunk, from the last chunk to the first, exactly as the forward carries
                     G; stores it per chunk, and the adjoint of the entry state G_0.
-  ``_chunk_grads``  one program per (chunk, b, h), fully parallel: dQr, dK, dv (core part) and
+  ``_chunk_grads``  one program per (b*h, chunk), fully parallel: dQr, dK, dv (core part) and
                     d a from the saved G_c and dG of its chunk.
-  ``_chunk_outputs`` the split forward's outputs: one program per (chunk, b, h, value block),
+  ``_chunk_outputs`` the split forward's outputs: one program per (b*h, chunk, value block),
                     y from the chunk's entering G_c plus the same-step block from the pre-pass.
 
 ``reverse=True`` mirrors the time index (logical step s reads physical step T-1-s) as in the
@@ -155,8 +155,8 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
                  dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
                  N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
                  C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0)  # b*h on axis 0: CUDA caps axes 1 and 2 at 65535 programs
+    c = tl.program_id(1)
     row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
         q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
     am = _mm(qq, tl.trans(kk), TF32) * m  # decayed scores (Qr_i . K_j) M_ij
@@ -207,14 +207,16 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
 
 
 @triton.jit
-def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
+def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, D_ptr, hs_ptr, y_ptr, T, H, NC,
                    N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
-                   C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, DOT_BF16: tl.constexpr):
+                   C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr,
+                   DOT_BF16: tl.constexpr):
     """y of one chunk and value block from its entering state G_c (the split forward):
     y_i = sum_{t(j) < t(i)} (Qr_i . K_j) exp(l_i - l_j) v_j + sum_{t(j) = t(i)} c_ij v_j
-          + exp(l_i) G_c^T Qr_i,   c = the same-step block gamma qk + D (from the pre-pass)."""
-    c = tl.program_id(0)
-    pid = tl.program_id(1)
+          + exp(l_i) G_c^T Qr_i + D v_i,   c = the same-step block gamma qk (from the pre-pass).
+    The D skip is added in fp32 after the dots, as the fused forward does."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
     row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
         q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
     # bf16 I/O: bf16 tensor-core operands with fp32 accumulation, the fused forward's policy
@@ -229,6 +231,8 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, hs_ptr, y_ptr, T, H, NC,
                 mask=n_ok[:, None] & p_ok[None, :], other=0.0)
     y = _dot(w, vv.to(tl.float32), DOT_BF16)
     y += tl.exp(tl.minimum(l, 0.0))[:, None] * _dot(qq, g, DOT_BF16)
+    if HAS_D:
+        y += tl.load(D_ptr + pid % H).to(tl.float32) * vv.to(tl.float32)
     tl.store(y_ptr + row[:, None] * P + p[None, :], y.to(y_ptr.dtype.element_ty),
              mask=ok[:, None] & p_ok[None, :])
 
@@ -274,16 +278,17 @@ def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, wan
     return stack, end
 
 
-def chunk_outputs(qr, kp, v, a, c, hs, y, *, reverse: bool, chunk: int):
+def chunk_outputs(qr, kp, v, a, c, D, hs, y, *, reverse: bool, chunk: int):
     """Fill y [B, T, H, R, P] from the pre-pass outputs (qr, K' fp32; the same-step block c
-    [B, T, H, R, R] fp32) and the entering states ``hs`` of ``walk_states``, one program per
-    (chunk, b*h, value block of <= 64)."""
+    [B, T, H, R, R] fp32), the skip D [H] or None and the entering states ``hs`` of
+    ``walk_states``, one program per (b*h, chunk, value block of <= 64)."""
     B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
     BP = min(PB, 64)
     dot_bf16 = v.dtype == torch.bfloat16 and not interpreting()
-    _chunk_outputs[(NC, B * H, triton.cdiv(P, BP))](
-        qr, kp, v, a, c, hs, y, T, H, NC, N=N, P=P, NB=NB, BP=BP, C=chunk, R=R,
-        REVERSE=bool(reverse), DOT_BF16=dot_bf16, num_warps=8 if NB >= 128 else 4)
+    _chunk_outputs[(B * H, NC, triton.cdiv(P, BP))](
+        qr, kp, v, a, c, D if D is not None else a, hs, y, T, H, NC, N=N, P=P, NB=NB, BP=BP, C=chunk,
+        R=R, REVERSE=bool(reverse), HAS_D=D is not None, DOT_BF16=dot_bf16,
+        num_warps=8 if NB >= 128 else 4)
     return y
 
 
@@ -305,7 +310,7 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     dk = torch.empty_like(kp)
     dv = torch.empty(v.shape, device=qr.device, dtype=torch.float32)
     da = torch.empty(B, T, H, device=qr.device, dtype=torch.float32)
-    _chunk_grads[(NC, B * H)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
+    _chunk_grads[(B * H, NC)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
                               N=N, P=P, NB=NB, BP=min(PB, 64), C=chunk, R=R, REVERSE=bool(reverse),
                               TF32=tf32, num_warps=8 if NB >= 128 else 4)
     return dq, dk, dv, da, dg0

@@ -20,8 +20,9 @@ Default (SISO and MIMO, any N): a **Triton backward** in three parts.
 
 Fallback: the **recompute** backward (``_recompute_backward``): re-run the differentiable
 chunked reference in float32 under autograd. Used when the environment sets
-``DIFFMAMBA_SCAN_BWD=recompute`` (debugging, A/B timing) and, with a warning, when a GPU's Triton
-compiler rejects the backward kernels.
+``DIFFMAMBA_SCAN_BWD=recompute`` (debugging, A/B timing) and, by default, with a warning, when a
+GPU's Triton compiler rejects the backward kernels (``DIFFMAMBA_SCAN_BWD=triton`` makes that an
+error instead: the GPU tests set it, so a fallback cannot hide a failure).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import warnings
 
 import torch
 from triton.compiler.errors import CompilationError
-from triton.runtime.errors import OutOfResources
+from triton.runtime.errors import OutOfResources, PTXASError
 
 from diffmamba.ops.reference import rotate, scan_chunked_ref
 from diffmamba.ops.state import Mamba3State
@@ -41,8 +42,13 @@ from .prepass import phase_and_scales, prepass_backward, prepass_forward
 
 
 def backward_mode() -> str:
-    """'triton', or 'recompute' when ``DIFFMAMBA_SCAN_BWD=recompute`` (see module docstring)."""
-    return "recompute" if os.environ.get("DIFFMAMBA_SCAN_BWD", "triton") == "recompute" else "triton"
+    """``DIFFMAMBA_SCAN_BWD``: 'auto' (unset: Triton, falling back to recompute with a warning if
+    the GPU's compiler rejects the kernels), 'triton' (no fallback: a compile failure raises, as
+    the GPU tests and the benchmark want) or 'recompute'."""
+    mode = os.environ.get("DIFFMAMBA_SCAN_BWD", "auto")
+    if mode not in ("auto", "triton", "recompute"):
+        raise ValueError(f"DIFFMAMBA_SCAN_BWD must be 'auto', 'triton' or 'recompute', got {mode!r}")
+    return mode
 
 
 def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chunk_size, needs):
@@ -53,11 +59,15 @@ def scan_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, chu
     or is None when the forward returned no state.
     """
     global _TRITON_BWD_BROKEN
-    if backward_mode() == "triton" and not _TRITON_BWD_BROKEN:
+    mode = backward_mode()
+    if mode == "triton":
+        return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
+                                reverse=reverse, chunk_size=chunk_size, needs=needs)
+    if mode == "auto" and not _TRITON_BWD_BROKEN:
         try:
             return _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal,
                                     reverse=reverse, chunk_size=chunk_size, needs=needs)
-        except (CompilationError, OutOfResources) as e:
+        except (CompilationError, OutOfResources, PTXASError) as e:
             # The Triton backward was validated under the interpreter; a GPU whose compiler or
             # resources reject it must still train, so fall back (correct, slower) and say so once.
             _TRITON_BWD_BROKEN = True

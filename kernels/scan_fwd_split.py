@@ -9,7 +9,7 @@ docs/benchmarks.md). This forward splits the work as Mamba-2's SSD does, into
   state walk   ``core.walk_states``: the state entering every chunk (one program per (b, h),
                one [N, rows] x [rows, P] product per chunk, against the fused kernel's seven)
   outputs      ``core.chunk_outputs``: y per chunk from its entering state (one program per
-               (chunk, b*h, value block): fully parallel)
+               (b*h, chunk, value block): fully parallel)
 
 at the price of writing qr, K' (fp32) and the chunk states to memory. Which is faster depends on
 B*H and the GPU: ``DIFFMAMBA_SCAN_FWD=split`` selects it, and ``scripts/bench_kernels.py`` times
@@ -18,8 +18,6 @@ backward is the same either way. Equations: kernels/README.md ("Backward", the c
 """
 
 from __future__ import annotations
-
-import torch
 
 from diffmamba.ops.reference import rotate
 
@@ -38,16 +36,14 @@ def forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_f
     first, last = (T - 1, 0) if reverse else (0, T - 1)
     phase, gamma, beta, scale = phase_and_scales(dt, lam, dph, None if init is None else init[3], reverse)
     qr, kp, qk = prepass_forward(q, k, phase.contiguous(), scale.contiguous())
-    c = gamma[..., None, None] * qk  # same-step block gamma (q_r . k_s) + D [r = s]
-    if D is not None:
-        c = c + D.float()[:, None, None] * torch.eye(R, device=q.device)
+    c = gamma[..., None, None] * qk  # same-step block gamma (q_r . k_s); D is added in fp32 later
     g0 = None
     if init is not None:  # entry state, with the trapezoid term owed by the cached token
         ssm0, kp0, vp0, _ = init
         g0 = (ssm0 + beta[:, first, :, None, None] * (vp0.float().transpose(-1, -2) @ kp0.float())).contiguous()
     rows = chunk_rows(chunk_size, R)
     hs, g_end = walk_states(kp, v, a, g0, backward=False, reverse=reverse, chunk=rows, want_end=want_final)
-    chunk_outputs(qr, kp, v, a, c.contiguous(), hs, y, reverse=reverse, chunk=rows)
+    chunk_outputs(qr, kp, v, a, c.contiguous(), D, hs, y, reverse=reverse, chunk=rows)
     if not want_final:
         return None
     ph_last = phase[:, last].contiguous()

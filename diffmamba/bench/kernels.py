@@ -205,6 +205,14 @@ def main(argv=None) -> int:
     if args.no_reference and "triton" in impls:
         impls = ["triton"]
     rows_out = []
+
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
+                               triton=triton.__version__, cuda=torch.version.cuda, dtype=args.dtype,
+                               rows=rows_out), f, indent=1)
+
     header = f"{'shape':18s} {'op':7s} {'impl':16s} {'ms':>9s} {'GB/s':>7s} {'%BW':>5s} {'TFLOP/s':>8s} {'%peak':>6s}"
     print(header)
     for name in shapes:
@@ -256,6 +264,7 @@ def main(argv=None) -> int:
         del xs
         if cuda:
             torch.cuda.empty_cache()
+        save()  # after every shape: a run cut off by a time limit keeps what it measured
 
     if "step" in args.ops:
         from diffmamba.kernels import mamba3_step_triton
@@ -281,10 +290,7 @@ def main(argv=None) -> int:
                 rows_out.append(row)
                 print(f"{name:18s} {'step':7s} {impl:16s} {ms * 1e3:8.1f}us {row['gbps']:7.0f} {row['pct_bw']:5.1f}"
                       f"   state-traffic floor {floor_us:.1f} us")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
-                           triton=triton.__version__, cuda=torch.version.cuda, dtype=args.dtype, rows=rows_out), f, indent=1)
+    save()
     return 0
 
 

@@ -78,9 +78,13 @@ def test_core_backward_ragged(T, R, reverse, ends):
 
 def test_backward_switch(monkeypatch):
     monkeypatch.delenv("DIFFMAMBA_SCAN_BWD", raising=False)
-    assert scan_bwd.backward_mode() == "triton"
-    monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "recompute")
-    assert scan_bwd.backward_mode() == "recompute"
+    assert scan_bwd.backward_mode() == "auto"
+    for mode in ("triton", "recompute"):
+        monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", mode)
+        assert scan_bwd.backward_mode() == mode
+    monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "fast")
+    with pytest.raises(ValueError, match="'auto', 'triton' or 'recompute'"):
+        scan_bwd.backward_mode()
 
 
 def _grads(xs, st, reverse, want_final, seed_names):
@@ -192,6 +196,7 @@ def test_compile_failure_falls_back_to_recompute(monkeypatch):
         calls.append(1)
         raise OutOfResources(300000, 232448, "shared memory")
 
+    monkeypatch.delenv("DIFFMAMBA_SCAN_BWD", raising=False)
     monkeypatch.setattr(scan_bwd, "_TRITON_BWD_BROKEN", False)
     monkeypatch.setattr(scan_bwd, "_triton_backward", rejected)
     with pytest.warns(RuntimeWarning, match="recompute backward from now on"):
@@ -201,6 +206,10 @@ def test_compile_failure_falls_back_to_recompute(monkeypatch):
     for i in range(8):
         check(f"input {i}", got[i], want[i], torch.float32)
         assert torch.equal(again[i], got[i])
+    # DIFFMAMBA_SCAN_BWD=triton: no fallback, the failure surfaces
+    monkeypatch.setenv("DIFFMAMBA_SCAN_BWD", "triton")
+    with pytest.raises(OutOfResources):
+        _grads(xs, st, False, True, set(range(8)))
 
 
 def test_tf32_mode(monkeypatch):

@@ -84,14 +84,14 @@ def test_prefill_then_decode(R):
 SPLIT_P = triton.Config({"BLOCK_P": DIMS.P // 2}, num_warps=4, num_stages=1)
 
 
-@pytest.mark.parametrize("index", list(range(len(SCAN_FWD_CONFIGS))) + ["split-P"])
+@pytest.mark.parametrize("index", list(range(len(SCAN_FWD_CONFIGS))) + ["split_p"])
 def test_every_forward_config(index):
     """Each autotune entry of the forward kernel, forced, against the oracle (MIMO + reverse +
     initial state: the branchiest variant), and the value dim split over two programs."""
-    cfg = SPLIT_P if index == "split-P" else SCAN_FWD_CONFIGS[index]
+    cfg = SPLIT_P if index == "split_p" else SCAN_FWD_CONFIGS[index]
     T, R = 37, DIMS.R
     B = batch_for(T) if CUDA else 1
-    q, k, v, a, dt, lam, dph, D = make_inputs(B, T, torch.float32, R=R, seed=40 if index == "split-P" else 30 + index)
+    q, k, v, a, dt, lam, dph, D = make_inputs(B, T, torch.float32, R=R, seed=40 if index == "split_p" else 30 + index)
     st = make_state(B, torch.float32, R=R, seed=31)
     y_ref, s_ref = reference.scan_recurrent_ref(q.double(), k.double(), v.double(), a.double(),
                                                 dt.double(), lam.double(), dph.double(), D.double(),
