@@ -25,6 +25,8 @@ import triton.language as tl
 
 from diffmamba.ops.reference import TWO_PI
 
+from .scan_fwd import _rotate
+
 
 @triton.jit
 def _pair_masks(ok, j, N: tl.constexpr):
@@ -77,8 +79,10 @@ def _prepass_fwd(q_ptr, k_ptr, ph_ptr, sc_ptr, qr_ptr, kp_ptr, qk_ptr, n_rows,
                  ROWS: tl.constexpr):
     rows, ok, step, j, cs, sn, qe, qo, ke, ko, sc = _load_rows(
         q_ptr, k_ptr, ph_ptr, sc_ptr, n_rows, R, N, S, HALF, ROWS)
-    _store_pairs(qr_ptr, rows, j, ok, qe * cs - qo * sn, qe * sn + qo * cs, N)
-    _store_pairs(kp_ptr, rows, j, ok, (ke * cs - ko * sn) * sc, (ke * sn + ko * cs) * sc, N)
+    qre, qro = _rotate(qe, qo, cs, sn)
+    kre, kro = _rotate(ke, ko, cs, sn)
+    _store_pairs(qr_ptr, rows, j, ok, qre, qro, N)
+    _store_pairs(kp_ptr, rows, j, ok, kre * sc, kro * sc, N)
     if R == 1:
         tl.store(qk_ptr + rows, tl.sum(qe * ke + qo * ko, axis=1), mask=ok)
     else:
@@ -98,10 +102,8 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
     gam = tl.load(gam_ptr + step, mask=ok, other=0.0)
     dqre, dqro = _load_pairs(dqr_ptr, rows, j, ok, N)
     dkpe, dkpo = _load_pairs(dkp_ptr, rows, j, ok, N)
-    qre = qe * cs - qo * sn
-    qro = qe * sn + qo * cs
-    kre = ke * cs - ko * sn
-    kro = ke * sn + ko * cs
+    qre, qro = _rotate(qe, qo, cs, sn)
+    kre, kro = _rotate(ke, ko, cs, sn)
     dkre = dkpe * sc
     dkro = dkpo * sc
     # d/dPhi of a rotated pair (x', y') = (x cos - y sin, x sin + y cos) is (-y', x')
@@ -109,10 +111,8 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
     tl.store(dphi_ptr + rows[:, None] * S + j[None, :], dphi, mask=ok[:, None] & (j < S)[None, :])
     tl.store(dsc_ptr + rows, tl.sum(dkpe * kre + dkpo * kro, axis=1), mask=ok)
     # rotation is orthogonal: the adjoint rotates back by -Phi
-    dqe = dqre * cs + dqro * sn
-    dqo = dqro * cs - dqre * sn
-    dke = dkre * cs + dkro * sn
-    dko = dkro * cs - dkre * sn
+    dqe, dqo = _rotate(dqre, dqro, cs, -sn)
+    dke, dko = _rotate(dkre, dkro, cs, -sn)
     # same-step diagonal block y_r += gamma sum_s qk[r, s] v_s: dq_r += gamma sum_s dc[r, s] k_s,
     # dk_s += gamma sum_r dc[r, s] q_r
     if R == 1:
@@ -152,6 +152,12 @@ def phase_and_scales(dt, lam, dph, ph0, reverse):
     return phase, gamma, beta, gamma + ahead
 
 
+def entry_state(ssm0, kp0, vp0, beta, first: int):
+    """G_0 = ssm0 + beta_first sum_r vp0_r kp0_r^T [B, H, P, N]: the initial state with the
+    trapezoid term owed by the cached previous token (beta of the first logical step)."""
+    return ssm0 + beta[:, first, :, None, None] * (vp0.transpose(-1, -2) @ kp0)
+
+
 def _launch_meta(q, S):
     B, T, H, R, N = q.shape
     half = triton.next_power_of_2(max((N + 1) // 2, 1))
@@ -163,7 +169,7 @@ def _launch_meta(q, S):
 def prepass_forward(q, k, phase, scale):
     """qr, K' [B, T, H, R, N] float32 and the same-step q . k [B, T, H, R, R] float32.
 
-    q, k: [B, T, H, R, N] (any float dtype, N even); phase: [B, T, H, S] float32 in [0, 2pi);
+    q, k: [B, T, H, R, N] (any float dtype; odd N: the last lane has no partner); phase: [B, T, H, S] float32 in [0, 2pi);
     scale: [B, T, H] float32. All contiguous.
     """
     meta, n_rows, grid = _launch_meta(q, phase.shape[-1])

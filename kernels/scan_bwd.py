@@ -38,7 +38,7 @@ from diffmamba.ops.reference import rotate, scan_chunked_ref
 from diffmamba.ops.state import Mamba3State
 
 from .core import chunk_rows, core_backward
-from .prepass import phase_and_scales, prepass_backward, prepass_forward
+from .prepass import entry_state, phase_and_scales, prepass_backward, prepass_forward
 
 
 def backward_mode() -> str:
@@ -106,8 +106,8 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
         if lD is not None:
             c = c + lD[:, None, None] * torch.eye(R, device=q.device, dtype=torch.float32)
         g0 = None
-        if init is not None:  # entry state, with the trapezoid term owed by the cached token
-            g0 = lh0 + beta[:, first, :, None, None] * (lvp0.transpose(-1, -2) @ lkp0)
+        if init is not None:
+            g0 = entry_state(lh0, lkp0, lvp0, beta, first)
         ph_last = phase[:, last]
         kr_last = rotate(lk_last, ph_last.unsqueeze(2))
 

@@ -38,6 +38,13 @@ def _mod_2pi(x):
 
 
 @triton.jit
+def _rotate(even, odd, cs, sn):
+    """The rotary pairs (even, odd) rotated by the angle whose cos / sin are given (pass -sn for
+    the inverse rotation, the adjoint)."""
+    return even * cs - odd * sn, even * sn + odd * cs
+
+
+@triton.jit
 def _dot(a, b, DOT_BF16: tl.constexpr):
     # bf16 I/O: bf16 tensor-core operands with fp32 accumulation (as the official kernel does).
     # fp32 I/O: full-precision fp32 dot (TF32 would cost ~1e-3 relative error).
@@ -149,10 +156,8 @@ def _fwd_kernel_impl(
         qo = tl.load(q_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
         ke = tl.load(k_ptr + qkb, mask=e_mask, other=0.0).to(tl.float32)
         ko = tl.load(k_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
-        qre = qe * cs - qo * sn
-        qro = qe * sn + qo * cs
-        kre = ke * cs - ko * sn
-        kro = ke * sn + ko * cs
+        qre, qro = _rotate(qe, qo, cs, sn)
+        kre, kro = _rotate(ke, ko, cs, sn)
         v_mask = ok[:, None] & p_ok[None, :]
         vv = tl.load(v_ptr + row_off[:, None] * P + pp[None, :], mask=v_mask, other=0.0).to(tl.float32)
 
@@ -190,8 +195,9 @@ def _fwd_kernel_impl(
             kl_e = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :], mask=e_ok[None, :], other=0.0).to(tl.float32)
             kl_o = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :] + 1, mask=o_ok[None, :], other=0.0).to(tl.float32)
             kpb1 = kp1_ptr + (b * H + h) * R * N + rr[:, None] * N + 2 * j[None, :]
-            tl.store(kpb1, (kl_e * ce - kl_o * se).to(kp1_ptr.dtype.element_ty), mask=e_ok[None, :])
-            tl.store(kpb1 + 1, (kl_e * se + kl_o * ce).to(kp1_ptr.dtype.element_ty), mask=o_ok[None, :])
+            kl_re, kl_ro = _rotate(kl_e, kl_o, ce, se)
+            tl.store(kpb1, kl_re.to(kp1_ptr.dtype.element_ty), mask=e_ok[None, :])
+            tl.store(kpb1 + 1, kl_ro.to(kp1_ptr.dtype.element_ty), mask=o_ok[None, :])
             tl.store(ph1_ptr + (b * H + h) * S + j, carry, mask=rot_ok)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from diffmamba.ops.reference import rotate
 
 from .core import chunk_outputs, chunk_rows, walk_states
-from .prepass import phase_and_scales, prepass_forward
+from .prepass import entry_state, phase_and_scales, prepass_forward
 
 
 def forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final, y):
@@ -38,9 +38,9 @@ def forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_f
     qr, kp, qk = prepass_forward(q, k, phase.contiguous(), scale.contiguous())
     c = gamma[..., None, None] * qk  # same-step block gamma (q_r . k_s); D is added in fp32 later
     g0 = None
-    if init is not None:  # entry state, with the trapezoid term owed by the cached token
+    if init is not None:
         ssm0, kp0, vp0, _ = init
-        g0 = (ssm0 + beta[:, first, :, None, None] * (vp0.float().transpose(-1, -2) @ kp0.float())).contiguous()
+        g0 = entry_state(ssm0, kp0.float(), vp0.float(), beta, first).contiguous()
     rows = chunk_rows(chunk_size, R)
     hs, g_end = walk_states(kp, v, a, g0, backward=False, reverse=reverse, chunk=rows, want_end=want_final)
     chunk_outputs(qr, kp, v, a, c.contiguous(), D, hs, y, reverse=reverse, chunk=rows)

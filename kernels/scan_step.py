@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .configs import STEP_CONFIGS, active
-from .scan_fwd import _mod_2pi
+from .scan_fwd import _mod_2pi, _rotate
 
 
 def _step_kernel_impl(
@@ -58,10 +58,8 @@ def _step_kernel_impl(
     qo = tl.load(q_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
     ke = tl.load(k_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
     ko = tl.load(k_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
-    qre = qe * cs - qo * sn
-    qro = qe * sn + qo * cs
-    kre = ke * cs - ko * sn
-    kro = ke * sn + ko * cs
+    qre, qro = _rotate(qe, qo, cs, sn)
+    kre, kro = _rotate(ke, ko, cs, sn)
     kpe = tl.load(kp_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
     kpo = tl.load(kp_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
 
