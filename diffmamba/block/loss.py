@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmamba.block.streams import check_block_size
-from diffmamba.diffusion.loss import LossTerms
+from diffmamba.diffusion.loss import LossTerms, masked_and_count
 from diffmamba.diffusion.masking import cut_random_suffixes, eval_times, stratified_times
 from diffmamba.diffusion.schedule import NoiseSchedule, make_schedule
 
@@ -73,9 +73,7 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
     kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
     # The head runs only at masked positions: unmasked ones carry no loss (SUBS carry-over).
     hidden = model(x0, mode="diffusion", block_size=block_size, noisy=xt, return_hidden=True, **kwargs)
-    masked = xt == mask_id
-    if valid_mask is not None:
-        masked &= valid_mask
+    masked, num_tokens = masked_and_count(x0, xt, mask_id, valid_mask)
     if block_size == 1:
         weight = torch.ones(int(masked.sum()), device=x0.device)
     else:
@@ -83,7 +81,6 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
     logits = model.logits(hidden[masked])  # [n_masked, V + 1], the mask column at -inf (SUBS)
     logits = logits if logits.dtype == torch.float64 else logits.float()
     nll_sum = (weight.to(logits.dtype) * F.cross_entropy(logits, x0[masked], reduction="none")).sum()
-    num_tokens = torch.tensor(x0.numel(), device=x0.device) if valid_mask is None else valid_mask.sum()
     return LossTerms(nll_sum / num_tokens.clamp(min=1), nll_sum, num_tokens)
 
 

@@ -56,7 +56,8 @@ def _weighted_masked_ce(masked_logits: Tensor, targets: Tensor, weight: Tensor, 
     return (weight * ce).sum()
 
 
-def _masked_and_count(x0: Tensor, xt: Tensor, mask_id: int, valid_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def masked_and_count(x0: Tensor, xt: Tensor, mask_id: int, valid_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The positions that carry loss (masked and valid) and the loss's denominator (valid tokens)."""
     masked = xt == mask_id
     if valid_mask is None:
         return masked, torch.tensor(x0.numel(), device=x0.device)
@@ -80,7 +81,7 @@ def masked_diffusion_nll(
     if logits.shape[:2] != x0.shape or xt.shape != x0.shape:
         raise ValueError(f"logits {tuple(logits.shape)}, x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} "
                          "must agree on [B, L]")
-    masked, num_tokens = _masked_and_count(x0, xt, mask_id, valid_mask)
+    masked, num_tokens = masked_and_count(x0, xt, mask_id, valid_mask)
     weight = schedule.loss_weight(t.float())[:, None].expand_as(x0)[masked]  # [n_masked]
     nll_sum = _weighted_masked_ce(logits[masked], x0[masked], weight, mask_id)
     return LossTerms(nll_sum / num_tokens.clamp(min=1), nll_sum, num_tokens)
@@ -108,7 +109,7 @@ def diffusion_loss(
     if not callable(head):
         return masked_diffusion_nll(model(xt, mode="diffusion", **kwargs), x0, xt, t, schedule, mask_id, valid_mask)
     hidden = model(xt, mode="diffusion", return_hidden=True, **kwargs)
-    masked, num_tokens = _masked_and_count(x0, xt, mask_id, valid_mask)
+    masked, num_tokens = masked_and_count(x0, xt, mask_id, valid_mask)
     weight = schedule.loss_weight(t.float())[:, None].expand_as(x0)[masked]
     nll_sum = _weighted_masked_ce(head(hidden[masked]), x0[masked], weight, mask_id)
     return LossTerms(nll_sum / num_tokens.clamp(min=1), nll_sum, num_tokens)
