@@ -14,6 +14,7 @@ is printed with every table of speed numbers.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -30,15 +31,11 @@ CUDA_MEMORY_LABEL = "peak CUDA memory allocated during the call (torch.cuda.max_
 
 def _versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import importlib.metadata as md
-        for pkg in ("triton", "transformers", "diffmamba"):
-            try:
-                out[pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                pass
-    except ImportError:
-        pass
+    for pkg in ("triton", "transformers", "diffmamba"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass  # not installed: left out of the report
     return out
 
 
