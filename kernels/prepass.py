@@ -25,7 +25,7 @@ import triton.language as tl
 
 from diffmamba.ops.reference import TWO_PI
 
-from .scan_fwd import _rotate
+from .scan_fwd import _load_pair, _rotate
 
 
 @triton.jit
@@ -37,9 +37,7 @@ def _pair_masks(ok, j, N: tl.constexpr):
 @triton.jit
 def _load_pairs(ptr, rows, j, ok, N: tl.constexpr):
     me, mo = _pair_masks(ok, j, N)
-    even = tl.load(ptr + rows[:, None] * N + 2 * j[None, :], mask=me, other=0.0).to(tl.float32)
-    odd = tl.load(ptr + rows[:, None] * N + 2 * j[None, :] + 1, mask=mo, other=0.0).to(tl.float32)
-    return even, odd
+    return _load_pair(ptr, rows[:, None] * N + 2 * j[None, :], me, mo)
 
 
 @triton.jit

@@ -38,6 +38,15 @@ def _mod_2pi(x):
 
 
 @triton.jit
+def _load_pair(ptr, off, even_mask, odd_mask):
+    """The interleaved pairs whose even elements sit at ``off``, as fp32 even and odd halves
+    (strided loads; separate masks because with odd N the last even element has no partner)."""
+    even = tl.load(ptr + off, mask=even_mask, other=0.0).to(tl.float32)
+    odd = tl.load(ptr + off + 1, mask=odd_mask, other=0.0).to(tl.float32)
+    return even, odd
+
+
+@triton.jit
 def _rotate(even, odd, cs, sn):
     """The rotary pairs (even, odd) rotated by the angle whose cos / sin are given (pass -sn for
     the inverse rotation, the adjoint)."""
@@ -85,10 +94,8 @@ def _fwd_kernel_impl(
     if HAS_INIT:
         carry = tl.load(ph0_ptr + (b * H + h) * S + j, mask=rot_ok, other=0.0).to(tl.float32)
         hbase = h0_ptr + (b * H + h) * P * N
-        hT_e = tl.load(hbase + pp[None, :] * N + 2 * j[:, None],
-                       mask=e_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
-        hT_o = tl.load(hbase + pp[None, :] * N + 2 * j[:, None] + 1,
-                       mask=o_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+        hT_e, hT_o = _load_pair(hbase + pp[None, :] * N, 2 * j[:, None],
+                                e_ok[:, None] & p_ok[None, :], o_ok[:, None] & p_ok[None, :])
         # Trapezoid term of the first step from the cached previous token:
         # (1 - lam_0) dt_0 k_prev v_prev^T is added before the first decay (mamba3.md §2.1).
         t0 = T - 1 if REVERSE else 0
@@ -96,8 +103,7 @@ def _fwd_kernel_impl(
         beta0 = (1.0 - tl.load(lam_ptr + sc0).to(tl.float32)) * tl.load(dt_ptr + sc0).to(tl.float32)
         rr = tl.arange(0, R)
         kpb = kp0_ptr + (b * H + h) * R * N + rr[:, None] * N
-        kp_e = tl.load(kpb + 2 * j[None, :], mask=e_ok[None, :], other=0.0).to(tl.float32)
-        kp_o = tl.load(kpb + 2 * j[None, :] + 1, mask=o_ok[None, :], other=0.0).to(tl.float32)
+        kp_e, kp_o = _load_pair(kpb, 2 * j[None, :], e_ok[None, :], o_ok[None, :])
         vp = tl.load(vp0_ptr + (b * H + h) * R * P + rr[:, None] * P + pp[None, :],
                      mask=p_ok[None, :], other=0.0).to(tl.float32)
         hT_e += beta0 * tl.sum(kp_e[:, :, None] * vp[:, None, :], axis=0)
@@ -152,10 +158,8 @@ def _fwd_kernel_impl(
         e_mask = ok[:, None] & e_ok[None, :]
         o_mask = ok[:, None] & o_ok[None, :]
         qkb = row_off[:, None] * N + 2 * j[None, :]
-        qe = tl.load(q_ptr + qkb, mask=e_mask, other=0.0).to(tl.float32)
-        qo = tl.load(q_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
-        ke = tl.load(k_ptr + qkb, mask=e_mask, other=0.0).to(tl.float32)
-        ko = tl.load(k_ptr + qkb + 1, mask=o_mask, other=0.0).to(tl.float32)
+        qe, qo = _load_pair(q_ptr, qkb, e_mask, o_mask)
+        ke, ko = _load_pair(k_ptr, qkb, e_mask, o_mask)
         qre, qro = _rotate(qe, qo, cs, sn)
         kre, kro = _rotate(ke, ko, cs, sn)
         v_mask = ok[:, None] & p_ok[None, :]
@@ -192,8 +196,7 @@ def _fwd_kernel_impl(
         if pid_p == 0:
             ce = tl.cos(carry)[None, :]
             se = tl.sin(carry)[None, :]
-            kl_e = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :], mask=e_ok[None, :], other=0.0).to(tl.float32)
-            kl_o = tl.load(k_ptr + lrow[:, None] * N + 2 * j[None, :] + 1, mask=o_ok[None, :], other=0.0).to(tl.float32)
+            kl_e, kl_o = _load_pair(k_ptr, lrow[:, None] * N + 2 * j[None, :], e_ok[None, :], o_ok[None, :])
             kpb1 = kp1_ptr + (b * H + h) * R * N + rr[:, None] * N + 2 * j[None, :]
             kl_re, kl_ro = _rotate(kl_e, kl_o, ce, se)
             tl.store(kpb1, kl_re.to(kp1_ptr.dtype.element_ty), mask=e_ok[None, :])

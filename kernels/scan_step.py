@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .configs import STEP_CONFIGS, active
-from .scan_fwd import _mod_2pi, _rotate
+from .scan_fwd import _load_pair, _mod_2pi, _rotate
 
 
 def _step_kernel_impl(
@@ -54,14 +54,11 @@ def _step_kernel_impl(
     rowk = (pid_bh * R + rr)[:, None] * N + 2 * j[None, :]  # [R, HALF]
     mk = e_ok[None, :]
     mko = o_ok[None, :]
-    qe = tl.load(q_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    qo = tl.load(q_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
-    ke = tl.load(k_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    ko = tl.load(k_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
+    qe, qo = _load_pair(q_ptr, rowk, mk, mko)
+    ke, ko = _load_pair(k_ptr, rowk, mk, mko)
     qre, qro = _rotate(qe, qo, cs, sn)
     kre, kro = _rotate(ke, ko, cs, sn)
-    kpe = tl.load(kp_ptr + rowk, mask=mk, other=0.0).to(tl.float32)
-    kpo = tl.load(kp_ptr + rowk + 1, mask=mko, other=0.0).to(tl.float32)
+    kpe, kpo = _load_pair(kp_ptr, rowk, mk, mko)
 
     rowv = (pid_bh * R + rr)[:, None] * P + pp[None, :]  # [R, BLOCK_P]
     mv = p_ok[None, :]
@@ -72,8 +69,7 @@ def _step_kernel_impl(
     hoff = pid_bh * P * N + pp[:, None] * N + 2 * j[None, :]
     mh = p_ok[:, None] & e_ok[None, :]
     mho = p_ok[:, None] & o_ok[None, :]
-    he = tl.load(h_ptr + hoff, mask=mh, other=0.0)
-    ho = tl.load(h_ptr + hoff + 1, mask=mho, other=0.0)
+    he, ho = _load_pair(h_ptr, hoff, mh, mho)
     # rank-R outer products as broadcast sums over r ([R, BLOCK_P, HALF]); R is tiny.
     he = alpha * he + tl.sum(beta * vp[:, :, None] * kpe[:, None, :] + gamma * vv[:, :, None] * kre[:, None, :], axis=0)
     ho = alpha * ho + tl.sum(beta * vp[:, :, None] * kpo[:, None, :] + gamma * vv[:, :, None] * kro[:, None, :], axis=0)
