@@ -13,9 +13,8 @@ from typing import Optional
 
 import torch
 
-from .configs import interpreting
 from .scan_bwd import scan_backward
-from .scan_fwd import launch_fwd
+from .scan_fwd import dot_mode, launch_fwd
 from .scan_fwd_split import forward_split
 
 
@@ -32,14 +31,20 @@ def new_empty(*shape, device, dtype) -> torch.Tensor:
     return out
 
 
-def _rows(chunk_size: int, R: int) -> int:
-    """Rows of the forward's intra-chunk block for ``chunk_size`` time steps of rank R (as in the
-    reference, a chunk holds chunk_size x R rows): rounded up to a power of two and clamped to
-    [max(16, R), 128] so the [rows, rows] score tile stays in registers. It changes rounding only."""
+def _rows(chunk_size: int, R: int, N: int) -> int:
+    """Rows of the fused forward's chunk for ``chunk_size`` time steps of rank R (as in the
+    reference, a chunk holds chunk_size x R rows): rounded up to a power of two, clamped to
+    [max(16, R), 128], and to rows x N <= 4096. The last bound is the register budget: the
+    program keeps four [rows, N/2] rotated q/k tiles, the [rows, rows] scores and two [N/2, BLOCK_P]
+    state halves live; at N = 128 with 64 rows ptxas spilled 1.2 KB per thread on sm_90 and with
+    32 none (`diffmamba bench resources`). It changes rounding only."""
     rows = 1
     while rows < int(chunk_size) * R:
         rows *= 2
-    return max(16, min(rows, 128), R)
+    budget = 16
+    while budget * 2 * max(N, 1) <= 4096:
+        budget *= 2
+    return max(16, min(rows, 128, budget), R)
 
 
 def forward_mode() -> str:
@@ -72,9 +77,8 @@ def scan_forward(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_fi
             new_empty(B, H, R, P, device=q.device, dtype=v.dtype),
             new_empty(B, H, S, device=q.device, dtype=sdt),
         )
-    dot_bf16 = (q.dtype == torch.bfloat16 or v.dtype == torch.bfloat16) and not interpreting()
     launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, R=R, reverse=reverse,
-               rows=_rows(chunk_size, R), dot_bf16=dot_bf16, config=config)
+               rows=_rows(chunk_size, R, N), dot=dot_mode(v.dtype, forward=True), config=config)
     return y, final
 
 

@@ -40,29 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import interpreting
-from .scan_fwd import _dot
-
-
-@triton.jit
-def _tf32(x):
-    # What a TF32 tensor core reads of an fp32 value: the low 13 mantissa bits dropped (truncation,
-    # the worse of the two roundings hardware may use), leaving 10 explicit bits.
-    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mm(a, b, TF32: tl.constexpr):
-    # fp32 operands. TF32 = 0: IEEE fp32 dot (CUDA cores; what fp32 I/O uses). 1: TF32 tensor
-    # cores (bf16 / fp16 I/O by default: IEEE would cap the backward at the fp32 FMA rate, see
-    # docs/benchmarks.md). 2: TF32 emulated (operands truncated, then an IEEE dot), so the
-    # interpreter tests check TF32's accuracy, the d(log decay) sums included.
-    if TF32 == 1:
-        return tl.dot(a, b, input_precision="tf32")
-    elif TF32 == 2:
-        return tl.dot(_tf32(a), _tf32(b), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision="ieee")
+from .scan_fwd import _dot, dot_mode
 
 
 @triton.jit
@@ -92,7 +70,7 @@ def _chunk_decay(a_ptr, st, ok, first):
 def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
                  N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
                  C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, BACKWARD: tl.constexpr,
-                 HAS_INIT: tl.constexpr, HAS_END: tl.constexpr, TF32: tl.constexpr):
+                 HAS_INIT: tl.constexpr, HAS_END: tl.constexpr, DOT: tl.constexpr):
     """One program per (b, h) carries an [N, P] matrix over the chunks and stores it as it enters
     each chunk: the states G (BACKWARD = False: first chunk to last, X = K', Y = v, row weight
     exp(l_last - l_j)) or the state adjoints dG (BACKWARD = True: last chunk to first, X = Qr,
@@ -124,7 +102,7 @@ def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
         # exponents <= 0 (mamba3.md §6.2). Backward: dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T,
         # the inter-chunk term of every y_i.
         w = tl.exp(tl.minimum(l, 0.0)) if BACKWARD else tl.exp(tl.minimum(l_last - l, 0.0))
-        m = tl.exp(tl.minimum(l_last, 0.0)) * m + _mm(tl.trans(xx * w[:, None]), yy, TF32)
+        m = tl.exp(tl.minimum(l_last, 0.0)) * m + _dot(tl.trans(xx * w[:, None]), yy, DOT)
     if HAS_END:
         tl.store(end_ptr + state_layout, m, mask=st_mask)
 
@@ -154,12 +132,12 @@ def _chunk_tiles(q_ptr, k_ptr, a_ptr, c, pid, T, H, N: tl.constexpr, NB: tl.cons
 def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
                  dq_ptr, dk_ptr, dv_ptr, da_ptr, T, H, NC,
                  N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
-                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, TF32: tl.constexpr):
+                 C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, DOT: tl.constexpr):
     pid = tl.program_id(0)  # b*h on axis 0: CUDA caps axes 1 and 2 at 65535 programs
     c = tl.program_id(1)
     row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
         q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
-    am = _mm(qq, tl.trans(kk), TF32) * m  # decayed scores (Qr_i . K_j) M_ij
+    am = _dot(qq, tl.trans(kk), DOT) * m  # decayed scores (Qr_i . K_j) M_ij
     w = tl.exp(tl.minimum(l_last - l, 0.0))  # decay of step j to the chunk's end
     e = tl.exp(tl.minimum(l, 0.0))  # decay of the entering state to step i
 
@@ -180,16 +158,16 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
         st_mask = n_ok[:, None] & p_ok[None, :]
         g = tl.load(hs + n[:, None] * P + p[None, :], mask=st_mask, other=0.0)
         dg = tl.load(dhs + n[:, None] * P + p[None, :], mask=st_mask, other=0.0)
-        dp += _mm(dy, tl.trans(vv), TF32)
-        dq_inter += _mm(dy, tl.trans(g), TF32)
-        dk_state += _mm(vv, tl.trans(dg), TF32)
+        dp += _dot(dy, tl.trans(vv), DOT)
+        dq_inter += _dot(dy, tl.trans(g), DOT)
+        dk_state += _dot(vv, tl.trans(dg), DOT)
         gdg += tl.sum(g * dg, axis=1)
         # dv_j = sum_{i>j} (Qr_i . K_j) M_ij dy_i + w_j dG^T K_j
-        dv = _mm(tl.trans(am), dy, TF32) + w[:, None] * _mm(kk, dg, TF32)
+        dv = _dot(tl.trans(am), dy, DOT) + w[:, None] * _dot(kk, dg, DOT)
         tl.store(dv_ptr + row[:, None] * P + p[None, :], dv, mask=vp_mask)
     wm = dp * m
-    dk_intra = _mm(tl.trans(wm), qq, TF32)
-    dq = _mm(wm, kk, TF32) + e[:, None] * dq_inter
+    dk_intra = _dot(tl.trans(wm), qq, DOT)
+    dq = _dot(wm, kk, DOT) + e[:, None] * dq_inter
     tl.store(dq_ptr + row[:, None] * N + n[None, :], dq, mask=qk_mask)
     tl.store(dk_ptr + row[:, None] * N + n[None, :], dk_intra + w[:, None] * dk_state, mask=qk_mask)
     # d a_s. Outputs: every exponent of y_i holds +l_i (query side) and -l_j (key side), so
@@ -210,7 +188,7 @@ def _chunk_grads(q_ptr, k_ptr, v_ptr, dy_ptr, a_ptr, hs_ptr, dhs_ptr,
 def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, D_ptr, hs_ptr, y_ptr, T, H, NC,
                    N: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, BP: tl.constexpr,
                    C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr, HAS_D: tl.constexpr,
-                   DOT_BF16: tl.constexpr):
+                   DOT: tl.constexpr):
     """y of one chunk and value block from its entering state G_c (the split forward):
     y_i = sum_{t(j) < t(i)} (Qr_i . K_j) exp(l_i - l_j) v_j + sum_{t(j) = t(i)} c_ij v_j
           + exp(l_i) G_c^T Qr_i + D v_i,   c = the same-step block gamma qk (from the pre-pass).
@@ -220,7 +198,7 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, D_ptr, hs_ptr, y_ptr, T, H
     row, st, ok, first, l, l_last, n, n_ok, qk_mask, qq, kk, t, m = _chunk_tiles(
         q_ptr, k_ptr, a_ptr, c, pid, T, H, N, NB, C, R, REVERSE)
     # bf16 I/O: bf16 tensor-core operands with fp32 accumulation, the fused forward's policy
-    w = _dot(qq, tl.trans(kk), DOT_BF16) * m
+    w = _dot(qq, tl.trans(kk), DOT) * m
     rank = tl.arange(0, C) % R
     same = (t[None, :] == t[:, None]) & ok[:, None] & ok[None, :]
     w += tl.load(c_ptr + st[:, None] * R * R + rank[:, None] * R + rank[None, :], mask=same, other=0.0)
@@ -229,8 +207,8 @@ def _chunk_outputs(q_ptr, k_ptr, v_ptr, a_ptr, c_ptr, D_ptr, hs_ptr, y_ptr, T, H
     vv = tl.load(v_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :], other=0.0)
     g = tl.load(hs_ptr + (pid.to(tl.int64) * NC + c) * N * P + n[:, None] * P + p[None, :],
                 mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-    y = _dot(w, vv.to(tl.float32), DOT_BF16)
-    y += tl.exp(tl.minimum(l, 0.0))[:, None] * _dot(qq, g, DOT_BF16)
+    y = _dot(w, vv.to(tl.float32), DOT)
+    y += tl.exp(tl.minimum(l, 0.0))[:, None] * _dot(qq, g, DOT)
     if HAS_D:
         y += tl.load(D_ptr + pid % H).to(tl.float32) * vv.to(tl.float32)
     tl.store(y_ptr + row[:, None] * P + p[None, :], y.to(y_ptr.dtype.element_ty),
@@ -256,16 +234,7 @@ def _geometry(qr, v, a, chunk):
     return B, T, H, R, N, P, triton.cdiv(T * R, chunk), triton.next_power_of_2(N), triton.next_power_of_2(P)
 
 
-def tf32_mode(io_dtype: torch.dtype) -> int:
-    """The ``TF32`` constexpr of the core dots for this I/O dtype (see ``_mm``): TF32 for bf16 /
-    fp16 I/O, IEEE for fp32 I/O; ``DIFFMAMBA_BWD_TF32=1`` / ``=0`` forces it on / off. Under the
-    interpreter TF32 is emulated, so the CPU tests measure its error."""
-    forced = os.environ.get("DIFFMAMBA_BWD_TF32")
-    on = io_dtype != torch.float32 if forced is None else forced == "1"
-    return 0 if not on else (2 if interpreting() else 1)
-
-
-def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, want_end: bool, tf32=0):
+def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, want_end: bool, dot: int):
     """``_walk_states`` on [B, T, H, (R,) *] inputs: the [N, P] matrix entering every chunk,
     [B*H, NC, N, P] fp32, and the one leaving the walk ([B, H, P, N], or None)."""
     B, T, H, R, N, P, NC, NB, PB = _geometry(x, y, a, chunk)
@@ -273,7 +242,7 @@ def walk_states(x, y, a, init, *, backward: bool, reverse: bool, chunk: int, wan
     end = torch.empty(B, H, P, N, device=x.device, dtype=torch.float32) if want_end else None
     _walk_states[(B * H,)](x, y, a, init if init is not None else a, stack, end if want_end else a,
                            T, H, NC, N=N, P=P, NB=NB, PB=PB, C=chunk, R=R, REVERSE=bool(reverse),
-                           BACKWARD=backward, HAS_INIT=init is not None, HAS_END=want_end, TF32=tf32,
+                           BACKWARD=backward, HAS_INIT=init is not None, HAS_END=want_end, DOT=dot,
                            num_warps=4 if NB * PB <= 4096 else 8)
     return stack, end
 
@@ -284,10 +253,9 @@ def chunk_outputs(qr, kp, v, a, c, D, hs, y, *, reverse: bool, chunk: int):
     ``walk_states``, one program per (b*h, chunk, value block of <= 64)."""
     B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
     BP = min(PB, 64)
-    dot_bf16 = v.dtype == torch.bfloat16 and not interpreting()
     _chunk_outputs[(B * H, NC, triton.cdiv(P, BP))](
         qr, kp, v, a, c, D if D is not None else a, hs, y, T, H, NC, N=N, P=P, NB=NB, BP=BP, C=chunk,
-        R=R, REVERSE=bool(reverse), HAS_D=D is not None, DOT_BF16=dot_bf16,
+        R=R, REVERSE=bool(reverse), HAS_D=D is not None, DOT=dot_mode(v.dtype, forward=True),
         num_warps=8 if NB >= 128 else 4)
     return y
 
@@ -302,15 +270,18 @@ def core_backward(qr, kp, v, a, g0, dy, dg1, *, reverse: bool, chunk: int):
     Returns dQr, dK, dv (float32, core part only, shaped as the inputs), da [B, T, H] and dG_0.
     """
     B, T, H, R, N, P, NC, NB, PB = _geometry(qr, v, a, chunk)
-    tf32 = tf32_mode(v.dtype)
-    walk = dict(reverse=reverse, chunk=chunk, tf32=tf32)
+    dot = dot_mode(v.dtype, forward=False)
+    walk = dict(reverse=reverse, chunk=chunk, dot=dot)
     hs, _ = walk_states(kp, v, a, g0, backward=False, want_end=False, **walk)
     dhs, dg0 = walk_states(qr, dy, a, dg1, backward=True, want_end=True, **walk)
     dq = torch.empty_like(qr)
     dk = torch.empty_like(kp)
     dv = torch.empty(v.shape, device=qr.device, dtype=torch.float32)
     da = torch.empty(B, T, H, device=qr.device, dtype=torch.float32)
+    # Value blocks of 32: at N = 128 the [C, N] q, k, dQ and dK tiles already hold ~130 registers
+    # a thread; with BP = 64 the G / dG slices pushed ptxas to 1 KB of spills per thread on sm_90,
+    # with 32 (and 2 stages) to 256 bytes (`diffmamba bench resources`).
     _chunk_grads[(B * H, NC)](qr, kp, v, dy, a, hs, dhs, dq, dk, dv, da, T, H, NC,
-                              N=N, P=P, NB=NB, BP=min(PB, 64), C=chunk, R=R, REVERSE=bool(reverse),
-                              TF32=tf32, num_warps=8 if NB >= 128 else 4)
+                              N=N, P=P, NB=NB, BP=min(PB, 32), C=chunk, R=R, REVERSE=bool(reverse),
+                              DOT=dot, num_warps=8 if NB >= 128 else 4, num_stages=2)
     return dq, dk, dv, da, dg0

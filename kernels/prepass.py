@@ -159,7 +159,11 @@ def entry_state(ssm0, kp0, vp0, beta, first: int):
 def _launch_meta(q, S):
     B, T, H, R, N = q.shape
     half = triton.next_power_of_2(max((N + 1) // 2, 1))
-    rows = max(16, R, min(64, 4096 // half))  # a [rows, N/2] tile per operand
+    # [rows, N/2] tiles of <= 1024 fp32 per operand: about ten are live (q, k pairs, cos, sin,
+    # their adjoints), which at 4 warps is what fits in registers; 4096 spilled on sm_90 (the
+    # pre-pass kernels used all 255 registers and 1.3 KB of local memory per thread, see
+    # `diffmamba bench resources`)
+    rows = max(16, R, min(64, 1024 // half))
     n_rows = B * T * H * R
     return dict(R=R, N=N, S=S, HALF=half, ROWS=rows), n_rows, (triton.cdiv(n_rows, rows),)
 

@@ -23,10 +23,13 @@ halves [rows, N/2] and the state is kept as two halves [N/2, BLOCK_P] to match.
 
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 
-from .configs import forward_configs
+from .configs import forward_configs, interpreting
 
 TWO_PI = 6.283185307179586
 
@@ -53,12 +56,66 @@ def _rotate(even, odd, cs, sn):
     return even * cs - odd * sn, even * sn + odd * cs
 
 
+# How the fp32 [rows, N] x [N, P] products run (the DOT constexpr of every kernel; chosen by
+# ``dot_mode`` from the I/O dtype). Tensor cores want bf16 / fp16 / TF32 operands; an IEEE fp32
+# tl.dot is lowered to FMA loops that, at N = 128, need more registers than sm_90 has (ptxas left
+# the fp32 fused forward with 56 KB of local memory per thread, `diffmamba bench resources`).
+DOT_IEEE = 0  # exact fp32 operands: the interpreter's stand-in for DOT_TF32X3
+DOT_TF32 = 1  # TF32 tensor cores (10-bit mantissa operands, fp32 accumulate): bf16 I/O backward
+DOT_TF32_EMU = 2  # TF32 emulated by operand truncation + IEEE dot: the interpreter measures its error
+DOT_TF32X3 = 3  # 3-pass TF32 (hi*hi + hi*lo + lo*hi): ~fp32 accuracy on tensor cores, fp32 I/O
+DOT_TF32X3_EMU = 4  # the same split, emulated
+DOT_BF16 = 5  # bf16 operands, fp32 accumulate: bf16 I/O forward (as the official kernels do)
+
+
+def dot_mode(io_dtype: torch.dtype, *, forward: bool) -> int:
+    """The DOT constexpr for a scan whose q/k/v are ``io_dtype``.
+
+    fp32 I/O: TF32X3 in both passes. bf16 I/O: bf16 operands in the forward, TF32 in the
+    backward (its operands are fp32 products of bf16 inputs, and IEEE would run on the fp32 FMA
+    units, see docs/benchmarks.md). fp16 I/O: TF32. ``DIFFMAMBA_BWD_TF32=0`` / ``=1`` forces the
+    backward to IEEE / TF32. Under the interpreter the TF32 modes are emulated (so the CPU tests
+    measure their error) and bf16 operands run as IEEE.
+    """
+    if io_dtype == torch.float32:
+        mode = DOT_TF32X3
+    elif forward and io_dtype == torch.bfloat16:
+        mode = DOT_BF16
+    else:
+        mode = DOT_TF32
+    forced = None if forward else os.environ.get("DIFFMAMBA_BWD_TF32")
+    if forced is not None:
+        mode = DOT_TF32 if forced == "1" else DOT_IEEE
+    if interpreting():
+        mode = {DOT_TF32: DOT_TF32_EMU, DOT_TF32X3: DOT_TF32X3_EMU, DOT_BF16: DOT_IEEE}.get(mode, mode)
+    return mode
+
+
 @triton.jit
-def _dot(a, b, DOT_BF16: tl.constexpr):
-    # bf16 I/O: bf16 tensor-core operands with fp32 accumulation (as the official kernel does).
-    # fp32 I/O: full-precision fp32 dot (TF32 would cost ~1e-3 relative error).
-    if DOT_BF16:
+def _tf32(x):
+    # What a TF32 tensor core reads of an fp32 value: the low 13 mantissa bits dropped (truncation,
+    # the worse of the two roundings hardware may use), leaving 10 explicit bits.
+    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b for fp32 tiles a, b, fp32 result, in the DOT_* mode above."""
+    if DOT == 5:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif DOT == 1:
+        return tl.dot(a, b, input_precision="tf32")
+    elif DOT == 2:
+        return tl.dot(_tf32(a), _tf32(b), input_precision="ieee")
+    elif DOT == 3:
+        return tl.dot(a, b, input_precision="tf32x3")
+    elif DOT == 4:
+        a_hi = _tf32(a)
+        b_hi = _tf32(b)
+        a_lo = _tf32(a - a_hi)
+        b_lo = _tf32(b - b_hi)
+        return (tl.dot(a_hi, b_lo, input_precision="ieee") + tl.dot(a_lo, b_hi, input_precision="ieee")
+                + tl.dot(a_hi, b_hi, input_precision="ieee"))
     else:
         return tl.dot(a, b, input_precision="ieee")
 
@@ -71,7 +128,7 @@ def _fwd_kernel_impl(
     R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
     HALF: tl.constexpr, BLOCK_P: tl.constexpr, ROWS: tl.constexpr,
     REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
-    HAS_D: tl.constexpr, DOT_BF16: tl.constexpr,
+    HAS_D: tl.constexpr, DOT: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -166,22 +223,22 @@ def _fwd_kernel_impl(
         vv = tl.load(v_ptr + row_off[:, None] * P + pp[None, :], mask=v_mask, other=0.0).to(tl.float32)
 
         # ---- intra-chunk: masked, decayed scores (every exponent <= 0, §6.2) ----
-        scores = _dot(qre, tl.trans(kre), DOT_BF16) + _dot(qro, tl.trans(kro), DOT_BF16)
+        scores = _dot(qre, tl.trans(kre), DOT) + _dot(qro, tl.trans(kro), DOT)
         ti = t_loc[:, None]
         tj = t_loc[None, :]
         decay = tl.exp(tl.minimum(l[:, None] - l[None, :], 0.0))
         w = tl.where(tj < ti, scale[None, :] * decay, tl.where(tj == ti, gamma[:, None], 0.0))
-        y = _dot(scores * w, vv, DOT_BF16)
+        y = _dot(scores * w, vv, DOT)
         # ---- inter-chunk: state entering the chunk, decayed to each row ----
-        y += tl.exp(l)[:, None] * (_dot(qre, hT_e, DOT_BF16) + _dot(qro, hT_o, DOT_BF16))
+        y += tl.exp(l)[:, None] * (_dot(qre, hT_e, DOT) + _dot(qro, hT_o, DOT))
         y += Dh * vv
         tl.store(y_ptr + row_off[:, None] * P + pp[None, :], y.to(y_ptr.dtype.element_ty), mask=v_mask)
 
         # ---- state passing ----
         kw = scale * tl.exp(l_last - l)
         dec = tl.exp(l_last)
-        hT_e = dec * hT_e + _dot(tl.trans(kre * kw[:, None]), vv, DOT_BF16)
-        hT_o = dec * hT_o + _dot(tl.trans(kro * kw[:, None]), vv, DOT_BF16)
+        hT_e = dec * hT_e + _dot(tl.trans(kre * kw[:, None]), vv, DOT)
+        hT_o = dec * hT_o + _dot(tl.trans(kro * kw[:, None]), vv, DOT)
 
     if STORE_FINAL:
         hbase1 = h1_ptr + (b * H + h) * P * N
@@ -207,11 +264,11 @@ def _fwd_kernel_impl(
 _fwd_kernel = triton.jit(_fwd_kernel_impl, do_not_specialize=["T", "H"])
 _fwd_kernel_tuned = triton.autotune(
     configs=forward_configs(),
-    key=["R", "N", "P", "S", "ROWS", "REVERSE", "HAS_INIT", "STORE_FINAL", "DOT_BF16"],
+    key=["R", "N", "P", "S", "ROWS", "REVERSE", "HAS_INIT", "STORE_FINAL", "DOT"],
 )(triton.jit(_fwd_kernel_impl, do_not_specialize=["T", "H"]))
 
 
-def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows, dot_bf16, config=None):
+def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows, dot, config=None):
     """Launch the forward scan. All tensors contiguous; q/k/v viewed as [B, T, H, R, *].
 
     ``init``/``final`` are (ssm, k_prev, v_prev, phase) tuples or None. ``config`` forces one
@@ -229,7 +286,7 @@ def launch_fwd(q, k, v, a, dt, lam, dph, D, y, init, final, *, R, reverse, rows,
             h0, kp0, vp0, ph0, h1, kp1, vp1, ph1, T, H)
     meta = dict(R=R, N=N, P=P, S=S, HALF=half, ROWS=rows, REVERSE=bool(reverse),
                 HAS_INIT=init is not None, STORE_FINAL=final is not None,
-                HAS_D=D is not None, DOT_BF16=bool(dot_bf16))
+                HAS_D=D is not None, DOT=dot)
     if config is not None:
         bp = config.kwargs["BLOCK_P"]
         grid = (B * H, triton.cdiv(P, min(bp, triton.next_power_of_2(P))))

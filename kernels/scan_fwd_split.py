@@ -22,6 +22,7 @@ from __future__ import annotations
 from diffmamba.ops.reference import rotate
 
 from .core import chunk_outputs, chunk_rows, walk_states
+from .scan_fwd import dot_mode
 from .prepass import entry_state, phase_and_scales, prepass_forward
 
 
@@ -42,7 +43,8 @@ def forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_f
         ssm0, kp0, vp0, _ = init
         g0 = entry_state(ssm0, kp0.float(), vp0.float(), beta, first).contiguous()
     rows = chunk_rows(chunk_size, R)
-    hs, g_end = walk_states(kp, v, a, g0, backward=False, reverse=reverse, chunk=rows, want_end=want_final)
+    hs, g_end = walk_states(kp, v, a, g0, backward=False, reverse=reverse, chunk=rows, want_end=want_final,
+                           dot=dot_mode(v.dtype, forward=True))
     chunk_outputs(qr, kp, v, a, c.contiguous(), D, hs, y, reverse=reverse, chunk=rows)
     if not want_final:
         return None

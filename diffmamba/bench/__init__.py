@@ -3,6 +3,7 @@
     diffmamba bench kernels [--shapes bt16k-h16 ...]     # Triton scan vs roofline and reference (GPU; reference on CPU)
     diffmamba bench reference [--lengths 256 1024]       # chunked PyTorch reference vs the per-token loop
     diffmamba bench block [--contexts 64 1024]           # block sampling vs full diffusion vs AR over context length
+    diffmamba bench resources [--arch 90]                # compile the kernels for sm_90 here: registers, spills, smem
 
 Sampler and decoding speed on trained checkpoints: `diffmamba eval speed`. Each subcommand's own
 options: `diffmamba bench SUBCOMMAND --help`.
@@ -16,6 +17,7 @@ SUBCOMMANDS = {
     "kernels": "diffmamba.bench.kernels",
     "reference": "diffmamba.bench.reference",
     "block": "diffmamba.block.bench",
+    "resources": "diffmamba.bench.resources",
 }
 
 

@@ -236,7 +236,6 @@ def main(argv=None) -> int:
                 nbytes = ndir * (fb + (bb if backward else 0))
                 nflops = ndir * ff * (3 if backward else 1)
                 times[(op, impl)] = ms
-                ref_ms = times.get((op, "reference"))
                 row = dict(shape=name, op=op, impl=impl, ms=ms, gbps=nbytes / ms / 1e6,
                            pct_bw=100 * nbytes / ms / 1e-3 / args.bw, tflops=nflops / ms / 1e9,
                            pct_peak=100 * nflops / ms / 1e-3 / args.peak)

@@ -212,13 +212,22 @@ def test_compile_failure_falls_back_to_recompute(monkeypatch):
         _grads(xs, st, False, True, set(range(8)))
 
 
-def test_tf32_mode(monkeypatch):
-    """TF32 core dots for bf16 / fp16 I/O, IEEE for fp32; emulated (2) under the interpreter."""
-    from diffmamba.kernels.core import tf32_mode
-    tf32 = 1 if CUDA else 2
+def test_dot_mode(monkeypatch):
+    """The dot policy: forward bf16 operands for bf16 I/O, TF32 backward for bf16 / fp16 I/O,
+    TF32X3 for fp32 I/O (IEEE fp32 dots spill on sm_90, see test_sm90_build.py); the TF32 modes
+    are emulated under the interpreter, where bf16 operands run as IEEE."""
+    from diffmamba.kernels import scan_fwd as F
     monkeypatch.delenv("DIFFMAMBA_BWD_TF32", raising=False)
-    assert (tf32_mode(torch.bfloat16), tf32_mode(torch.float16), tf32_mode(torch.float32)) == (tf32, tf32, 0)
+    emu = {F.DOT_TF32: F.DOT_TF32_EMU, F.DOT_TF32X3: F.DOT_TF32X3_EMU, F.DOT_BF16: F.DOT_IEEE}
+
+    def want(mode):
+        return mode if CUDA else emu.get(mode, mode)
+    fwd = [F.dot_mode(d, forward=True) for d in (torch.bfloat16, torch.float16, torch.float32)]
+    bwd = [F.dot_mode(d, forward=False) for d in (torch.bfloat16, torch.float16, torch.float32)]
+    assert fwd == [want(F.DOT_BF16), want(F.DOT_TF32), want(F.DOT_TF32X3)]
+    assert bwd == [want(F.DOT_TF32), want(F.DOT_TF32), want(F.DOT_TF32X3)]
     monkeypatch.setenv("DIFFMAMBA_BWD_TF32", "0")
-    assert tf32_mode(torch.bfloat16) == 0
+    assert F.dot_mode(torch.bfloat16, forward=False) == F.DOT_IEEE
+    assert F.dot_mode(torch.bfloat16, forward=True) == want(F.DOT_BF16)  # the switch is backward-only
     monkeypatch.setenv("DIFFMAMBA_BWD_TF32", "1")
-    assert tf32_mode(torch.float32) == tf32
+    assert F.dot_mode(torch.float32, forward=False) == want(F.DOT_TF32)

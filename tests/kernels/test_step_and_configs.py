@@ -13,7 +13,7 @@ import diffmamba.kernels as K
 from diffmamba.kernels import autograd as kernel_autograd
 from diffmamba.kernels.autograd import _rows
 from diffmamba.kernels.configs import SCAN_FWD_CONFIGS, STEP_CONFIGS
-from diffmamba.kernels.scan_fwd import launch_fwd
+from diffmamba.kernels.scan_fwd import dot_mode, launch_fwd
 from diffmamba.kernels.scan_step import launch_step
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
@@ -99,7 +99,7 @@ def test_every_forward_config(index):
     y = torch.full_like(v, float("nan"))
     final = tuple(torch.full_like(t, float("nan")) for t in st)
     launch_fwd(q, k, v, a, dt, lam, dph, D, y, tuple(st), final, R=R, reverse=True,
-               rows=_rows(DIMS.chunk, R), dot_bf16=False, config=cfg)
+               rows=_rows(DIMS.chunk, R, q.shape[-1]), dot=dot_mode(torch.float32, forward=True), config=cfg)
     check(f"config {index}: y", y, y_ref, torch.float32)
     check_state(f"config {index}: state", Mamba3State(*final), s_ref, torch.float32)
 
