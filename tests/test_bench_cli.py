@@ -29,3 +29,12 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
                        "fwdbwd  triton-bwd-ieee", "bwd core", "bwd (whole)"):
             assert any(needle in line for line in rows), (shape, needle, out)
     assert "recompute backward / with the Triton backward" in out
+
+
+def test_bench_resources_refuses_the_interpreter(monkeypatch):
+    """`bench resources` compiles real kernels; under TRITON_INTERPRET=1 it says how to run it
+    (its sm_90 build itself is tests/kernels/test_sm90_build.py, in a process without the interpreter)."""
+    import pytest
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
+        main(["bench", "resources", "--quick"])
