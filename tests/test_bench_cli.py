@@ -1,4 +1,6 @@
 """`diffmamba bench`: each benchmark runs from the CLI on tiny CPU shapes and prints its environment."""
+import pytest
+
 from diffmamba.cli import main
 
 
@@ -34,7 +36,6 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
 def test_bench_resources_refuses_the_interpreter(monkeypatch):
     """`bench resources` compiles real kernels; under TRITON_INTERPRET=1 it says how to run it
     (its sm_90 build itself is tests/kernels/test_sm90_build.py, in a process without the interpreter)."""
-    import pytest
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
         main(["bench", "resources", "--quick"])
