@@ -28,6 +28,8 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
+from .configs import interpreting
+
 # Per-SM limits of the targets we check (CUDA occupancy tables). Shared memory is the per-block
 # opt-in maximum (Triton requests the dynamic size it needs up to this).
 LIMITS = {
@@ -76,7 +78,7 @@ def compile_only(arch: int = 90) -> Iterator[list[Built]]:
     Yields the list the compiled kernels are appended to (once per distinct specialisation).
     Outputs of the "launched" kernels are left as allocated, so only shapes are meaningful.
     """
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         raise RuntimeError("compile_only needs the compiled kernels: unset TRITON_INTERPRET before "
                            "diffmamba.kernels is imported")
     built: list[Built] = []

@@ -100,23 +100,24 @@ def _tf32(x):
 
 @triton.jit
 def _dot(a, b, DOT: tl.constexpr):
-    """a @ b for fp32 tiles a, b, fp32 result, in the DOT_* mode above."""
-    if DOT == 5:
+    """a @ b for fp32 tiles a, b, fp32 result, in the DOT_* mode above (a jit function reads
+    no plain module globals, so the branches spell the numbers out)."""
+    if DOT == 5:  # DOT_BF16
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    elif DOT == 1:
+    elif DOT == 1:  # DOT_TF32
         return tl.dot(a, b, input_precision="tf32")
-    elif DOT == 2:
+    elif DOT == 2:  # DOT_TF32_EMU
         return tl.dot(_tf32(a), _tf32(b), input_precision="ieee")
-    elif DOT == 3:
+    elif DOT == 3:  # DOT_TF32X3
         return tl.dot(a, b, input_precision="tf32x3")
-    elif DOT == 4:
+    elif DOT == 4:  # DOT_TF32X3_EMU
         a_hi = _tf32(a)
         b_hi = _tf32(b)
         a_lo = _tf32(a - a_hi)
         b_lo = _tf32(b - b_hi)
         return (tl.dot(a_hi, b_lo, input_precision="ieee") + tl.dot(a_lo, b_hi, input_precision="ieee")
                 + tl.dot(a_hi, b_hi, input_precision="ieee"))
-    else:
+    else:  # DOT_IEEE
         return tl.dot(a, b, input_precision="ieee")
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from diffmamba.ops.reference import rotate
 
 from .core import chunk_outputs, chunk_rows, walk_states
-from .scan_fwd import dot_mode
 from .prepass import entry_state, phase_and_scales, prepass_forward
+from .scan_fwd import dot_mode
 
 
 def forward_split(q, k, v, a, dt, lam, dph, D, init, reverse, chunk_size, want_final, y):

@@ -17,6 +17,7 @@ Ceilings: measured H100 ~3.0 TB/s and ~798 TFLOP/s bf16 (override with --bw / --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -59,6 +60,11 @@ def make(B, T, H, N, P, S, R, dtype, device, seed=0):
     return [q, k, v, a, dt, lam, dph, D]
 
 
+def make_step(B, H, N, P, S, dtype, device, seed=0):
+    """The inputs of one decode step: ``make``'s at T = 1 with the time axis dropped (D stays [H])."""
+    return [x[:, 0] if i < 7 else x for i, x in enumerate(make(B, 1, H, N, P, S, None, dtype, device, seed))]
+
+
 def time_ms(fn, device, warmup, rep):
     if device == "cuda":
         import triton.testing
@@ -88,23 +94,31 @@ def roofline(B, T, H, N, P, S, R, e, rows):
 
 # Triton variants timed beside the default one: the switch each sets while it runs (the kernels
 # read it at every call). split: the chunk-parallel forward; recompute: the recompute backward;
-# bwd-ieee: IEEE fp32 instead of TF32 dots in the backward (differs for bf16 I/O only).
+# bwd-ieee: IEEE fp32 instead of TF32 dots in the backward (timed for bf16 I/O).
 VARIANT_ENV = {"triton-split": ("DIFFMAMBA_SCAN_FWD", "split"),
                "triton-recompute": ("DIFFMAMBA_SCAN_BWD", "recompute"),
                "triton-bwd-ieee": ("DIFFMAMBA_BWD_TF32", "0")}
 
 
+@contextlib.contextmanager
+def env(**values):
+    """Set environment variables for the block (the kernels read their switches at every call)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _with_env(fn, name, value):
     def run():
-        saved = os.environ.get(name)
-        os.environ[name] = value
-        try:
+        with env(**{name: value}):
             fn()
-        finally:
-            if saved is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = saved
     return run
 
 
@@ -272,7 +286,7 @@ def main(argv=None) -> int:
         step_shapes = args.step_shapes or (list(STEP_SHAPES) if cuda else ["step-b1-h32"])
         for name in step_shapes:
             B, H, N, P, S = STEP_SHAPES[name]
-            xs = [x[:, 0] if i < 7 else x for i, x in enumerate(make(B, 1, H, N, P, S, None, dtype, device))]
+            xs = make_step(B, H, N, P, S, dtype, device)
             state = Mamba3State.zeros(B, H, P, N, S, dtype=dtype, device=device)
             state = state._replace(ssm=torch.randn_like(state.ssm))
             floor_bytes = 2 * B * H * P * N * 4 + B * H * (e * (2 * N + 2 * P) + 12 + 4 * S)

@@ -16,32 +16,16 @@ Timing needs a GPU: `diffmamba bench kernels` there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
 import torch
 
-from diffmamba.bench.kernels import SHAPES, STEP_SHAPES, make
+from diffmamba.bench.kernels import SHAPES, STEP_SHAPES, env, make, make_step
 
 DEFAULT_SHAPES = ["bt16k-h16", "mimo4-bt16k-h16"]
-
-
-@contextlib.contextmanager
-def _env(**values):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def build_scan(shape: str, dtype: torch.dtype, chunk: int | None, quick: bool = False) -> None:
@@ -62,7 +46,7 @@ def build_scan(shape: str, dtype: torch.dtype, chunk: int | None, quick: bool = 
         for reverse in (False,) if quick else (False, True):
             for state in (None,) if quick else (None, init):
                 leaves = [x.detach().requires_grad_() for x in xs]
-                with _env(DIFFMAMBA_SCAN_FWD=mode, DIFFMAMBA_SCAN_BWD="triton"):
+                with env(DIFFMAMBA_SCAN_FWD=mode, DIFFMAMBA_SCAN_BWD="triton"):
                     y, _ = mamba3_scan_triton(*leaves, reverse=reverse, initial_state=state,
                                               return_final_state=True, chunk_size=chunk)
                     y.float().sum().backward()
@@ -78,7 +62,7 @@ def build_step(shape: str, dtype: torch.dtype, quick: bool = False) -> None:
     from diffmamba.ops.state import Mamba3State
 
     B, H, N, P, S = STEP_SHAPES[shape]
-    xs = [x[:, 0] if i < 7 else x for i, x in enumerate(make(B, 1, H, N, P, S, None, dtype, "cpu"))]
+    xs = make_step(B, H, N, P, S, dtype, "cpu")
     with torch.no_grad():
         mamba3_step_triton(*xs, None)
         q, k, v = (t.unsqueeze(2).contiguous() for t in xs[:3])
