@@ -15,10 +15,18 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
-
-from diffmamba.errors import UserError
-from diffmamba.eval.systems import System, default_systems
+from diffmamba.core.device import autocast, resolve_device, resolve_dtype
+from diffmamba.core.errors import UserError
+from diffmamba.eval import generation, infill, likelihood, speed
+from diffmamba.eval.bd3lm import block_likelihood, evaluate_context_speed
+from diffmamba.eval.data import load_eval_data
+from diffmamba.eval.judge import load_judge
+from diffmamba.eval.loading import load_checkpoint, require_same_tokenizer
+from diffmamba.eval.report import write_report
+from diffmamba.eval.report.tables import speed_table
+from diffmamba.eval.sampling import settings_for
+from diffmamba.eval.systems import KNOWN_MODES, System, default_systems
+from diffmamba.sampling.registry import SAMPLERS
 
 PARTS = ("likelihood", "generate", "infill", "speed")
 
@@ -57,7 +65,7 @@ class EvalOptions:
     speed_steps: Optional[tuple] = None  # None = steps
     batch_sizes: tuple = (1, 8, 64)
     lengths: Optional[tuple] = None  # None = (length,) on CPU, (128, 1024) on CUDA
-    contexts: tuple = ()  # speed vs context length (diffmamba/block/evaluation.py); () = skip
+    contexts: tuple = ()  # speed vs context length (diffmamba/eval/bd3lm.py); () = skip
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
@@ -97,7 +105,6 @@ def _load_previous(path: str, systems: list[dict]) -> dict:
 
 def rerender(out: str) -> dict:
     """Rewrite report.md and the plots of ``out`` from its results.json (no evaluation)."""
-    from diffmamba.eval.report import write_report
 
     path = os.path.join(out, "results.json")
     try:
@@ -112,18 +119,11 @@ def rerender(out: str) -> dict:
 
 def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     """Evaluate, write the report, print where it is; returns the results dict."""
-    from diffmamba.diffusion.samplers import SAMPLERS
-    from diffmamba.eval import generation, infill, likelihood, speed
-    from diffmamba.eval.data import load_eval_data
-    from diffmamba.eval.loading import autocast, load_checkpoint, require_same_tokenizer, resolve_device, resolve_dtype
-    from diffmamba.eval.report import write_report
-    from diffmamba.eval.sampling import settings_for
 
     for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
         if name not in SAMPLERS:
             raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
     systems = _systems(opts)
-    from diffmamba.eval.systems import KNOWN_MODES
     for s in systems:
         if s.mode not in KNOWN_MODES:
             raise UserError(f"system {s.name!r} has unknown mode {s.mode!r}; known modes: {', '.join(KNOWN_MODES)}")
@@ -171,7 +171,6 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                                              batch_size=opts.batch_size, device=device, amp=amp(),
                                              desc=f"AR NLL ({s.name})")
             elif s.mode == "block":
-                from diffmamba.block.evaluation import block_likelihood
                 r = block_likelihood(
                     ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
                     schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3,
@@ -192,7 +191,6 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     judge = None
     if "generate" in parts:
         if opts.judge and opts.judge.lower() != "none":
-            from diffmamba.eval.judge import load_judge
             judge = load_judge(opts.judge, str(device))
             results["judge"] = {**judge.info, "spec": opts.judge}
             if any(os.path.abspath(opts.judge) == os.path.abspath(p) for p in ckpts):
@@ -235,11 +233,9 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
         results["speed_environment"] = env_line
         if opts.contexts:
-            from diffmamba.block.evaluation import evaluate_context_speed
             results["context_speed"] = evaluate_context_speed(
                 systems, ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
                 warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
-        from diffmamba.eval.report import speed_table
         print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
               + speed_table(results["speed"]), flush=True)
     results["notes"] = list(dict.fromkeys(notes))

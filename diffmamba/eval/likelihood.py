@@ -5,7 +5,7 @@ Both modes score the **same tokens**: every valid token of every validation row.
 - AR (exact): ``-sum log p(x_i | x_<i)``. So that the first token of a row is scored too, an EOS
   (the document separator the model saw in training) is put in front as context; the AR count
   then equals the diffusion count. ppl = exp(NLL / tokens).
-- Diffusion (bound): the continuous-time NELBO of ``diffmamba.diffusion.diffusion_nll`` with the
+- Diffusion (bound): the continuous-time NELBO of ``diffmamba.objectives.mdlm.diffusion_nll`` with the
   schedule the checkpoint was trained with, one time per row, stratified across each evaluation
   batch (antithetic), masks and times drawn from a generator seeded with ``seed + repeat``. It is
   an upper bound on the model's NLL, reported with "≤" and the standard deviation over
@@ -15,6 +15,7 @@ Rows may carry right padding (``valid_mask`` False), which is excluded from both
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from typing import Optional
@@ -22,6 +23,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from diffmamba.objectives.mdlm import diffusion_nll
+from diffmamba.objectives.schedule import make_schedule
 
 
 @torch.no_grad()
@@ -55,7 +59,6 @@ def _batches(rows: torch.Tensor, valid: Optional[torch.Tensor], batch_size: int,
 def ar_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *, bos_id: int, batch_size: int = 8,
                   device=None, amp=None, desc: str = "AR NLL") -> dict:
     """Exact AR NLL over all rows: {nll_per_token, ppl, tokens, sequences, kind: 'exact'}."""
-    import contextlib
     total, count = 0.0, 0
     n_batches = math.ceil(rows.shape[0] / batch_size)
     for x, v in tqdm(_batches(rows, valid, batch_size, device or rows.device), total=n_batches, desc=desc,
@@ -77,9 +80,7 @@ def diffusion_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor
 
     Returns {kind: 'bound', nll_per_token (mean over repeats), nll_std, ppl = exp(mean), ppl_std,
     repeats: [per-repeat NLL/token], tokens, sequences, settings}."""
-    import contextlib
 
-    from diffmamba.diffusion import diffusion_nll, make_schedule
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")

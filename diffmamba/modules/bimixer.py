@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mamba3 import Mamba3Direction, Mamba3Mixer, ssm_proj_width, zero_pads
 from diffmamba.config import ModelConfig
 from diffmamba.ops import Mamba3State
-
-from .mamba3 import Mamba3Direction, Mamba3Mixer, ssm_proj_width, zero_pads
 
 TIE_MODES = ("full", "partial", "none")
 

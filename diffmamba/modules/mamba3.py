@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norms import RMSNorm
 from diffmamba.config import ModelConfig
 from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_step
-
-from .norms import RMSNorm
 
 
 def ssm_proj_width(cfg: ModelConfig) -> int:

@@ -5,9 +5,9 @@ import pytest
 import torch
 from ar_mocks import PreviousTokenLM
 
-from diffmamba.ar.decode import ar_generate
-from diffmamba.ar.loss import ar_loss, ar_nll, shifted_nll
-from diffmamba.diffusion.categorical import sample_tokens
+from diffmamba.sampling.ar import ar_generate
+from diffmamba.objectives.ar import ar_loss, ar_nll, shifted_nll
+from diffmamba.sampling.categorical import sample_tokens
 
 
 def test_shifted_nll_hand_computed_with_padding():

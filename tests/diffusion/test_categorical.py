@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffmamba.diffusion.categorical import (
+from diffmamba.sampling.categorical import (
     clean_distribution, gumbel_argmax, sample_tokens, token_probability, top_k_filter, top_p_filter,
 )
 
