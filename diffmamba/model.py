@@ -11,7 +11,7 @@ layers (docs/contracts.md §2).
 The vocabulary has one extra row, the mask token (``mask_token_id = vocab_size``). Its logit is
 -inf in both modes: the denoiser never predicts [MASK] (SUBS) and the AR head never emits it.
 There is no time conditioning: the mask pattern tells the denoiser the noise level
-(masked-diffusion.md §5).
+(docs/masked-diffusion.md §5).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class DiffMamba(nn.Module):
 
     Init: embedding (and an untied head) N(0, init_std); every residual-branch end (mixer
     out_proj, MLP down) kaiming-uniform / sqrt(2 * n_layers) (two residual adds per block, as in
-    mamba_ssm / GPT-2); the Mamba-3 parameters per mamba3.md §1.8 (see ``Mamba3Direction``).
+    mamba_ssm / GPT-2); the Mamba-3 parameters per docs/mamba3.md §1.8 (see ``Mamba3Direction``).
     """
 
     def __init__(self, config: ModelConfig):
@@ -91,7 +91,7 @@ class DiffMamba(nn.Module):
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on projection/embedding matrices only; never on norms, biases,
-        dt_bias, D or the MIMO vectors (mamba3.md §6.4)."""
+        dt_bias, D or the MIMO vectors (docs/mamba3.md §6.4)."""
         matrices = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
         decay = [p for p in self.parameters() if id(p) in matrices]
         no_decay = [p for p in self.parameters() if id(p) not in matrices]

@@ -5,7 +5,7 @@ Ops (per shape): fwd, rev (anti-causal forward), bi (fwd + rev of one layer), fw
 ``triton.testing.do_bench`` after warm-up on a GPU; on CPU ``time.perf_counter`` medians of the
 *reference* path (the Triton kernels need a GPU to be timed; the script says so).
 
-Roofline (shared/spec/performance.md §(e)), per token and direction, e = bytes per I/O element:
+Roofline (docs/performance.md §(e)), per token and direction, e = bytes per I/O element:
   bytes_fwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v read, y written, a/dt/trap/dphase fp32)
   bytes_bwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v, dy read)
              + e (2HRN + HRP) + 12H + 4HS      (dq, dk, dv, d scalars written)
@@ -32,7 +32,7 @@ from diffmamba.ops.state import Mamba3State
 
 SHAPES = {
     # name: (B, T, H, N, P, S, R)
-    "bt16k-h16": (8, 2048, 16, 128, 64, 32, None),  # the target shape of issue #3
+    "bt16k-h16": (8, 2048, 16, 128, 64, 32, None),  # the target training shape
     "bt16k-h32": (4, 4096, 32, 128, 64, 32, None),
     "bt64k-h32": (16, 4096, 32, 128, 64, 32, None),
     "b1-t8k-h32": (1, 8192, 32, 128, 64, 32, None),

@@ -15,7 +15,7 @@ in addition the lowest-hash document among the first ``min(ceil(1/val_fraction),
 so validation is never empty. The rule needs no global shuffle, so map-style and streaming modes
 pick the same documents. The split happens on documents, before packing: no document leaks.
 
-Packing (masked-diffusion spec §3.1):
+Packing (docs/masked-diffusion.md §3.1):
 - ``"wrap"`` (MDLM): each document is followed by EOS, all are concatenated in order and cut into
   rows of ``seq_len``; the incomplete tail is dropped. Rows: ``input_ids``.
 - ``"pad"``: one document per row, EOS appended, truncated to ``seq_len``, right-padded with EOS.

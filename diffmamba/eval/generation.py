@@ -2,7 +2,7 @@
 
 Generative perplexity alone rewards degenerate text (a repeated phrase scores very well), so it is
 always reported beside the sample's unigram entropy and its distinct-n ratios
-(masked-diffusion.md §3.3). Definitions:
+(docs/masked-diffusion.md §3.3). Definitions:
 
 - ``unigram_entropy(ids)``: entropy, in nats, of the token-id histogram of one sample (BD3-LM's
   check; OWT-like 1024-token text is ~5.2-5.6 nats, < 4 is degenerate). A constant sequence has 0.

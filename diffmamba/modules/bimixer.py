@@ -1,4 +1,4 @@
-"""Bidirectional Mamba-3 mixer with three ways to tie the two directions (mamba3.md §5.3)."""
+"""Bidirectional Mamba-3 mixer with three ways to tie the two directions (docs/mamba3.md §5.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One direction of a Mamba-3 layer (shared/spec/mamba3.md §1): projections, BC-norm, biases,
+"""One direction of a Mamba-3 layer (docs/mamba3.md §1): projections, BC-norm, biases,
 data-dependent decay / trapezoid / rotary angles, gate, and the call into ``diffmamba.ops``.
 
 The layer is split in two so the bidirectional mixer can share what is shareable:
@@ -40,7 +40,7 @@ def ssm_proj_width(cfg: ModelConfig) -> int:
 
 
 def heavy_tail(u: torch.Tensor) -> torch.Tensor:
-    """f(u) = 1 + u for u >= 0, 1 / (1 - u) for u < 0: positive, C^1 at 0 (mamba3.md §1.2).
+    """f(u) = 1 + u for u >= 0, 1 / (1 - u) for u < 0: positive, C^1 at 0 (docs/mamba3.md §1.2).
 
     Written without ``torch.where`` so the branch that is not taken cannot produce an inf
     gradient (1 / (1 - u) has a pole at u = 1) that would turn into NaN. relu has gradient 0 at
@@ -64,7 +64,7 @@ def zero_pads(x: torch.Tensor, valid_mask: Optional[torch.Tensor]) -> torch.Tens
 
     A zero value leaves the state at 0 through leading pads of the reverse scan and makes the
     trapezoid term of the first real token vanish, so right-padded rows are exact in both
-    directions (mamba3.md §5.4). Done after in_proj: pad embeddings are not zero.
+    directions (docs/mamba3.md §5.4). Done after in_proj: pad embeddings are not zero.
     """
     if valid_mask is None:
         return x
@@ -79,7 +79,7 @@ def zero_pads(x: torch.Tensor, valid_mask: Optional[torch.Tensor]) -> torch.Tens
 class Mamba3Direction(nn.Module):
     """Per-direction Mamba-3 parameters and math, from an in_proj slice to the gated output.
 
-    Parameters (init per mamba3.md §1.8): dt_bias [H] = softplus^-1(dt0), dt0 log-uniform in
+    Parameters (init per docs/mamba3.md §1.8): dt_bias [H] = softplus^-1(dt0), dt0 log-uniform in
     [dt_min, dt_max] floored at dt_init_floor; B_norm, C_norm: RMSNorm over N (weight 1);
     B_bias, C_bias [H, R, N] = 1; D [H] = 1; MIMO only: mimo_x [H, R, P] = 1/R,
     mimo_z [H, R, P] = 1, mimo_o [H, R, P] = 1/R.
@@ -97,7 +97,7 @@ class Mamba3Direction(nn.Module):
         self.dt_bias = nn.Parameter(inverse_softplus(dt0))
         self.B_norm = RMSNorm(N, eps=cfg.norm_eps)
         self.C_norm = RMSNorm(N, eps=cfg.norm_eps)
-        # Positive biases matter (zero init costs ~0.85 ppl at 440M, mamba3.md §1.5).
+        # Positive biases matter (zero init costs ~0.85 ppl at 440M, docs/mamba3.md §1.5).
         self.B_bias = nn.Parameter(torch.ones(H, R, N))
         self.C_bias = nn.Parameter(torch.ones(H, R, N))
         self.D = nn.Parameter(torch.ones(H))
@@ -203,7 +203,7 @@ class Mamba3Direction(nn.Module):
 class Mamba3Mixer(nn.Module):
     """A unidirectional Mamba-3 layer: u [B, T, D] -> [B, T, D].
 
-    out = out_proj(gate(scan(in_proj(u)))); no conv, no activation on x (mamba3.md §1.7).
+    out = out_proj(gate(scan(in_proj(u)))); no conv, no activation on x (docs/mamba3.md §1.7).
     ``forward(u, reverse=True)`` is the anti-causal layer (suffix scan).
     """
 

@@ -31,7 +31,7 @@ class SwiGLU(nn.Module):
 class ResidualBlock(nn.Module):
     """x [B, T, D] -> x + mixer(norm(x)) -> x + mlp(norm(x)).
 
-    The residual stream is never dropped (the DiMamba bug, masked-diffusion.md §1.7): both
+    The residual stream is never dropped (the DiMamba bug, docs/masked-diffusion.md §1.7): both
     sub-layers add to their input. Under bf16 autocast the stream stays float32 because the
     embedding is float32 and sums promote.
     """

@@ -1,4 +1,4 @@
-"""The two-stream block-diffusion forward pass (shared/spec/block-diffusion.md §2).
+"""The two-stream block-diffusion forward pass (docs/block-diffusion.md §2).
 
 For block size L' and T = n_blocks L', per layer and with the same parameters:
 

@@ -1,6 +1,6 @@
 """The forward (noising) process: diffusion times, absorbing-state masking, variable lengths.
 
-Time sampling follows Duo (spec masked-diffusion.md §1.4): one draw of ``n = global batch``
+Time sampling follows Duo (docs/masked-diffusion.md §1.4): one draw of ``n = global batch``
 uniforms per optimizer step, made low-discrepancy as ``(u_i + i) / n`` (exactly one sample per
 stratum ``[i/n, (i+1)/n)``), shuffled, then sliced by process rank and accumulation step, so the
 strata tile [0, 1) exactly once per global batch instead of once per micro-batch.

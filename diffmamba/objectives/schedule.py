@@ -1,7 +1,7 @@
 """Noise schedules of the absorbing-state (masking) forward process.
 
 A token stays clean until time t with probability ``alpha(t)`` and is ``[MASK]`` otherwise;
-``alpha`` falls from ~1 at t = 0 to ``eps`` at t = 1 (spec: masked-diffusion.md §1.1).
+``alpha`` falls from ~1 at t = 0 to ``eps`` at t = 1 (docs/masked-diffusion.md §1.1).
 
 The continuous-time NELBO weights the masked-token cross-entropy by
 ``loss_weight(t) = -alpha'(t) / (1 - alpha(t))``, which is exactly ``1 / t`` for the log-linear

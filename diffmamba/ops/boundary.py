@@ -1,6 +1,6 @@
 """Forward-scan continuation states at every block boundary of one long Mamba-3 scan.
 
-Block diffusion (shared/spec/block-diffusion.md §1-2) starts the forward scan of noisy block b
+Block diffusion (docs/block-diffusion.md §1-2) starts the forward scan of noisy block b
 from the state the *clean* prefix left at the end of block b-1, at the same layer. This module
 computes those states for all blocks of a sequence at once, from the scan inputs of
 ``Mamba3Direction.scan_inputs`` (docs/contracts.md §1), without running the scan:

@@ -1,6 +1,6 @@
 """Time-grid samplers: MDLM ancestral (cached / uncached), ReMDM-cap remasking, first-hitting.
 
-Ancestral step from t to s < t (spec masked-diffusion.md §2.1): a masked position unmasks with
+Ancestral step from t to s < t (docs/masked-diffusion.md §2.1): a masked position unmasks with
 probability (alpha_s - alpha_t) / (1 - alpha_t), to a token drawn from the clean distribution p;
 otherwise it stays masked. Unmasked positions are carried over (SUBS). The unmask decision and the
 token draw are made separately — P(unmask to v) = P(unmask) p[v], the same law as a Gumbel-max

@@ -4,7 +4,7 @@
 
 The prompt is scanned in chunks (``model.prefill`` continues from the returned state, so memory
 stays bounded for long prompts), then each new token costs one ``model.step`` — constant time and
-memory per token, the fair AR baseline (spec §3.3 / §4.4), unlike re-running the full sequence.
+memory per token, the fair AR baseline (docs/masked-diffusion.md §3.3 / §4.4), unlike re-running the full sequence.
 Tokens are drawn with the same float64 Gumbel-max and clean-distribution filters as the diffusion
 samplers (``diffmamba.sampling.categorical``).
 """

@@ -7,7 +7,7 @@ A sampler never sees a model. It sees a **denoiser**::
 
 plus the mask id. ``denoiser_from_model(model)`` builds one from a ``DiffMamba``; the
 block-diffusion sampler passes its own (one block, scanned from cached prefix states). Denoisers
-are time-agnostic (no time conditioning, spec masked-diffusion.md §5), which is what makes the
+are time-agnostic (no time conditioning, docs/masked-diffusion.md §5), which is what makes the
 skip-the-network-when-nothing-changed cache exact.
 
 Every sampler has the signature ``sampler(denoise, canvas, fixed, mask_id, options, generator)``:

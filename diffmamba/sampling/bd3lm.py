@@ -1,4 +1,4 @@
-"""Block-diffusion sampling with an exact, constant-size per-layer state cache (block-diffusion.md §3).
+"""Block-diffusion sampling with an exact, constant-size per-layer state cache (docs/block-diffusion.md §3).
 
     result = block_sample(model, canvas, fixed, block_size=16, sampler="ancestral",
                           options=SamplerOptions(steps=16), generator=g, eos_id=eos)
@@ -20,7 +20,7 @@ the context length: per-block cost and memory do not grow with the context. ``us
 is the honest baseline and the exactness oracle: before every block it recomputes the states from
 the whole committed prefix (cost linear in the context), and gives the same tokens under a seed.
 
-Variable length (masked-diffusion.md §2.4): with ``eos_id``, a row stops at its first generated
+Variable length (docs/masked-diffusion.md §2.4): with ``eos_id``, a row stops at its first generated
 EOS (positions after it become EOS); sampling stops once every row has stopped.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Categorical sampling shared by the diffusion samplers and AR decoding.
 
-Rule (spec masked-diffusion.md §2.7-2.8): temperature, top-k and top-p act on the **clean-token
+Rule (docs/masked-diffusion.md §2.7-2.8): temperature, top-k and top-p act on the **clean-token
 distribution** (the mask column excluded, never the stay-masked mass), and the Gumbel-max draw is
 made in **float64**. Gumbel noise built from float32 (worse, bf16) uniforms is truncated — u cannot
 get close enough to 0 or 1 — which lowers the effective temperature and biases gen-PPL down.

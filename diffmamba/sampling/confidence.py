@@ -1,4 +1,4 @@
-"""Confidence-based top-k unmasking with semi-autoregressive blocks (LLaDA ``generate``; spec §2.3).
+"""Confidence-based top-k unmasking with semi-autoregressive blocks (LLaDA ``generate``; docs/masked-diffusion.md §2.3).
 
 The positions from the first generated one to the end are cut into blocks of ``block_length``
 (0 = a single block); blocks are filled left to right, and the network always sees the whole

@@ -1,4 +1,4 @@
-"""AR objective and recurrent decoding on a causal mock (spec masked-diffusion.md §4)."""
+"""AR objective and recurrent decoding on a causal mock (docs/masked-diffusion.md §4)."""
 import math
 
 import pytest

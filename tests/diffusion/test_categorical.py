@@ -1,4 +1,4 @@
-"""Clean-distribution filters and float64 Gumbel-max (spec masked-diffusion.md §2.7-2.8)."""
+"""Clean-distribution filters and float64 Gumbel-max (docs/masked-diffusion.md §2.7-2.8)."""
 import pytest
 import torch
 

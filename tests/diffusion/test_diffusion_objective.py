@@ -1,4 +1,4 @@
-"""Schedules, time sampling, masking and the SUBS NELBO (spec masked-diffusion.md §1)."""
+"""Schedules, time sampling, masking and the SUBS NELBO (docs/masked-diffusion.md §1)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Sampler invariants and laws, on a mock denoiser (spec masked-diffusion.md §2)."""
+"""Sampler invariants and laws, on a mock denoiser (docs/masked-diffusion.md §2)."""
 import pytest
 import torch
 from diffusion_mocks import CountingDenoiser

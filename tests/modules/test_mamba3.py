@@ -1,4 +1,4 @@
-"""One Mamba-3 direction: activations, init, shapes/dtypes, reverse, step, padding (mamba3.md §1)."""
+"""One Mamba-3 direction: activations, init, shapes/dtypes, reverse, step, padding (docs/mamba3.md §1)."""
 import math
 
 import pytest
