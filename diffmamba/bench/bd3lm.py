@@ -19,17 +19,19 @@ import sys
 import torch
 
 from diffmamba.config import ModelConfig
+from diffmamba.core.device import resolve_device
 from diffmamba.core.errors import UserError
 from diffmamba.eval.bd3lm import generation_calls
 from diffmamba.eval.speed import measure
 from diffmamba.model import DiffMamba
 from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.bd3lm import block_sample
+from diffmamba.sampling.canvas import prompt_canvas
 
 
 def _model(args):
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if args.checkpoint:
         model = DiffMamba.from_pretrained(args.checkpoint)
     else:
@@ -57,9 +59,7 @@ def check(model, block_size: int, device) -> dict:
         finite = torch.isfinite(direct)
         worst = max(worst, float((streams[:, span][finite] - direct[finite]).abs().max()))
         _, cache = model(clean[:, span], fwd_states=cache, return_fwd_states=True)
-    canvas = torch.full((2, length), model.mask_token_id, device=device)
-    canvas[:, : block_size + 1] = clean[:, : block_size + 1]
-    fixed = canvas != model.mask_token_id
+    canvas, fixed = prompt_canvas(model.mask_token_id, 2, length - block_size - 1, device, clean[:, : block_size + 1])
     options = SamplerOptions(steps=block_size, temperature=0)  # greedy: rounding cannot flip a coin
     runs = [block_sample(model, canvas, fixed, block_size, options=options, use_cache=use_cache,
                          generator=torch.Generator(device).manual_seed(0)).tokens for use_cache in (True, False)]

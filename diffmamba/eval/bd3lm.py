@@ -16,14 +16,13 @@ Hooks used by ``diffmamba.eval`` (systems of ``mode="block"``, settings ``{"bloc
 from __future__ import annotations
 
 import contextlib
-import math
-import statistics
 from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from diffmamba.core.errors import UserError
+from diffmamba.eval.likelihood import repeated_bound
 from diffmamba.eval.speed import measure
 from diffmamba.objectives.bd3lm import block_diffusion_nll
 from diffmamba.objectives.schedule import make_schedule
@@ -52,29 +51,13 @@ def block_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *
     exact = block_size == 1
     repeats = 1 if exact else repeats  # no noise: one pass is the number
     sched = make_schedule(schedule, schedule_eps)
-    dev = torch.device(device) if device is not None else rows.device
-    per_repeat, count = [], 0
-    n_batches = math.ceil(rows.shape[0] / batch_size)
-    with tqdm(total=repeats * n_batches, desc=desc, leave=False) as bar:
-        for r in range(repeats):
-            generator = torch.Generator(device=dev).manual_seed(seed + r)
-            total, count = 0.0, 0
-            for start in range(0, rows.shape[0], batch_size):
-                x = rows[start:start + batch_size].to(dev)
-                v = valid[start:start + batch_size].to(dev) if valid is not None else None
-                with amp or contextlib.nullcontext():
-                    s, n = block_diffusion_nll(model, x, block_size, sched, generator, valid_mask=v,
-                                               sampling_eps=sampling_eps)
-                total, count = total + float(s), count + int(n)
-                bar.update(1)
-            per_repeat.append(total / max(count, 1))
-    mean = statistics.fmean(per_repeat)
-    ppls = [math.exp(x) for x in per_repeat]
-    spread = len(per_repeat) > 1
-    return {"kind": "exact" if exact else "bound", "nll_per_token": mean,
-            "nll_std": statistics.stdev(per_repeat) if spread else 0.0, "ppl": math.exp(mean),
-            "ppl_std": statistics.stdev(ppls) if spread else 0.0, "repeats": per_repeat, "num_repeats": repeats,
-            "tokens": count, "sequences": int(rows.shape[0]), "block_size": block_size,
+
+    def score(x, v, generator):
+        return block_diffusion_nll(model, x, block_size, sched, generator, valid_mask=v, sampling_eps=sampling_eps)
+
+    result = repeated_bound(score, rows, valid, repeats=repeats, seed=seed, batch_size=batch_size, device=device,
+                            amp=amp, desc=desc)
+    return {"kind": "exact" if exact else "bound", **result, "block_size": block_size,
             "settings": {"schedule": schedule, "schedule_eps": schedule_eps, "sampling_eps": sampling_eps,
                          "seed": seed, "batch_size": batch_size, "time_samples_per_block": 0 if exact else 1,
                          "measure": "next-token NLL of f(prefix) (exact)" if exact else "block NELBO (bound)"}}

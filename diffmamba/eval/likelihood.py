@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,42 +72,53 @@ def ar_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *, b
             "sequences": int(rows.shape[0]), "settings": {"first_token_context": "EOS", "batch_size": batch_size}}
 
 
+def repeated_bound(score: Callable, rows: torch.Tensor, valid: Optional[torch.Tensor], *, repeats: int, seed: int,
+                   batch_size: int, device, amp=None, desc: str = "NELBO bound") -> dict:
+    """Run a stochastic bound over all rows ``repeats`` times, the noise of repeat r drawn from a
+    generator seeded ``seed + r``. ``score(x, v, generator) -> (summed NLL, tokens)`` scores one batch.
+
+    Returns {nll_per_token (mean over repeats), nll_std, ppl = exp(mean), ppl_std, repeats:
+    [per-repeat NLL/token], num_repeats, tokens, sequences}."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    dev = torch.device(device) if device is not None else rows.device
+    per_repeat, count = [], 0
+    n_batches = math.ceil(rows.shape[0] / batch_size)
+    with tqdm(total=repeats * n_batches, desc=desc, leave=False) as bar:
+        for r in range(repeats):
+            generator = torch.Generator(device=dev).manual_seed(seed + r)
+            total, count = 0.0, 0
+            for x, v in _batches(rows, valid, batch_size, dev):
+                with amp or contextlib.nullcontext():
+                    s, n = score(x, v, generator)
+                total, count = total + float(s), count + int(n)
+                bar.update(1)
+            per_repeat.append(total / max(count, 1))
+    mean = statistics.fmean(per_repeat)
+    spread = len(per_repeat) > 1
+    ppls = [math.exp(x) for x in per_repeat]
+    return {"nll_per_token": mean, "nll_std": statistics.stdev(per_repeat) if spread else 0.0, "ppl": math.exp(mean),
+            "ppl_std": statistics.stdev(ppls) if spread else 0.0, "repeats": per_repeat, "num_repeats": repeats,
+            "tokens": count, "sequences": int(rows.shape[0])}
+
+
 def diffusion_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *, schedule: str = "loglinear",
                          schedule_eps: float = 1e-3, sampling_eps: float = 1e-3, antithetic: bool = True,
                          repeats: int = 3, seed: int = 0, batch_size: int = 8, device=None, amp=None,
                          desc: str = "NELBO bound") -> dict:
-    """NELBO bound over all rows, ``repeats`` times with seeds seed, seed+1, ...
+    """NELBO bound over all rows, ``repeats`` times with seeds seed, seed+1, ... (``repeated_bound``).
 
     Returns {kind: 'bound', nll_per_token (mean over repeats), nll_std, ppl = exp(mean), ppl_std,
     repeats: [per-repeat NLL/token], tokens, sequences, settings}."""
-
-
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
     sched = make_schedule(schedule, schedule_eps)
-    dev = torch.device(device) if device is not None else rows.device
-    per_repeat = []
-    count = 0
-    n_batches = math.ceil(rows.shape[0] / batch_size)
-    bar = tqdm(total=repeats * n_batches, desc=desc, leave=False)
-    for r in range(repeats):
-        gen = torch.Generator(device=dev).manual_seed(seed + r)
-        total, count = 0.0, 0
-        for x, v in _batches(rows, valid, batch_size, dev):
-            with amp or contextlib.nullcontext():
-                s, n = diffusion_nll(model, x, sched, gen, valid_mask=v, antithetic=antithetic,
-                                     sampling_eps=sampling_eps)
-            total += float(s)
-            count += int(n)
-            bar.update(1)
-        per_repeat.append(total / max(count, 1))
-    bar.close()
-    mean = statistics.fmean(per_repeat)
-    std = statistics.stdev(per_repeat) if len(per_repeat) > 1 else 0.0
-    ppls = [math.exp(x) for x in per_repeat]
-    return {"kind": "bound", "nll_per_token": mean, "nll_std": std, "ppl": math.exp(mean),
-            "ppl_std": statistics.stdev(ppls) if len(ppls) > 1 else 0.0, "repeats": per_repeat,
-            "num_repeats": repeats, "tokens": count, "sequences": int(rows.shape[0]),
+
+    def score(x, v, generator):
+        return diffusion_nll(model, x, sched, generator, valid_mask=v, antithetic=antithetic,
+                             sampling_eps=sampling_eps)
+
+    result = repeated_bound(score, rows, valid, repeats=repeats, seed=seed, batch_size=batch_size, device=device,
+                            amp=amp, desc=desc)
+    return {"kind": "bound", **result,
             "settings": {"schedule": schedule, "schedule_eps": schedule_eps, "sampling_eps": sampling_eps,
                          "antithetic": antithetic, "seed": seed, "seeds": [seed + r for r in range(repeats)],
                          "batch_size": batch_size, "time_samples_per_row": 1}}

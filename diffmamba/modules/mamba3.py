@@ -214,7 +214,7 @@ class Mamba3Mixer(nn.Module):
         self.direction = Mamba3Direction(cfg)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
-    def _project(self, u: torch.Tensor):
+    def project(self, u: torch.Tensor):
         """u: [*L, D] -> z, x [*L, H*P] and the SSM slice [*L, ssm_proj_width]."""
         return self.in_proj(u).split([self.d_inner, self.d_inner, self.ssm_width], dim=-1)
 
@@ -228,7 +228,7 @@ class Mamba3Mixer(nn.Module):
     ):
         """u: [B, T, D]; valid_mask: [B, T] bool (False = right padding) or None.
         Returns out [B, T, D], or (out, final Mamba3State) with ``return_final_state``."""
-        z, x, ssm_proj = self._project(u)
+        z, x, ssm_proj = self.project(u)
         y, state = self.direction(
             zero_pads(x, valid_mask), z, ssm_proj, reverse=reverse, initial_state=initial_state,
             return_final_state=return_final_state,
@@ -238,7 +238,7 @@ class Mamba3Mixer(nn.Module):
 
     def step(self, u_t: torch.Tensor, state: Optional[Mamba3State]):
         """One causal token: u_t [B, D] -> (out_t [B, D], new state). ``state=None`` is fresh."""
-        z, x, ssm_proj = self._project(u_t)
+        z, x, ssm_proj = self.project(u_t)
         y, state = self.direction.step(x, z, ssm_proj, state)
         return self.out_proj(y), state
 

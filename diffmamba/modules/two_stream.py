@@ -28,23 +28,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
-from diffmamba.modules.mamba3 import zero_pads
 from diffmamba.ops import Mamba3State
 from diffmamba.ops.boundary import block_boundary_states, cat_states, flatten_blocks
-
-
-def forward_scan_inputs(mixer, u: Tensor, valid_mask: Optional[Tensor]) -> dict:
-    """The forward direction's scan inputs of a ``BiMixer`` on its normed input u [B, T, D]
-    (what its forward pass feeds ``mamba3_scan``; pads zeroed as the mixer does)."""
-    if mixer.tie == "none":  # two independent Mamba3Mixer layers
-        _, x, ssm = mixer.fwd._project(u)
-        direction = mixer.fwd.direction
-    else:
-        _, x, ssm, _ = mixer._project(u, causal=True)  # forward rows of the shared in_proj only
-        direction = mixer.fwd
-    return direction.scan_inputs(zero_pads(x, valid_mask), ssm)
 
 
 def check_block_size(length: int, block_size: int) -> int:
@@ -99,8 +87,11 @@ def block_streams(
         kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
         return model(noisy, mode="diffusion", return_hidden=return_hidden, **kwargs)
 
-    def rows(x: Tensor) -> Tensor:  # [B, T, ...] -> [B * nb, L', ...]
-        return x.reshape(batch * num_blocks, block_size, *x.shape[2:])
+    def rows(x: Tensor) -> Tensor:
+        return rearrange(x, "b (nb l) ... -> (b nb) l ...", l=block_size)
+
+    def sequences(x: Tensor) -> Tensor:
+        return rearrange(x, "(b nb) l ... -> b (nb l) ...", b=batch)
 
     streams = 1 if noisy is None else 2
     block_valid = None if valid_mask is None else rows(valid_mask).repeat(streams, 1)
@@ -109,7 +100,7 @@ def block_streams(
     final_states = []
     last_layer = len(model.blocks) - 1
     for layer, block in enumerate(model.blocks):
-        inputs = forward_scan_inputs(block.mixer, block.mixer_norm(clean_hidden), valid_mask)
+        inputs = block.mixer.forward_scan_inputs(block.mixer_norm(clean_hidden), valid_mask)
         states = block_boundary_states(**inputs, block_size=block_size,
                                        initial_state=None if initial_states is None else initial_states[layer])
         final_states.append(states.final)
@@ -117,20 +108,19 @@ def block_streams(
             break
         entering = flatten_blocks(states.entering)
         if noisy is None:
-            clean_hidden = block(rows(clean_hidden), valid_mask=block_valid,
-                                 fwd_initial_state=entering).reshape(clean_hidden.shape)
+            clean_hidden = sequences(block(rows(clean_hidden), valid_mask=block_valid, fwd_initial_state=entering))
         elif layer == last_layer:
             noisy_valid = None if block_valid is None else block_valid[batch * num_blocks:]
             noisy_rows = block(noisy_rows, valid_mask=noisy_valid, fwd_initial_state=entering)
         else:
             both = block(torch.cat((rows(clean_hidden), noisy_rows)), valid_mask=block_valid,
                          fwd_initial_state=cat_states([entering, entering]))
-            clean_hidden = both[: batch * num_blocks].reshape(clean_hidden.shape)
+            clean_hidden = sequences(both[: batch * num_blocks])
             noisy_rows = both[batch * num_blocks:]
 
     output = None
     if return_output:
-        hidden = clean_hidden if noisy is None else noisy_rows.reshape(clean_hidden.shape)
+        hidden = clean_hidden if noisy is None else sequences(noisy_rows)
         hidden = model.final_norm(hidden)
         output = hidden if return_hidden else model.logits(hidden)
     return (output, final_states) if return_final_states else output

@@ -28,6 +28,7 @@ import math
 from typing import Optional
 
 import torch
+from einops import rearrange
 
 from .state import Mamba3State
 
@@ -265,7 +266,7 @@ def _strictly_lower_decay(local_cumsum: torch.Tensor, rank: int) -> torch.Tensor
 
 def _chunk_view(x: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
     """[B, T', H, ...] (T' = num_chunks * chunk) -> a [B, H, nc, C, ...] view (no copy)."""
-    return x.unflatten(1, (num_chunks, chunk)).movedim(3, 1)
+    return rearrange(x, "b (nc c) h ... -> b h nc c ...", nc=num_chunks, c=chunk)
 
 
 def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -382,7 +383,7 @@ def scan_chunked_ref(
         (q_rows * decay_from_start).view(matrices, rows, N),
         entering_states.transpose(-1, -2).reshape(matrices, N, P),
     )
-    y = y.view(batch, heads, num_chunks * chunk, rank, P).movedim(1, 2)[:, :T]
+    y = rearrange(y, "(b h nc) (c r) p -> b (nc c) h r p", b=batch, h=heads, c=chunk, r=rank)[:, :T]
     y = y.to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
     last_chunk, last_position = divmod(T - 1, chunk)
     final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])

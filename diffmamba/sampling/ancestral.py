@@ -1,4 +1,4 @@
-"""Time-grid samplers: MDLM ancestral (cached / uncached), ReMDM-cap remasking, first-hitting.
+"""Time-grid samplers: MDLM ancestral (cached / uncached); the grid loop ReMDM-cap (``remdm``) reuses.
 
 Ancestral step from t to s < t (docs/masked-diffusion.md §2.1): a masked position unmasks with
 probability (alpha_s - alpha_t) / (1 - alpha_t), to a token drawn from the clean distribution p;
@@ -7,11 +7,6 @@ token draw are made separately — P(unmask to v) = P(unmask) p[v], the same law
 over the joint [p (alpha_s - alpha_t), (1 - alpha_s)] vector — so that temperature / top-p touch
 only p, greedy decoding (temperature 0) is possible, and the float64 token draw runs only at the
 positions that actually unmask.
-
-ReMDM-cap (§2.5) adds a remasking probability sigma_t = min(eta, sigma_max),
-sigma_max = min(1, (1 - alpha_s) / alpha_t): a decoded (non-fixed) token is remasked with
-probability sigma_t and a masked one unmasks with probability
-(alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t). eta = 0 is exactly MDLM.
 
 Cache (§2.2): the denoiser is time-agnostic, so if a step changed nothing the next step reuses the
 previous logits instead of calling the network. Both variants draw the same random numbers in the
@@ -40,9 +35,9 @@ def _draw_at(x: Tensor, where: Tensor, logits: Tensor, mask_id: int, options: Sa
     return x
 
 
-def _grid_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int, options: SamplerOptions,
+def grid_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int, options: SamplerOptions,
                  generator: torch.Generator, *, use_cache: bool, eta: float) -> SampleResult:
-    """The shared loop of ancestral (eta = 0) and ReMDM-cap (eta > 0) over linspace(1, time_eps, steps+1)."""
+    """The loop of ancestral (eta = 0) and ReMDM-cap (eta > 0, ``remdm``) over linspace(1, time_eps, steps+1)."""
     x, fixed = prepare_canvas(canvas, fixed, mask_id)
     schedule = make_schedule(options.schedule, options.schedule_eps)
     times = torch.linspace(1.0, options.time_eps, options.steps + 1, dtype=torch.float64)
@@ -94,51 +89,11 @@ def ancestral_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: 
 
     Reads steps, temperature, top_k, top_p, schedule, schedule_eps, time_eps. NFE <= min(steps, #generated) + 1.
     """
-    return _grid_sample(denoise, canvas, fixed, mask_id, options, generator, use_cache=True, eta=0.0)
+    return grid_sample(denoise, canvas, fixed, mask_id, options, generator, use_cache=True, eta=0.0)
 
 
 def ancestral_nocache_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int,
                              options: SamplerOptions, generator: torch.Generator) -> SampleResult:
     """MDLM ancestral sampler calling the network at every step (MDLM ``ddpm``); same samples as
     ``ancestral_sample`` under the same seed, more NFE. Kept as the honest baseline of the cache."""
-    return _grid_sample(denoise, canvas, fixed, mask_id, options, generator, use_cache=False, eta=0.0)
-
-
-def remdm_cap_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int, options: SamplerOptions,
-                     generator: torch.Generator) -> SampleResult:
-    """ReMDM with the "cap" schedule sigma_t = min(eta, sigma_max) (reads ``options.eta``).
-
-    Decoded tokens may be remasked and redrawn (never fixed ones); more steps than tokens keep
-    improving quality. The cache rarely fires because tokens keep changing, but stays exact.
-    """
-    return _grid_sample(denoise, canvas, fixed, mask_id, options, generator, use_cache=True, eta=options.eta)
-
-
-def first_hitting_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id: int,
-                         options: SamplerOptions, generator: torch.Generator) -> SampleResult:
-    """First-hitting sampler (Zheng et al.; BD3-LM ``first_hitting``): exact, one unmask per step.
-
-    With m masked tokens at time t, the next unmasking happens at the first hitting time
-    t' = t u^{1/m} (log-linear schedule) and concerns a uniformly chosen masked position. The
-    denoiser is time-agnostic, so the jump times do not change the law of the sample: each step
-    picks one masked position uniformly per row and draws its token from p. ``options.steps`` is
-    not used; steps = NFE = the largest number of generated positions in a row.
-    """
-    x, fixed = prepare_canvas(canvas, fixed, mask_id)
-    total = int((x == mask_id).sum(1).max()) if x.numel() else 0
-    rows = torch.arange(x.shape[0], device=x.device)
-    nfe = 0
-    with progress_bar(total, options) as bar:
-        for _ in range(total):
-            masked = x == mask_id
-            active = masked.any(1)  # rows with fewer generated positions finish early
-            logits = denoise(x)
-            nfe += 1
-            scores = torch.rand(x.shape, dtype=torch.float64, generator=generator, device=x.device)
-            position = scores.masked_fill(~masked, -1.0).argmax(1)  # uniform among masked
-            tokens = sample_tokens(logits[rows, position], mask_id, generator, temperature=options.temperature,
-                                   top_k=options.top_k, top_p=options.top_p)
-            x = x.clone()
-            x[rows[active], position[active]] = tokens[active]
-            bar.update(1)
-    return SampleResult(x, nfe, total)
+    return grid_sample(denoise, canvas, fixed, mask_id, options, generator, use_cache=False, eta=0.0)

@@ -20,13 +20,13 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from diffmamba.sampling.ancestral import (
-    ancestral_nocache_sample, ancestral_sample, first_hitting_sample, remdm_cap_sample,
-)
+from diffmamba.sampling.ancestral import ancestral_nocache_sample, ancestral_sample
 from diffmamba.sampling.base import (
     Denoiser, SampleResult, SamplerOptions, SamplingError, denoiser_from_model,
 )
 from diffmamba.sampling.confidence import confidence_sample
+from diffmamba.sampling.first_hitting import first_hitting_sample
+from diffmamba.sampling.remdm import remdm_cap_sample
 
 Sampler = Callable[[Denoiser, Tensor, Optional[Tensor], int, SamplerOptions, torch.Generator], SampleResult]
 

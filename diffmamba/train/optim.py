@@ -61,6 +61,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 class EMA:
     """Exponential moving average of the trainable parameters, kept in float32.
 
+    Not ``torch.optim.swa_utils.AveragedModel``: that deep-copies the whole module (a DDP/FSDP
+    wrapper included, which FSDP does not support), averages in the module's own dtype and keeps
+    its own ``n_averaged`` buffer; checkpoints store this EMA as ``ema.safetensors`` by parameter
+    name plus ``num_updates`` in trainer_state.json, and the swap in/out must restore the training
+    weights bit for bit. A flat list of float32 tensors and one ``_foreach_lerp_`` does all that.
+
     The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as in MDLM's EMA):
     with a fixed 0.9999 a run shorter than ~10k steps would evaluate weights close to the random
     initialisation. Buffers are not averaged (the model's buffers are constants).
