@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from diffmamba.errors import ConfigError
+from diffmamba.core.errors import ConfigError
 
 
 def _check(cond: bool, field_name: str, problem: str) -> None:

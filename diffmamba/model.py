@@ -11,7 +11,7 @@ layers (docs/contracts.md §2).
 The vocabulary has one extra row, the mask token (``mask_token_id = vocab_size``). Its logit is
 -inf in both modes: the denoiser never predicts [MASK] (SUBS) and the AR head never emits it.
 There is no time conditioning: the mask pattern tells the denoiser the noise level
-(masked-diffusion.md §5).
+(docs/masked-diffusion.md §5).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffmamba import __version__
 from diffmamba.config import ModelConfig, config_from_dict, to_dict
-from diffmamba.errors import UserError
-from diffmamba.modules import Block, RMSNorm
+from diffmamba.core.errors import UserError
+from diffmamba.core.io import atomic_path, write_json
+from diffmamba.modules import RMSNorm, ResidualBlock
+from diffmamba.modules.two_stream import block_streams
 from diffmamba.ops import Mamba3State
 
 WEIGHTS_NAME = "model.safetensors"
@@ -41,7 +44,7 @@ class DiffMamba(nn.Module):
 
     Init: embedding (and an untied head) N(0, init_std); every residual-branch end (mixer
     out_proj, MLP down) kaiming-uniform / sqrt(2 * n_layers) (two residual adds per block, as in
-    mamba_ssm / GPT-2); the Mamba-3 parameters per mamba3.md §1.8 (see ``Mamba3Direction``).
+    mamba_ssm / GPT-2); the Mamba-3 parameters per docs/mamba3.md §1.8 (see ``Mamba3Direction``).
     """
 
     def __init__(self, config: ModelConfig):
@@ -51,7 +54,7 @@ class DiffMamba(nn.Module):
                             "(training fills it from the tokenizer)")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size + 1, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(ResidualBlock(config) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         # A tied head reads embedding.weight, so the checkpoint holds no duplicate tensor.
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size + 1, bias=False)
@@ -88,7 +91,7 @@ class DiffMamba(nn.Module):
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on projection/embedding matrices only; never on norms, biases,
-        dt_bias, D or the MIMO vectors (mamba3.md §6.4)."""
+        dt_bias, D or the MIMO vectors (docs/mamba3.md §6.4)."""
         matrices = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
         decay = [p for p in self.parameters() if id(p) in matrices]
         no_decay = [p for p in self.parameters() if id(p) not in matrices]
@@ -125,14 +128,13 @@ class DiffMamba(nn.Module):
         fwd_states / return_fwd_states: per-layer forward-direction states in and out (block
         diffusion and prefill); the reverse direction always starts from zero.
 
-        block_size / noisy: block diffusion training (``diffmamba.block.streams``): ``tokens`` is
+        block_size / noisy: block diffusion training (``diffmamba.modules.two_stream``): ``tokens`` is
         the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
         returned; dispatched from here so wrappers (DDP, compile) see one forward call.
 
         Returns logits [B, T, V + 1] (or hidden), plus the list of final states when asked.
         """
         if block_size is not None:
-            from diffmamba.block.streams import block_streams
 
             return block_streams(self, tokens, block_size, noisy=noisy, valid_mask=valid_mask,
                                  return_hidden=return_hidden)
@@ -198,7 +200,7 @@ class DiffMamba(nn.Module):
         rank (inter-chunk read, state update); C = min(chunk_size, seq_len).
         """
         if mode == "block_diffusion":
-            # Two streams (diffmamba.block.streams): the trunk runs on the clean and the noisy
+            # Two streams (diffmamba.modules.two_stream): the trunk runs on the clean and the noisy
             # copy, the head on the noisy one only.
             head = 6 * self.vocab_size * self.config.d_model
             return 2 * self.estimate_flops_per_token(seq_len, mode="diffusion") - head
@@ -221,23 +223,16 @@ class DiffMamba(nn.Module):
         Each file is written to a temporary name and renamed, so an interrupted save never leaves
         a half-written checkpoint under the real name.
         """
-        from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
-        weights_tmp = os.path.join(directory, f".{WEIGHTS_NAME}.tmp{os.getpid()}")
-        save_file(tensors, weights_tmp, metadata={"format": "pt", "diffmamba_version": __version__})
-        os.replace(weights_tmp, os.path.join(directory, WEIGHTS_NAME))
-        config_tmp = os.path.join(directory, f".{CONFIG_NAME}.tmp{os.getpid()}")
-        with open(config_tmp, "w") as f:
-            json.dump({"diffmamba_version": __version__, "model": to_dict(self.config)}, f, indent=2)
-            f.write("\n")
-        os.replace(config_tmp, os.path.join(directory, CONFIG_NAME))
+        with atomic_path(os.path.join(directory, WEIGHTS_NAME)) as weights_tmp:
+            save_file(tensors, weights_tmp, metadata={"format": "pt", "diffmamba_version": __version__})
+        write_json(os.path.join(directory, CONFIG_NAME), {"diffmamba_version": __version__, "model": to_dict(self.config)})
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location="cpu") -> "DiffMamba":
         """Load a folder written by ``save_pretrained`` (weights keep their saved dtypes)."""
-        from safetensors.torch import load_file
 
         what = "a folder written by DiffMamba.save_pretrained or `diffmamba train` (config.json + model.safetensors)"
         if not os.path.isdir(directory):

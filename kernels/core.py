@@ -99,7 +99,7 @@ def _walk_states(x_ptr, y_ptr, a_ptr, init_ptr, stack_ptr, end_ptr, T, H, NC,
         xx = tl.load(x_ptr + row[:, None] * N + n[None, :], mask=ok[:, None] & n_ok[None, :], other=0.0)
         yy = tl.load(y_ptr + row[:, None] * P + p[None, :], mask=ok[:, None] & p_ok[None, :],
                      other=0.0).to(tl.float32)
-        # exponents <= 0 (mamba3.md §6.2). Backward: dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T,
+        # exponents <= 0 (docs/mamba3.md §6.2). Backward: dG_c = exp(l_last) dG + sum_i exp(l_i) Qr_i dy_i^T,
         # the inter-chunk term of every y_i.
         w = tl.exp(tl.minimum(l, 0.0)) if BACKWARD else tl.exp(tl.minimum(l_last - l, 0.0))
         m = tl.exp(tl.minimum(l_last, 0.0)) * m + _dot(tl.trans(xx * w[:, None]), yy, DOT)
@@ -112,7 +112,7 @@ def _chunk_tiles(q_ptr, k_ptr, a_ptr, c, pid, T, H, N: tl.constexpr, NB: tl.cons
                  C: tl.constexpr, R: tl.constexpr, REVERSE: tl.constexpr):
     """What every chunk-parallel program of (chunk c, b*h = pid) starts from: its rows, their
     decays, the [C, N] Qr and K' tiles, each row's local step t and the strictly causal decay
-    M_ij = exp(l_i - l_j) for t(j) < t(i) (clamped before exp, §6.2; the same-step R x R block is
+    M_ij = exp(l_i - l_j) for t(j) < t(i) (clamped before exp, docs/mamba3.md §6.2; the same-step R x R block is
     the diagonal term, kept apart)."""
     b = (pid // H).to(tl.int64)
     h = (pid % H).to(tl.int64)

@@ -134,7 +134,7 @@ def phase_and_scales(dt, lam, dph, ph0, reverse):
     """Differentiable [B, T, H]-sized part of the pre-pass (reference semantics, physical order).
 
     dt, lam: [B, T, H]; dph: [B, T, H, S]; ph0: [B, H, S] or None. Returns the cumulative phase
-    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, mamba3.md §6.3; reverse: suffix
+    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, docs/mamba3.md §6.3; reverse: suffix
     sums, the logical order being the mirrored physical one), gamma, beta and the shifted scale
     gamma + beta~ (beta of the next logical step: physical t + 1, or t - 1 in reverse).
     """

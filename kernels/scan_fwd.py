@@ -2,7 +2,7 @@
 
 Reference: ``diffmamba.ops.reference.scan_chunked_ref`` (chunked form) and
 ``scan_recurrent_ref`` (per-token recurrence); the math is written out in ``kernels/README.md``
-and ``/work/shared/spec/mamba3.md`` §2.2-2.4.
+and docs/mamba3.md §2.2-2.4.
 
 Design: one program per (batch, head, value block) walks all chunks of its sequence in order
 and carries the fp32 state [N, BLOCK_P] in registers (as the official SISO kernel does), so no
@@ -155,7 +155,7 @@ def _fwd_kernel_impl(
         hT_e, hT_o = _load_pair(hbase + pp[None, :] * N, 2 * j[:, None],
                                 e_ok[:, None] & p_ok[None, :], o_ok[:, None] & p_ok[None, :])
         # Trapezoid term of the first step from the cached previous token:
-        # (1 - lam_0) dt_0 k_prev v_prev^T is added before the first decay (mamba3.md §2.1).
+        # (1 - lam_0) dt_0 k_prev v_prev^T is added before the first decay (docs/mamba3.md §2.1).
         t0 = T - 1 if REVERSE else 0
         sc0 = (b * T + t0) * H + h
         beta0 = (1.0 - tl.load(lam_ptr + sc0).to(tl.float32)) * tl.load(dt_ptr + sc0).to(tl.float32)
@@ -198,7 +198,7 @@ def _fwd_kernel_impl(
         lam_n = tl.load(lam_ptr + scn, mask=nxt_ok, other=0.0).to(tl.float32)
         gamma = lam * dt
         scale = gamma + (1.0 - lam_n) * dt_n  # zero look-ahead after the last step
-        # chunk-local inclusive cumsum of the log decay (reset per chunk, §6.1); counting only the
+        # chunk-local inclusive cumsum of the log decay (reset per chunk, docs/mamba3.md §6.1); counting only the
         # first rank row of each step makes every rank row of step t see sum_{s<=t} a_s.
         l = tl.cumsum(tl.where(first_rank, a, 0.0), axis=0)
         l_last = tl.sum(tl.where(first_rank, a, 0.0), axis=0)
@@ -223,7 +223,7 @@ def _fwd_kernel_impl(
         v_mask = ok[:, None] & p_ok[None, :]
         vv = tl.load(v_ptr + row_off[:, None] * P + pp[None, :], mask=v_mask, other=0.0).to(tl.float32)
 
-        # ---- intra-chunk: masked, decayed scores (every exponent <= 0, §6.2) ----
+        # ---- intra-chunk: masked, decayed scores (every exponent <= 0, docs/mamba3.md §6.2) ----
         scores = _dot(qre, tl.trans(kre), DOT) + _dot(qro, tl.trans(kro), DOT)
         ti = t_loc[:, None]
         tj = t_loc[None, :]

@@ -7,11 +7,11 @@
 
 On CPU (2 processes, gloo): ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2
 --num_machines 1 --mixed_precision no --dynamo_backend no scripts/train.py --config configs/tiny.yaml
-Options: `python scripts/train.py --help`; the loop itself: diffmamba/train.py.
+Options: `python scripts/train.py --help`; the loop itself: diffmamba/cli/train.py.
 """
 import sys
 
-from diffmamba.train import main
+from diffmamba.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

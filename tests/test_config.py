@@ -5,7 +5,7 @@ import os
 import pytest
 
 from diffmamba.config import (ModelConfig, RunConfig, config_from_dict, load_config, to_dict)
-from diffmamba.errors import ConfigError, UserError
+from diffmamba.core.errors import ConfigError, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "model", "tiny.yaml")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffmamba.config import ModelConfig
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
 from diffmamba.model import DiffMamba
 
 TIES = ["full", "partial", "none"]

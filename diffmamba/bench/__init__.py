@@ -16,7 +16,7 @@ import importlib
 SUBCOMMANDS = {
     "kernels": "diffmamba.bench.kernels",
     "reference": "diffmamba.bench.reference",
-    "block": "diffmamba.block.bench",
+    "block": "diffmamba.bench.bd3lm",
     "resources": "diffmamba.bench.resources",
 }
 

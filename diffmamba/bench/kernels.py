@@ -5,7 +5,7 @@ Ops (per shape): fwd, rev (anti-causal forward), bi (fwd + rev of one layer), fw
 ``triton.testing.do_bench`` after warm-up on a GPU; on CPU ``time.perf_counter`` medians of the
 *reference* path (the Triton kernels need a GPU to be timed; the script says so).
 
-Roofline (shared/spec/performance.md §(e)), per token and direction, e = bytes per I/O element:
+Roofline (docs/performance.md §(e)), per token and direction, e = bytes per I/O element:
   bytes_fwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v read, y written, a/dt/trap/dphase fp32)
   bytes_bwd  = e (2HRN + 2HRP) + 12H + 4HS     (q, k, v, dy read)
              + e (2HRN + HRP) + 12H + 4HS      (dq, dk, dv, d scalars written)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import statistics
@@ -27,9 +26,13 @@ import time
 
 import torch
 
+from diffmamba.core.io import write_json
+from diffmamba.ops import reference
+from diffmamba.ops.state import Mamba3State
+
 SHAPES = {
     # name: (B, T, H, N, P, S, R)
-    "bt16k-h16": (8, 2048, 16, 128, 64, 32, None),  # the target shape of issue #3
+    "bt16k-h16": (8, 2048, 16, 128, 64, 32, None),  # the target training shape
     "bt16k-h32": (4, 4096, 32, 128, 64, 32, None),
     "bt64k-h32": (16, 4096, 32, 128, 64, 32, None),
     "b1-t8k-h32": (1, 8192, 32, 128, 64, 32, None),
@@ -67,7 +70,7 @@ def make_step(B, H, N, P, S, dtype, device, seed=0):
 
 def time_ms(fn, device, warmup, rep):
     if device == "cuda":
-        import triton.testing
+        import triton.testing  # lazy: optional dependency (triton); the reference runs without it
         return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
     t_end = time.perf_counter() + warmup / 1e3
     for _ in range(2):
@@ -131,11 +134,10 @@ def scan_fn(impl, xs, reverse, chunk, backward, seed_grads=None):
 
 
 def _scan_fn(impl, xs, reverse, chunk, backward, seed_grads):
-    from diffmamba.ops import reference
 
     def one(rev, leaves):
         if impl.startswith("triton"):
-            from diffmamba.kernels import mamba3_scan_triton
+            from diffmamba.kernels import mamba3_scan_triton  # lazy: optional dependency (triton); the reference runs without it
             return mamba3_scan_triton(*leaves, reverse=rev, chunk_size=chunk)[0]
         return reference.scan_chunked_ref(*leaves, reverse=rev, chunk_size=chunk)[0]
 
@@ -158,8 +160,8 @@ def _scan_fn(impl, xs, reverse, chunk, backward, seed_grads):
 
 def bench_bwd_parts(name, xs, seed, args):
     """Time the Triton backward (whole, and its core kernels alone) on one direction."""
-    from diffmamba.kernels import scan_bwd
-    from diffmamba.kernels.core import chunk_rows, core_backward
+    from diffmamba.kernels import scan_bwd  # lazy: optional dependency (triton); the reference runs without it
+    from diffmamba.kernels.core import chunk_rows, core_backward  # lazy: optional dependency (triton); the reference runs without it
     q, k, v, a, dt, lam, dph, D = xs
     rank_form = (lambda t: t.contiguous()) if q.dim() == 5 else (lambda t: t.unsqueeze(3).contiguous())  # noqa: E731
     q5, k5, v5, dy5 = (rank_form(t) for t in (q, k, v, seed))
@@ -204,9 +206,9 @@ def main(argv=None) -> int:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     e = 2 if dtype == torch.bfloat16 else 4
-    import triton
+    import triton  # lazy: optional dependency (triton); the reference runs without it
 
-    from diffmamba.kernels.configs import interpreting
+    from diffmamba.kernels.configs import interpreting  # lazy: optional dependency (triton); the reference runs without it
     if args.interpreter and (cuda or not interpreting()):
         raise SystemExit("--interpreter needs a CPU-only run with TRITON_INTERPRET=1 set in the environment")
     cpu_label = ("cpu, Triton interpreter (harness check: times are not kernel speed)" if args.interpreter
@@ -222,10 +224,9 @@ def main(argv=None) -> int:
 
     def save():
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
-                               triton=triton.__version__, cuda=torch.version.cuda, dtype=args.dtype,
-                               rows=rows_out), f, indent=1)
+            write_json(args.json, dict(device=torch.cuda.get_device_name() if cuda else "cpu",
+                                       torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
+                                       dtype=args.dtype, rows=rows_out), indent=1)
 
     header = f"{'shape':18s} {'op':7s} {'impl':16s} {'ms':>9s} {'GB/s':>7s} {'%BW':>5s} {'TFLOP/s':>8s} {'%peak':>6s}"
     print(header)
@@ -280,9 +281,7 @@ def main(argv=None) -> int:
         save()  # after every shape: a run cut off by a time limit keeps what it measured
 
     if "step" in args.ops:
-        from diffmamba.kernels import mamba3_step_triton
-        from diffmamba.ops import reference
-        from diffmamba.ops.state import Mamba3State
+        from diffmamba.kernels import mamba3_step_triton  # lazy: optional dependency (triton); the reference runs without it
         step_shapes = args.step_shapes or (list(STEP_SHAPES) if cuda else ["step-b1-h32"])
         for name in step_shapes:
             B, H, N, P, S = STEP_SHAPES[name]

@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_inputs(args: argparse.Namespace, T: int, requires_grad: bool) -> dict:
-    """Random inputs with the statistics of a freshly initialised layer (mamba3.md §1.2, §1.8)."""
+    """Random inputs with the statistics of a freshly initialised layer (docs/mamba3.md §1.2, §1.8)."""
     dtype = getattr(torch, args.dtype)
     scalar_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     B, H, P, N = args.batch, args.heads, args.headdim, args.d_state

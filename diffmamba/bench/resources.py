@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import subprocess
 import sys
 
 import torch
 
 from diffmamba.bench.kernels import SHAPES, STEP_SHAPES, env, make, make_step
+from diffmamba.core.io import write_json
+from diffmamba.ops.state import Mamba3State
 
 DEFAULT_SHAPES = ["bt16k-h16", "mimo4-bt16k-h16"]
 
@@ -31,10 +32,9 @@ DEFAULT_SHAPES = ["bt16k-h16", "mimo4-bt16k-h16"]
 def build_scan(shape: str, dtype: torch.dtype, chunk: int | None, quick: bool = False) -> None:
     """Launch (= compile, under aot.compile_only) every scan kernel a GPU run of this shape uses
     (quick: the default path of one direction without an initial state only)."""
-    from diffmamba.kernels import mamba3_scan_triton
-    from diffmamba.kernels.autograd import scan_forward
-    from diffmamba.kernels.configs import SCAN_FWD_CONFIGS
-    from diffmamba.ops.state import Mamba3State
+    from diffmamba.kernels import mamba3_scan_triton  # lazy: optional dependency (triton)
+    from diffmamba.kernels.autograd import scan_forward  # lazy: optional dependency (triton)
+    from diffmamba.kernels.configs import SCAN_FWD_CONFIGS  # lazy: optional dependency (triton)
 
     B, T, H, N, P, S, R = SHAPES[shape]
     chunk = chunk or 64 // (R or 1)
@@ -56,10 +56,9 @@ def build_scan(shape: str, dtype: torch.dtype, chunk: int | None, quick: bool = 
 
 
 def build_step(shape: str, dtype: torch.dtype, quick: bool = False) -> None:
-    from diffmamba.kernels import mamba3_step_triton
-    from diffmamba.kernels.configs import STEP_CONFIGS
-    from diffmamba.kernels.scan_step import launch_step
-    from diffmamba.ops.state import Mamba3State
+    from diffmamba.kernels import mamba3_step_triton  # lazy: optional dependency (triton)
+    from diffmamba.kernels.configs import STEP_CONFIGS  # lazy: optional dependency (triton)
+    from diffmamba.kernels.scan_step import launch_step  # lazy: optional dependency (triton)
 
     B, H, N, P, S = STEP_SHAPES[shape]
     xs = make_step(B, H, N, P, S, dtype, "cpu")
@@ -79,7 +78,7 @@ _SHOWN = ("R", "ROWS", "C", "BLOCK_P", "BP", "REVERSE", "BACKWARD", "HAS_INIT", 
 
 
 def _meta(constexprs: dict) -> str:
-    from diffmamba.kernels import scan_fwd
+    from diffmamba.kernels import scan_fwd  # lazy: optional dependency (triton)
     dots = {getattr(scan_fwd, name): name[4:].lower() for name in dir(scan_fwd) if name.startswith("DOT_")}
     short = {"REVERSE": "rev", "BACKWARD": "bwd", "HAS_INIT": "init"}
     parts = []
@@ -97,7 +96,7 @@ def _meta(constexprs: dict) -> str:
 
 
 def _ptxas_version() -> str:
-    from triton import knobs
+    from triton import knobs  # lazy: optional dependency (triton)
     out = subprocess.run([knobs.nvidia.ptxas.path, "--version"], capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1] if out.strip() else "?"
 
@@ -118,12 +117,12 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true", help="print every constexpr of each kernel")
     args = ap.parse_args(argv)
 
-    from diffmamba.kernels.configs import interpreting
+    from diffmamba.kernels.configs import interpreting  # lazy: optional dependency (triton)
     if interpreting():
         raise SystemExit("diffmamba bench resources compiles real kernels: unset TRITON_INTERPRET and run again")
-    import triton
+    import triton  # lazy: optional dependency (triton)
 
-    from diffmamba.kernels import aot
+    from diffmamba.kernels import aot  # lazy: optional dependency (triton)
 
     print(f"target: sm_{args.arch} (compiled here, nothing launched); triton {triton.__version__}, "
           f"ptxas {_ptxas_version()}, torch {torch.__version__}")
@@ -162,8 +161,7 @@ def main(argv=None) -> int:
                                  num_warps=k.num_warps, num_stages=k.num_stages, status=status,
                                  **dataclasses.asdict(r)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(arch=args.arch, triton=triton.__version__, rows=rows), f, indent=1)
+        write_json(args.json, dict(arch=args.arch, triton=triton.__version__, rows=rows), indent=1)
     return 1 if failed else 0
 
 

@@ -19,7 +19,8 @@ import json
 import os
 import time
 
-from diffmamba.errors import UserError
+from diffmamba.config import DataConfig, RunConfig, load_config
+from diffmamba.core.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _data_config(args):
     """The DataConfig that prepare works on: --config (+ overrides), then the explicit flags."""
-    from diffmamba.config import DataConfig, RunConfig, load_config
     overrides = [o if o.startswith("data.") else f"data.{o}" for o in args.overrides]
     cfg = load_config(RunConfig, args.config, overrides).data if args.config or overrides else DataConfig()
     changes = {"source": args.corpus, "tokenizer": args.tokenizer, "seq_len": args.seq_len, "packing": args.packing,
@@ -73,12 +73,12 @@ def _data_config(args):
 
 
 def _is_builtin(source: str) -> bool:
-    from diffmamba.data.corpus import is_builtin
+    from diffmamba.data.corpus import is_builtin  # lazy: `diffmamba data --help` without torch and HF datasets
     return is_builtin(source)
 
 
 def print_corpus_summary(corpus: dict, seconds: float) -> None:
-    from diffmamba.data.corpus import SOURCES
+    from diffmamba.data.corpus import SOURCES  # lazy: `diffmamba data --help` without torch and HF datasets
     entries = corpus["entries"]
     print(f"built-in corpus in {corpus['dir']} ({seconds:.1f} s; rebuilt: {', '.join(corpus['built']) or 'none'})")
     print(f"  {'source':<10}{'documents':>11}{'MB':>9}  description")
@@ -92,7 +92,7 @@ def print_corpus_summary(corpus: dict, seconds: float) -> None:
 
 
 def _prepare(args) -> int:
-    from diffmamba.data.corpus import build_corpus, parse_builtin_source
+    from diffmamba.data.corpus import build_corpus, parse_builtin_source  # lazy: `diffmamba data --help` without torch and HF datasets
     cfg = _data_config(args)
     wants_rows = bool(args.tokenizer or args.seq_len or args.config or args.overrides or args.packing
                       or not _is_builtin(cfg.source))
@@ -114,8 +114,8 @@ def _prepare(args) -> int:
 
 
 def _prepare_rows(cfg) -> None:
-    from diffmamba.data.datasets import build_datasets, resolve_tokenizer
-    from diffmamba.data.sources import local_files
+    from diffmamba.data.datasets import build_datasets, resolve_tokenizer  # lazy: `diffmamba data --help` without torch and HF datasets
+    from diffmamba.data.sources import local_files  # lazy: `diffmamba data --help` without torch and HF datasets
     if not _is_builtin(cfg.source):
         local_files(cfg.source)  # a wrong path fails now, not after training a tokenizer
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def _size_mb(folder: str) -> float:
 
 
 def _info(args) -> int:
-    from diffmamba.data.corpus import SOURCES, cache_root, default_corpus_dir
+    from diffmamba.data.corpus import SOURCES, cache_root, default_corpus_dir  # lazy: `diffmamba data --help` without torch and HF datasets
     root = cache_root(args.cache_dir)
     print("built-in corpus sources:")
     for source in SOURCES.values():

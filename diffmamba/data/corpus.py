@@ -30,7 +30,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
-from diffmamba.errors import UserError
+from tqdm.auto import tqdm
+
+from diffmamba.core.errors import UserError
+from diffmamba.core.io import atomic_open, write_json
 
 CORPUS_VERSION = 2  # bump when a reader changes its output, so old caches are rebuilt
 MAX_DOCUMENT_CHARS = 32_768
@@ -316,20 +319,12 @@ def _read_manifest(out_dir: str) -> dict:
     return manifest
 
 
-def _write_json_atomic(path: str, value) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _build_source(source: Source, out_dir: str, max_documents: int, progress: bool) -> dict:
-    from tqdm.auto import tqdm
     location = source.locate()
     path = os.path.join(out_dir, f"{source.name}.jsonl")
-    tmp = f"{path}.tmp{os.getpid()}"
     digest, documents, n_bytes = hashlib.sha256(), 0, 0
-    with open(tmp, "w", encoding="utf-8") as f, \
+    # atomic: concurrent builders (several ranks) never see half a file
+    with atomic_open(path, "w", encoding="utf-8") as f, \
             tqdm(desc=f"corpus {source.name}", unit=" docs", disable=not progress, leave=False) as bar:
         for item_id, text in source.read(location):
             pieces = split_long(text.strip())
@@ -345,7 +340,6 @@ def _build_source(source: Source, out_dir: str, max_documents: int, progress: bo
                     break
             if max_documents and documents >= max_documents:
                 break
-    os.replace(tmp, path)  # atomic: concurrent builders (several ranks) never see half a file
     return {"documents": documents, "bytes": n_bytes, "sha256": digest.hexdigest(),
             "max_documents": max_documents, "file": os.path.basename(path), "location": location}
 
@@ -369,7 +363,7 @@ def build_corpus(out_dir: Optional[str] = None, sources: Optional[Sequence[str]]
             manifest["sources"][name] = _build_source(SOURCES[name], out_dir, max_documents, progress)
             built.append(name)
     if built:
-        _write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)
+        write_json(os.path.join(out_dir, "manifest.json"), manifest, indent=1, sort_keys=True)
     return {"dir": out_dir, "sources": names, "built": built,
             "entries": {n: manifest["sources"][n] for n in names}}
 

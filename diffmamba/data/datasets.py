@@ -15,7 +15,7 @@ in addition the lowest-hash document among the first ``min(ceil(1/val_fraction),
 so validation is never empty. The rule needs no global shuffle, so map-style and streaming modes
 pick the same documents. The split happens on documents, before packing: no document leaks.
 
-Packing (masked-diffusion spec §3.1):
+Packing (docs/masked-diffusion.md §3.1):
 - ``"wrap"`` (MDLM): each document is followed by EOS, all are concatenated in order and cut into
   rows of ``seq_len``; the incomplete tail is dropped. Rows: ``input_ids``.
 - ``"pad"``: one document per row, EOS appended, truncated to ``seq_len``, right-padded with EOS.
@@ -34,12 +34,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
+from diffmamba.core.io import staged_tree, write_json
 from diffmamba.config import DataConfig
 from diffmamba.data import corpus as corpus_lib
 # Re-exported: evaluation packs its own text with the very same functions.
@@ -47,7 +47,10 @@ from diffmamba.data.packing import (WrapPacker, guaranteed_validation_doc, pad_r
                                     validation_mask)
 from diffmamba.data.sources import hf_progress, iter_texts, load_source, non_empty, source_plan, text_column
 from diffmamba.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
+import pyarrow.compute as pc
+from datasets import Features, Sequence, Value
+from tqdm.auto import tqdm
 
 CACHE_VERSION = 1  # bump when tokenised or packed files change meaning
 DOC_BATCH = 1000  # documents per tokenisation / packing step
@@ -147,26 +150,6 @@ def _key(*parts) -> str:
 
 
 @contextlib.contextmanager
-def _staging(final_dir: str):
-    """A private folder to build ``final_dir`` in. On success it is renamed into place (atomic; if
-    another process published first, theirs is kept); on any error it is removed."""
-    tmp_dir = f"{final_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    os.makedirs(tmp_dir)
-    try:
-        yield tmp_dir
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    try:
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if not os.path.isdir(final_dir):
-            raise
-
-
-@contextlib.contextmanager
 def _single_threaded_tokenizers(enabled: bool):
     """Worker processes fork; Rust tokenizer threads and fork() do not mix, so turn them off meanwhile."""
     before = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -198,8 +181,6 @@ def _tokenized(data_cfg: DataConfig, plan: dict, tok: Tokenizer, progress: bool)
 
 
 def _build_tokenized(data_cfg: DataConfig, plan: dict, tok: Tokenizer, final: str, progress: bool) -> None:
-    import pyarrow.compute as pc
-    from datasets import Features, Sequence, Value
     raw = load_source(plan, streaming=False)
     field = text_column(raw, plan)
     raw = raw.select_columns([field])
@@ -211,7 +192,7 @@ def _build_tokenized(data_cfg: DataConfig, plan: dict, tok: Tokenizer, final: st
     if len(raw) == 0:
         raise UserError(f"no text found in {plan.get('hub') or data_cfg.source} ({n_raw} records, all empty in "
                         f"column {field!r}); check data.source and data.text_field")
-    with _staging(final) as tmp:
+    with staged_tree(final) as tmp:
         # Worker processes only pay off on big sources; each one re-imports and re-builds the tokenizer.
         num_proc = max(1, min(data_cfg.num_proc, len(raw) // (4 * DOC_BATCH)))
         with _single_threaded_tokenizers(num_proc > 1):
@@ -235,15 +216,14 @@ def _build_tokenized(data_cfg: DataConfig, plan: dict, tok: Tokenizer, final: st
         for name in os.listdir(tmp):  # the intermediate Arrow shards are not needed any more
             if name.endswith(".arrow"):
                 os.remove(os.path.join(tmp, name))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"source": data_cfg.source, "tokenizer": tok.name, "tokenizer_fingerprint": tok.fingerprint,
-                       "documents": len(lengths), "tokens": int(offsets[-1])}, f, indent=1)
+        write_json(os.path.join(tmp, "meta.json"), {
+            "source": data_cfg.source, "tokenizer": tok.name, "tokenizer_fingerprint": tok.fingerprint,
+            "documents": len(lengths), "tokens": int(offsets[-1])}, indent=1)
 
 
 def _pack_split(tokens: np.ndarray, offsets: np.ndarray, doc_indices: np.ndarray, data_cfg: DataConfig,
                 tok: Tokenizer, path: str, progress: bool) -> dict:
     """Write one split's rows to ``path`` (.npy), returning its summary."""
-    from tqdm.auto import tqdm
     lengths = offsets[doc_indices + 1] - offsets[doc_indices]
     seq_len = data_cfg.seq_len
     wrap = data_cfg.packing == "wrap"
@@ -305,12 +285,11 @@ def build_datasets(data_cfg: DataConfig, tokenizer, progress: bool = True):
         meta = {"source": data_cfg.source, "tokenizer": tok.name, "tokenizer_fingerprint": tok.fingerprint,
                 "seq_len": data_cfg.seq_len, "packing": data_cfg.packing, "val_fraction": data_cfg.val_fraction,
                 "seed": data_cfg.seed}
-        with _staging(final) as tmp:
+        with staged_tree(final) as tmp:
             for split, chosen in (("train", ~is_val), ("validation", is_val)):
                 meta[split] = _pack_split(tokens, offsets, indices[chosen], data_cfg, tok,
                                           os.path.join(tmp, f"{split}.npy"), progress)
-            with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump(meta, f, indent=1)
+            write_json(os.path.join(tmp, "meta.json"), meta, indent=1)
     return open_packed(final)
 
 

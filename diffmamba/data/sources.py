@@ -14,9 +14,12 @@ import os
 import re
 from typing import Iterator, Optional
 
+import datasets
+from datasets.utils import logging as hf_logging
+
 from diffmamba.config import DataConfig
+from diffmamba.core.errors import UserError
 from diffmamba.data import corpus as corpus_lib
-from diffmamba.errors import UserError
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".rst")
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", **{e: "text" for e in TEXT_EXTENSIONS}}
@@ -101,7 +104,6 @@ def source_plan(data_cfg: DataConfig, progress: bool = True) -> dict:
 @contextlib.contextmanager
 def hf_progress(enabled: bool):
     """Show or hide Hugging Face datasets' own progress bars for the duration of a block."""
-    from datasets.utils import logging as hf_logging
     was = hf_logging.is_progress_bar_enabled()
     (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
     try:
@@ -112,7 +114,6 @@ def hf_progress(enabled: bool):
 
 def load_source(plan: dict, streaming: bool):
     """The raw HF dataset (all columns) of a plan."""
-    import datasets
     datasets.logging.set_verbosity_error()
     try:
         if "hub" in plan:

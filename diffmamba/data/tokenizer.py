@@ -21,7 +21,10 @@ import importlib.util
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
-from diffmamba.errors import UserError
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+from diffmamba.core.errors import UserError
+from diffmamba.core.io import atomic_path
 
 MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -83,9 +86,8 @@ class Tokenizer:
         """Write ``directory/tokenizer.json`` (mask included) and return its path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, TOKENIZER_FILE)
-        tmp = f"{path}.tmp{os.getpid()}"
-        self.hf.save(tmp)
-        os.replace(tmp, path)  # atomic: several ranks may save the same checkpoint folder
+        with atomic_path(path) as tmp:  # several ranks may save the same checkpoint folder
+            self.hf.save(tmp)
         return path
 
     def bytes_per_token(self, texts: Iterable[str]) -> float:
@@ -105,7 +107,6 @@ class Tokenizer:
         return {"json": self.hf.to_str(), "name": self.name, "eos": self.hf.id_to_token(self.eos_id)}
 
     def __setstate__(self, state):
-        from tokenizers import Tokenizer as HFTokenizer
         self.__init__(HFTokenizer.from_str(state["json"]), state["name"], state["eos"])
 
 
@@ -125,7 +126,6 @@ def _ensure_mask_last(hf) -> int:
         raise UserError(f"the tokenizer has {MASK_TOKEN} at id {hf.token_to_id(MASK_TOKEN)}, not as its last id "
                         f"{last}; the mask must be the last id (mask_id == vocab_size): rebuild the tokenizer "
                         "without it and let diffmamba append it")
-    from tokenizers import AddedToken
     hf.add_special_tokens([AddedToken(MASK_TOKEN, special=True, normalized=False)])
     mask_id = hf.token_to_id(MASK_TOKEN)
     if mask_id != last + 1:
@@ -178,7 +178,6 @@ def gpt2_files() -> Optional[tuple[str, str]]:
 
 def _gpt2_hf():
     """The exact GPT-2 byte-level BPE: offline from the package files, else from the Hub."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
     files = gpt2_files()
     if files is None:
         try:
@@ -211,7 +210,6 @@ def load_tokenizer(spec, eos_token: Optional[str] = None) -> Tokenizer:
     """
     if isinstance(spec, Tokenizer):
         return spec
-    from tokenizers import Tokenizer as HFTokenizer
     spec = os.fspath(spec)
     if spec == "gpt2":
         return Tokenizer(_gpt2_hf(), "gpt2", eos_token)
@@ -250,7 +248,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, sho
     (id 0) and the merges. ``<|mask|>`` is appended after them, so ``mask_id == vocab_size``.
     ``length`` (number of texts, if known) only feeds the progress bar.
     """
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
     if vocab_size < 260:
         raise UserError(f"vocab_size {vocab_size} is too small; a byte-level BPE needs >= 260 (256 bytes + specials)")
     hf = HFTokenizer(models.BPE())

@@ -14,7 +14,8 @@ import argparse
 import dataclasses
 import time
 
-from diffmamba.errors import UserError
+from diffmamba.config import DataConfig
+from diffmamba.core.errors import UserError
 
 SAMPLE_BYTES = 4_000_000  # text used to measure compression and speed
 
@@ -37,9 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmamba.config import DataConfig
-    from diffmamba.data.sources import iter_texts
-    from diffmamba.data.tokenizer import train_bpe
+    from diffmamba.data.sources import iter_texts  # lazy: `diffmamba tokenizer --help` without HF datasets
+    from diffmamba.data.tokenizer import train_bpe  # lazy: `diffmamba tokenizer --help` without HF datasets
     if args.vocab_size < 260:
         raise UserError(f"--vocab-size {args.vocab_size} is too small; a byte-level BPE needs >= 260")
     cfg = DataConfig(source=args.corpus, text_field=args.text_field, text_unit=args.text_unit,

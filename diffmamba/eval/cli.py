@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffmamba.block.eval_options import add_block_eval_arguments, apply_block_options
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
+from diffmamba.eval.bd3lm_options import add_block_eval_arguments, apply_block_options
 
 SUBCOMMANDS = {
     "compare": ("all four evaluations and one report", ("likelihood", "generate", "infill", "speed")),
@@ -66,7 +66,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
     if set(parts) & {"generate", "speed"}:
         s = p.add_argument_group("generation")
         s.add_argument("--samplers", nargs="+", default=["ancestral", "first-hitting", "confidence", "remdm-cap"],
-                       help="diffusion samplers (diffmamba.diffusion.samplers)")
+                       help="diffusion samplers (diffmamba.sampling.registry)")
         s.add_argument("--steps", nargs="+", type=_positive, default=[8, 16, 32, 64], help="diffusion step counts")
         s.add_argument("--top-p", nargs="+", type=_top_p, default=[0.9], help="nucleus p, matched across modes")
         s.add_argument("--temperature", type=float, default=1.0)
@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from diffmamba.eval.compare import EvalOptions, command_line
+    from diffmamba.eval.compare import EvalOptions, command_line  # lazy: `diffmamba eval --help` without torch
 
     diffusion, ar = args.diffusion, args.ar
     if args.checkpoint:
@@ -136,7 +136,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffmamba.eval.compare import rerender, run_evaluations
+    from diffmamba.eval.compare import rerender, run_evaluations  # lazy: `diffmamba eval --help` without torch
 
     if args.eval_command == "report":
         rerender(args.out)

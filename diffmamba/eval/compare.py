@@ -13,12 +13,21 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-import torch
-
-from diffmamba.errors import UserError
-from diffmamba.eval.systems import System, default_systems
+from diffmamba.core.device import autocast, resolve_device, resolve_dtype
+from diffmamba.core.errors import UserError
+from diffmamba.core.io import atomic_open
+from diffmamba.eval import generation, infill, likelihood, speed
+from diffmamba.eval.bd3lm import block_likelihood, evaluate_context_speed
+from diffmamba.eval.data import load_eval_data
+from diffmamba.eval.judge import load_judge
+from diffmamba.eval.loading import load_checkpoint, require_same_tokenizer
+from diffmamba.eval.report import write_report
+from diffmamba.eval.report.tables import speed_table
+from diffmamba.eval.sampling import settings_for
+from diffmamba.eval.systems import KNOWN_MODES, System, default_systems
+from diffmamba.sampling.registry import SAMPLERS
 
 PARTS = ("likelihood", "generate", "infill", "speed")
 
@@ -57,7 +66,7 @@ class EvalOptions:
     speed_steps: Optional[tuple] = None  # None = steps
     batch_sizes: tuple = (1, 8, 64)
     lengths: Optional[tuple] = None  # None = (length,) on CPU, (128, 1024) on CUDA
-    contexts: tuple = ()  # speed vs context length (diffmamba/block/evaluation.py); () = skip
+    contexts: tuple = ()  # speed vs context length (diffmamba/eval/bd3lm.py); () = skip
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
@@ -97,7 +106,6 @@ def _load_previous(path: str, systems: list[dict]) -> dict:
 
 def rerender(out: str) -> dict:
     """Rewrite report.md and the plots of ``out`` from its results.json (no evaluation)."""
-    from diffmamba.eval.report import write_report
 
     path = os.path.join(out, "results.json")
     try:
@@ -110,142 +118,174 @@ def rerender(out: str) -> dict:
     return results
 
 
+@dataclass
+class _Run:
+    """What every section of one ``run_evaluations`` call shares."""
+
+    opts: EvalOptions
+    systems: list[System]
+    ckpts: dict
+    device: object
+    amp: Callable
+    results: dict
+    notes: list[str]
+    data: object = None
+
+
 def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     """Evaluate, write the report, print where it is; returns the results dict."""
-    from diffmamba.diffusion.samplers import SAMPLERS
-    from diffmamba.eval import generation, infill, likelihood, speed
-    from diffmamba.eval.data import load_eval_data
-    from diffmamba.eval.loading import autocast, load_checkpoint, require_same_tokenizer, resolve_device, resolve_dtype
-    from diffmamba.eval.report import write_report
-    from diffmamba.eval.sampling import settings_for
-
-    for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
-        if name not in SAMPLERS:
-            raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
+    _check_samplers(opts)
     systems = _systems(opts)
-    from diffmamba.eval.systems import KNOWN_MODES
-    for s in systems:
-        if s.mode not in KNOWN_MODES:
-            raise UserError(f"system {s.name!r} has unknown mode {s.mode!r}; known modes: {', '.join(KNOWN_MODES)}")
+    _check_modes(systems)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
-    amp = (lambda: autocast(device, dtype))
     env = speed.environment(device, dtype)
-    env_line = speed.format_environment(env)
-    print(f"diffmamba eval: {env_line}", flush=True)
+    print(f"diffmamba eval: {speed.format_environment(env)}", flush=True)
     ckpts = {s.checkpoint: load_checkpoint(s.checkpoint, str(device)) for s in systems}
-    sys_dicts = [s.as_dict() for s in systems]
     os.makedirs(opts.out, exist_ok=True)
+    sys_dicts = [s.as_dict() for s in systems]
     results = _load_previous(os.path.join(opts.out, "results.json"), sys_dicts)
-    notes = list(results.get("notes", []))  # earlier sections' caveats stay with their numbers
+    run = _Run(opts, systems, ckpts, device, lambda: autocast(device, dtype), results,
+               notes=list(results.get("notes", [])))  # earlier sections' caveats stay with their numbers
     commands = list(dict.fromkeys((results.get("meta") or {}).get("commands", []) + [opts.command]))
     results.update(meta={"created": datetime.datetime.now().isoformat(timespec="seconds"),
-                         "command": opts.command, "commands": commands, "environment": env, "environment_line": env_line,
-                         "git_commit": _git_commit(), "seed": opts.seed, "options": _jsonable(opts)},
+                         "command": opts.command, "commands": commands, "environment": env,
+                         "environment_line": speed.format_environment(env), "git_commit": _git_commit(),
+                         "seed": opts.seed, "options": _jsonable(opts)},
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
-    for c in ckpts.values():
-        if c.trained_objective is not None:
-            modes = {"block_diffusion" if s.mode == "block" else s.mode for s in systems if s.checkpoint == c.path}
-            for mode in sorted(modes - {c.trained_objective}):
-                notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and is "
-                             f"evaluated in mode '{mode}' as well: those numbers come from weights never trained "
-                             "for that mode")
-    need_data = {"likelihood", "generate", "infill"} & set(parts)
-    data = None
-    if need_data:
-        require_same_tokenizer(list(ckpts.values()), "likelihood, generation and infilling")
-        first = ckpts[systems[0].checkpoint]
-        data = load_eval_data(first, opts.data, opts.max_rows, opts.seq_len)
-        results["validation"] = data.info
-        cfgs = {c.path: c.run_config.data for c in ckpts.values() if c.run_config is not None}
-        if len({(d.seq_len, d.packing, d.source) for d in cfgs.values()}) > 1:
-            notes.append("[run] the checkpoints were trained on different data settings (seq_len / packing / source); "
-                         f"all are scored on the validation rows built from {data.info.get('config_from')}")
-    if "likelihood" in parts:
-        rows = []
-        for s in systems:
-            ck = ckpts[s.checkpoint]
-            obj = ck.run_config.objective if ck.run_config is not None else None
-            if s.is_ar:
-                r = likelihood.ar_likelihood(ck.model, data.rows, data.valid, bos_id=ck.tokenizer.eos_id,
-                                             batch_size=opts.batch_size, device=device, amp=amp(),
-                                             desc=f"AR NLL ({s.name})")
-            elif s.mode == "block":
-                from diffmamba.block.evaluation import block_likelihood
-                r = block_likelihood(
-                    ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
-                    schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3,
-                    sampling_eps=obj.sampling_eps if obj else 1e-3, repeats=opts.repeats, seed=opts.seed,
-                    batch_size=opts.batch_size, device=device, amp=amp(), desc=f"block NELBO ({s.name})")
-            else:
-                r = likelihood.diffusion_likelihood(
-                    ck.model, data.rows, data.valid, schedule=obj.schedule if obj else "loglinear",
-                    schedule_eps=obj.eps if obj else 1e-3, sampling_eps=obj.sampling_eps if obj else 1e-3,
-                    repeats=opts.repeats, seed=opts.seed, batch_size=opts.batch_size, device=device, amp=amp(),
-                    desc=f"NELBO bound ({s.name})")
-            r.update(system=s.name, mode=s.mode, **s.settings)
-            rows.append(r)
-            print(f"  likelihood {s.name}: {'≤' if r['kind'] == 'bound' else '='} ppl {r['ppl']:.4g} "
-                  f"(NLL/token {r['nll_per_token']:.4f}" + (f" ± {r['nll_std']:.4f}" if r['kind'] == 'bound' else "")
-                  + ")", flush=True)
-        results["likelihood"] = rows
-    judge = None
-    if "generate" in parts:
-        if opts.judge and opts.judge.lower() != "none":
-            from diffmamba.eval.judge import load_judge
-            judge = load_judge(opts.judge, str(device))
-            results["judge"] = {**judge.info, "spec": opts.judge}
-            if any(os.path.abspath(opts.judge) == os.path.abspath(p) for p in ckpts):
-                notes.append("[run] the judge is one of the compared checkpoints: its gen-PPL favours its own samples")
-        else:
-            results["judge"] = {"name": "none (gen-PPL not computed)", "kind": "none"}
-            notes.append("[run] no judge: gen-PPL not computed; pass --judge smollm2, a HF model folder or an AR checkpoint")
-        gen_rows, records = generation.evaluate_generation(
-            systems, ckpts, judge, data, tasks=opts.tasks, num_samples=opts.num_samples, length=opts.length,
-            prompt_len=opts.prompt_len, batch_size=opts.batch_size, samplers=opts.samplers, steps=opts.steps,
-            top_ps=opts.top_p, temperature=opts.temperature, seed=opts.seed, device=device, amp=amp)
-        results["generation"] = gen_rows
-        with open(os.path.join(opts.out, "samples.jsonl"), "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-    if "infill" in parts:
-        ck0 = ckpts[systems[0].checkpoint]
-        obj = ck0.run_config.objective if ck0.run_config is not None else None
-        rows_inf = data.rows[: opts.infill_rows]
-        if data.valid is not None:  # only rows without padding inside them
-            rows_inf = data.rows[data.valid.all(1)][: opts.infill_rows]
-        if rows_inf.shape[0] == 0:
-            raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
-                            "or a smaller --seq-len")
-        if any(s.mode == "block" for s in systems):
-            notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
-                         "context and its own block, never the text after it")
-        results["infill"] = infill.evaluate_infill(
-            [s for s in systems if s.mode != "block"], ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
-            repeats=opts.repeats, seed=opts.seed, device=device, amp=amp,
-            schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3)
-    if "speed" in parts:
-        lengths = opts.lengths or ((opts.length,) if device.type == "cpu" else (128, 1024))
-        samplers = opts.speed_samplers or tuple(dict.fromkeys(list(opts.samplers) + ["ancestral-nocache"]))
-        steps = opts.speed_steps or opts.steps
-        print(f"speed: {env_line}", flush=True)
-        results["speed"] = speed.evaluate_speed(
-            systems, ckpts, lambda s: settings_for(s, list(samplers), list(steps), [opts.top_p[0]], opts.temperature),
-            batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
-            repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
-        results["speed_environment"] = env_line
-        if opts.contexts:
-            from diffmamba.block.evaluation import evaluate_context_speed
-            results["context_speed"] = evaluate_context_speed(
-                systems, ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
-                warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
-        from diffmamba.eval.report import speed_table
-        print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
-              + speed_table(results["speed"]), flush=True)
-    results["notes"] = list(dict.fromkeys(notes))
+    _note_untrained_modes(run)
+    if {"likelihood", "generate", "infill"} & set(parts):
+        _load_data(run)
+    for part, section in (("likelihood", _likelihood), ("generate", _generation), ("infill", _infill),
+                          ("speed", _speed)):
+        if part in parts:
+            section(run)
+    results["notes"] = list(dict.fromkeys(run.notes))
     paths = write_report(results, opts.out)
     print(f"report: {paths['report']}\nresults: {paths['results']}", flush=True)
     return results
+
+
+def _check_samplers(opts: EvalOptions) -> None:
+    for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
+        if name not in SAMPLERS:
+            raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
+
+
+def _check_modes(systems: list[System]) -> None:
+    for s in systems:
+        if s.mode not in KNOWN_MODES:
+            raise UserError(f"system {s.name!r} has unknown mode {s.mode!r}; known modes: {', '.join(KNOWN_MODES)}")
+
+
+def _note_untrained_modes(run: _Run) -> None:
+    for c in run.ckpts.values():
+        if c.trained_objective is not None:
+            modes = {"block_diffusion" if s.mode == "block" else s.mode for s in run.systems if s.checkpoint == c.path}
+            for mode in sorted(modes - {c.trained_objective}):
+                run.notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and "
+                                 f"is evaluated in mode '{mode}' as well: those numbers come from weights never "
+                                 "trained for that mode")
+
+
+def _load_data(run: _Run) -> None:
+    require_same_tokenizer(list(run.ckpts.values()), "likelihood, generation and infilling")
+    first = run.ckpts[run.systems[0].checkpoint]
+    run.data = load_eval_data(first, run.opts.data, run.opts.max_rows, run.opts.seq_len)
+    run.results["validation"] = run.data.info
+    cfgs = {c.path: c.run_config.data for c in run.ckpts.values() if c.run_config is not None}
+    if len({(d.seq_len, d.packing, d.source) for d in cfgs.values()}) > 1:
+        run.notes.append("[run] the checkpoints were trained on different data settings (seq_len / packing / "
+                         f"source); all are scored on the validation rows built from {run.data.info.get('config_from')}")
+
+
+def _schedule_of(ckpt) -> dict:
+    """The noise schedule a checkpoint was trained with (the defaults when it has no run config)."""
+    obj = ckpt.run_config.objective if ckpt.run_config is not None else None
+    return {"schedule": obj.schedule if obj else "loglinear", "schedule_eps": obj.eps if obj else 1e-3,
+            "sampling_eps": obj.sampling_eps if obj else 1e-3}
+
+
+def _likelihood(run: _Run) -> None:
+    opts, data, rows = run.opts, run.data, []
+    for s in run.systems:
+        ck = run.ckpts[s.checkpoint]
+        common = dict(batch_size=opts.batch_size, device=run.device, amp=run.amp())
+        if s.is_ar:
+            r = likelihood.ar_likelihood(ck.model, data.rows, data.valid, bos_id=ck.tokenizer.eos_id,
+                                         desc=f"AR NLL ({s.name})", **common)
+        elif s.mode == "block":
+            r = block_likelihood(ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
+                                 repeats=opts.repeats, seed=opts.seed, desc=f"block NELBO ({s.name})",
+                                 **_schedule_of(ck), **common)
+        else:
+            r = likelihood.diffusion_likelihood(ck.model, data.rows, data.valid, repeats=opts.repeats, seed=opts.seed,
+                                                desc=f"NELBO bound ({s.name})", **_schedule_of(ck), **common)
+        r.update(system=s.name, mode=s.mode, **s.settings)
+        rows.append(r)
+        print(f"  likelihood {s.name}: {'≤' if r['kind'] == 'bound' else '='} ppl {r['ppl']:.4g} "
+              f"(NLL/token {r['nll_per_token']:.4f}" + (f" ± {r['nll_std']:.4f}" if r['kind'] == 'bound' else "")
+              + ")", flush=True)
+    run.results["likelihood"] = rows
+
+
+def _generation(run: _Run) -> None:
+    opts, judge = run.opts, None
+    if opts.judge and opts.judge.lower() != "none":
+        judge = load_judge(opts.judge, str(run.device))
+        run.results["judge"] = {**judge.info, "spec": opts.judge}
+        if any(os.path.abspath(opts.judge) == os.path.abspath(p) for p in run.ckpts):
+            run.notes.append("[run] the judge is one of the compared checkpoints: its gen-PPL favours its own samples")
+    else:
+        run.results["judge"] = {"name": "none (gen-PPL not computed)", "kind": "none"}
+        run.notes.append("[run] no judge: gen-PPL not computed; pass --judge smollm2, a HF model folder or an AR "
+                         "checkpoint")
+    gen_rows, records = generation.evaluate_generation(
+        run.systems, run.ckpts, judge, run.data, tasks=opts.tasks, num_samples=opts.num_samples, length=opts.length,
+        prompt_len=opts.prompt_len, batch_size=opts.batch_size, samplers=opts.samplers, steps=opts.steps,
+        top_ps=opts.top_p, temperature=opts.temperature, seed=opts.seed, device=run.device, amp=run.amp)
+    run.results["generation"] = gen_rows
+    with atomic_open(os.path.join(opts.out, "samples.jsonl"), "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _infill(run: _Run) -> None:
+    opts, data = run.opts, run.data
+    rows = data.rows[: opts.infill_rows]
+    if data.valid is not None:  # only rows without padding inside them
+        rows = data.rows[data.valid.all(1)][: opts.infill_rows]
+    if rows.shape[0] == 0:
+        raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
+                        "or a smaller --seq-len")
+    if any(s.mode == "block" for s in run.systems):
+        run.notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
+                         "context and its own block, never the text after it")
+    schedule = _schedule_of(run.ckpts[run.systems[0].checkpoint])
+    run.results["infill"] = infill.evaluate_infill(
+        [s for s in run.systems if s.mode != "block"], run.ckpts, rows, span=opts.infill_span,
+        batch_size=opts.batch_size, sampler=opts.infill_sampler, repeats=opts.repeats, seed=opts.seed,
+        device=run.device, amp=run.amp, schedule=schedule["schedule"], schedule_eps=schedule["schedule_eps"])
+
+
+def _speed(run: _Run) -> None:
+    opts, env_line = run.opts, run.results["meta"]["environment_line"]
+    lengths = opts.lengths or ((opts.length,) if run.device.type == "cpu" else (128, 1024))
+    samplers = opts.speed_samplers or tuple(dict.fromkeys(list(opts.samplers) + ["ancestral-nocache"]))
+    steps = opts.speed_steps or opts.steps
+    print(f"speed: {env_line}", flush=True)
+    run.results["speed"] = speed.evaluate_speed(
+        run.systems, run.ckpts,
+        lambda s: settings_for(s, list(samplers), list(steps), [opts.top_p[0]], opts.temperature),
+        batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
+        repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
+    run.results["speed_environment"] = env_line
+    if opts.contexts:
+        run.results["context_speed"] = evaluate_context_speed(
+            run.systems, run.ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
+            warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
+    print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
+          + speed_table(run.results["speed"]), flush=True)
 
 
 def _jsonable(opts: EvalOptions) -> dict:

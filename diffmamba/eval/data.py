@@ -14,13 +14,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import torch
 
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
+from diffmamba.data import build_datasets
+from diffmamba.data.datasets import WrapPacker, pad_rows
 
 
 @dataclass
@@ -61,7 +63,6 @@ def _read_documents(path: str) -> list[str]:
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, packing: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Tokenise and pack documents exactly like training does (``diffmamba.data.datasets``)."""
-    from diffmamba.data.datasets import WrapPacker, pad_rows
 
     ids = [np.asarray(x, dtype=np.int64) for x in tokenizer.encode_batch(docs)]
     if packing == "wrap":
@@ -89,9 +90,7 @@ def load_eval_data(ckpt, data_path: Optional[str] = None, max_rows: int = 0, seq
         info = {"source": os.path.abspath(data_path), "documents": len(docs), "config_from": "--data",
                 "seq_len": length, "packing": packing}
     else:
-        from dataclasses import replace
 
-        from diffmamba.data import build_datasets
         data_cfg = replace(cfg, seq_len=length, streaming=False)
         _, val = build_datasets(data_cfg, ckpt.tokenizer, progress=progress)
         rows = np.asarray(val.tokens, dtype=np.int64)

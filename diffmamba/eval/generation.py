@@ -2,7 +2,7 @@
 
 Generative perplexity alone rewards degenerate text (a repeated phrase scores very well), so it is
 always reported beside the sample's unigram entropy and its distinct-n ratios
-(masked-diffusion.md §3.3). Definitions:
+(docs/masked-diffusion.md §3.3). Definitions:
 
 - ``unigram_entropy(ids)``: entropy, in nats, of the token-id histogram of one sample (BD3-LM's
   check; OWT-like 1024-token text is ~5.2-5.6 nats, < 4 is degenerate). A constant sequence has 0.
@@ -17,7 +17,11 @@ import math
 from collections import Counter
 from typing import Optional, Sequence
 
+from tqdm.auto import tqdm
+
+from diffmamba.core.errors import UserError
 from diffmamba.eval.judge import Judge, perplexity
+from diffmamba.eval.sampling import generate, settings_for
 
 DISTINCT_NS = (1, 2, 3, 4)
 
@@ -120,9 +124,7 @@ def evaluate_generation(systems, ckpts: dict, judge: Optional[Judge], data, *, t
                         seed: int = 0, device=None, amp=None, judge_batch_size: int = 8) -> tuple[list, list]:
     """Generation rows (one per system x setting x task) plus the validation-text reference rows,
     and the decoded samples ({system, setting, task, text, prompt}) for samples.jsonl."""
-    from tqdm.auto import tqdm
 
-    from diffmamba.eval.sampling import generate, settings_for
 
     rows, records = [], []
     tok = next(iter(ckpts.values())).tokenizer
@@ -132,7 +134,6 @@ def evaluate_generation(systems, ckpts: dict, judge: Optional[Judge], data, *, t
             ref = [r[:length] for r in data.rows[:num_samples].tolist()]
             task_inputs[task] = (None, None, ref)
         else:
-            from diffmamba.errors import UserError
             if prompt_len >= data.rows.shape[1]:
                 raise UserError(f"--prompt-len {prompt_len} leaves nothing to continue in validation rows of "
                                 f"{data.rows.shape[1]} tokens; use a smaller --prompt-len")

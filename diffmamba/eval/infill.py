@@ -17,18 +17,23 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from diffmamba.core.errors import UserError
 from diffmamba.eval.systems import System
+from diffmamba.objectives.masking import eval_times, mask_tokens
+from diffmamba.objectives.mdlm import masked_diffusion_nll
+from diffmamba.objectives.schedule import make_schedule
+from diffmamba.sampling.ar import ar_generate
+from diffmamba.sampling.base import SamplerOptions, denoiser_from_model
+from diffmamba.sampling.registry import run_sampler
 
 
 def span_bounds(seq_len: int, span: int) -> tuple[int, int]:
     if not 1 <= span < seq_len:
-        from diffmamba.errors import UserError
         raise UserError(f"--infill-span {span} must be between 1 and seq_len - 1 = {seq_len - 1}")
     start = (seq_len - span) // 2
     return start, start + span
@@ -46,8 +51,6 @@ def ar_span_nll(model, rows: torch.Tensor, start: int, end: int) -> tuple[float,
 def diffusion_span_nll(model, rows: torch.Tensor, start: int, end: int, schedule, generator: torch.Generator,
                        sampling_eps: float = 1e-3) -> tuple[float, int]:
     """Conditional NELBO of the span given everything else (one antithetic time per row)."""
-    from diffmamba.diffusion import eval_times, mask_tokens
-    from diffmamba.diffusion.loss import masked_diffusion_nll
 
     span = torch.zeros_like(rows, dtype=torch.bool)
     span[:, start:end] = True
@@ -63,8 +66,6 @@ def evaluate_infill(systems: list[System], ckpts: dict, rows: torch.Tensor, *, s
                     sampler: str = "confidence", repeats: int = 3, seed: int = 0, device=None, amp=None,
                     schedule: str = "loglinear", schedule_eps: float = 1e-3) -> list[dict]:
     """One row per system; ``rows`` [N, T] validation tokens (no padding)."""
-    from diffmamba.ar import ar_generate
-    from diffmamba.diffusion import SamplerOptions, denoiser_from_model, make_schedule, run_sampler
 
     start, end = span_bounds(rows.shape[1], span)
     sched = make_schedule(schedule, schedule_eps)

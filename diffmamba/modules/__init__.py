@@ -1,12 +1,12 @@
 """Mamba-3 building blocks: one direction (``Mamba3Mixer``), the bidirectional ``BiMixer``,
-the pre-norm ``Block`` and ``RMSNorm``. Contract: docs/contracts.md §2."""
+the pre-norm ``ResidualBlock`` and ``RMSNorm``. Contract: docs/contracts.md §2."""
 
 from .bimixer import TIE_MODES, BiMixer
-from .block import Block, SwiGLU
 from .mamba3 import Mamba3Direction, Mamba3Mixer, heavy_tail, ssm_proj_width
 from .norms import RMSNorm
+from .residual import ResidualBlock, SwiGLU
 
 __all__ = [
-    "BiMixer", "Block", "Mamba3Direction", "Mamba3Mixer", "RMSNorm", "SwiGLU", "TIE_MODES",
+    "BiMixer", "ResidualBlock", "Mamba3Direction", "Mamba3Mixer", "RMSNorm", "SwiGLU", "TIE_MODES",
     "heavy_tail", "ssm_proj_width",
 ]

@@ -1,4 +1,4 @@
-"""Bidirectional Mamba-3 mixer with three ways to tie the two directions (mamba3.md §5.3)."""
+"""Bidirectional Mamba-3 mixer with three ways to tie the two directions (docs/mamba3.md §5.3)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffmamba.config import ModelConfig
+from diffmamba.modules.mamba3 import Mamba3Direction, Mamba3Mixer, ssm_proj_width, zero_pads
 from diffmamba.ops import Mamba3State
-
-from .mamba3 import Mamba3Direction, Mamba3Mixer, ssm_proj_width, zero_pads
 
 TIE_MODES = ("full", "partial", "none")
 
@@ -68,7 +67,7 @@ class BiMixer(nn.Module):
             return [self.fwd.out_proj, self.rev.out_proj]
         return [self.out_proj]
 
-    def _project(self, u: torch.Tensor, causal: bool):
+    def project(self, u: torch.Tensor, causal: bool):
         """z, x [*L, d_inner], forward SSM slice, reverse SSM slice (None when causal)."""
         forward_rows = 2 * self.d_inner + self.ssm_width
         weight = self.in_proj.weight[:forward_rows] if causal else self.in_proj.weight
@@ -78,6 +77,17 @@ class BiMixer(nn.Module):
         if self.tie == "full":
             return z, x, ssm, ssm
         return z, x, ssm[..., : self.ssm_width], ssm[..., self.ssm_width :]
+
+    def forward_scan_inputs(self, u: torch.Tensor, valid_mask: Optional[torch.Tensor]) -> dict:
+        """The forward direction's scan inputs on the normed input u [B, T, D]: what ``forward``
+        feeds ``mamba3_scan`` (pads zeroed), for block diffusion's boundary states."""
+        if self.tie == "none":  # two independent Mamba3Mixer layers
+            _, x, ssm = self.fwd.project(u)
+            direction = self.fwd.direction
+        else:
+            _, x, ssm, _ = self.project(u, causal=True)  # forward rows of the shared in_proj only
+            direction = self.fwd
+        return direction.scan_inputs(zero_pads(x, valid_mask), ssm)
 
     def forward(
         self,
@@ -99,7 +109,7 @@ class BiMixer(nn.Module):
             if not causal:
                 out = out + self.rev(u, reverse=True, valid_mask=valid_mask)
             return (out, state) if return_fwd_state else out
-        z, x, ssm_fwd, ssm_rev = self._project(u, causal)
+        z, x, ssm_fwd, ssm_rev = self.project(u, causal)
         x = zero_pads(x, valid_mask)
         y, state = self.fwd.scan(x, ssm_fwd, initial_state=fwd_initial_state, return_final_state=return_fwd_state)
         if causal:
@@ -115,7 +125,7 @@ class BiMixer(nn.Module):
         """One token of the causal (forward) path: u_t [B, D] -> (out_t [B, D], new state)."""
         if self.tie == "none":
             return self.fwd.step(u_t, state)
-        z, x, ssm_fwd, _ = self._project(u_t, causal=True)
+        z, x, ssm_fwd, _ = self.project(u_t, causal=True)
         y, state = self.fwd.step(x, z, ssm_fwd, state)
         return self.out_proj(y), state
 

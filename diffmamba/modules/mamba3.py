@@ -1,4 +1,4 @@
-"""One direction of a Mamba-3 layer (shared/spec/mamba3.md §1): projections, BC-norm, biases,
+"""One direction of a Mamba-3 layer (docs/mamba3.md §1): projections, BC-norm, biases,
 data-dependent decay / trapezoid / rotary angles, gate, and the call into ``diffmamba.ops``.
 
 The layer is split in two so the bidirectional mixer can share what is shareable:
@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norms import RMSNorm
 from diffmamba.config import ModelConfig
 from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_step
-
-from .norms import RMSNorm
 
 
 def ssm_proj_width(cfg: ModelConfig) -> int:
@@ -41,7 +40,7 @@ def ssm_proj_width(cfg: ModelConfig) -> int:
 
 
 def heavy_tail(u: torch.Tensor) -> torch.Tensor:
-    """f(u) = 1 + u for u >= 0, 1 / (1 - u) for u < 0: positive, C^1 at 0 (mamba3.md §1.2).
+    """f(u) = 1 + u for u >= 0, 1 / (1 - u) for u < 0: positive, C^1 at 0 (docs/mamba3.md §1.2).
 
     Written without ``torch.where`` so the branch that is not taken cannot produce an inf
     gradient (1 / (1 - u) has a pole at u = 1) that would turn into NaN. relu has gradient 0 at
@@ -65,7 +64,7 @@ def zero_pads(x: torch.Tensor, valid_mask: Optional[torch.Tensor]) -> torch.Tens
 
     A zero value leaves the state at 0 through leading pads of the reverse scan and makes the
     trapezoid term of the first real token vanish, so right-padded rows are exact in both
-    directions (mamba3.md §5.4). Done after in_proj: pad embeddings are not zero.
+    directions (docs/mamba3.md §5.4). Done after in_proj: pad embeddings are not zero.
     """
     if valid_mask is None:
         return x
@@ -80,7 +79,7 @@ def zero_pads(x: torch.Tensor, valid_mask: Optional[torch.Tensor]) -> torch.Tens
 class Mamba3Direction(nn.Module):
     """Per-direction Mamba-3 parameters and math, from an in_proj slice to the gated output.
 
-    Parameters (init per mamba3.md §1.8): dt_bias [H] = softplus^-1(dt0), dt0 log-uniform in
+    Parameters (init per docs/mamba3.md §1.8): dt_bias [H] = softplus^-1(dt0), dt0 log-uniform in
     [dt_min, dt_max] floored at dt_init_floor; B_norm, C_norm: RMSNorm over N (weight 1);
     B_bias, C_bias [H, R, N] = 1; D [H] = 1; MIMO only: mimo_x [H, R, P] = 1/R,
     mimo_z [H, R, P] = 1, mimo_o [H, R, P] = 1/R.
@@ -98,7 +97,7 @@ class Mamba3Direction(nn.Module):
         self.dt_bias = nn.Parameter(inverse_softplus(dt0))
         self.B_norm = RMSNorm(N, eps=cfg.norm_eps)
         self.C_norm = RMSNorm(N, eps=cfg.norm_eps)
-        # Positive biases matter (zero init costs ~0.85 ppl at 440M, mamba3.md §1.5).
+        # Positive biases matter (zero init costs ~0.85 ppl at 440M, docs/mamba3.md §1.5).
         self.B_bias = nn.Parameter(torch.ones(H, R, N))
         self.C_bias = nn.Parameter(torch.ones(H, R, N))
         self.D = nn.Parameter(torch.ones(H))
@@ -204,7 +203,7 @@ class Mamba3Direction(nn.Module):
 class Mamba3Mixer(nn.Module):
     """A unidirectional Mamba-3 layer: u [B, T, D] -> [B, T, D].
 
-    out = out_proj(gate(scan(in_proj(u)))); no conv, no activation on x (mamba3.md §1.7).
+    out = out_proj(gate(scan(in_proj(u)))); no conv, no activation on x (docs/mamba3.md §1.7).
     ``forward(u, reverse=True)`` is the anti-causal layer (suffix scan).
     """
 
@@ -215,7 +214,7 @@ class Mamba3Mixer(nn.Module):
         self.direction = Mamba3Direction(cfg)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False)
 
-    def _project(self, u: torch.Tensor):
+    def project(self, u: torch.Tensor):
         """u: [*L, D] -> z, x [*L, H*P] and the SSM slice [*L, ssm_proj_width]."""
         return self.in_proj(u).split([self.d_inner, self.d_inner, self.ssm_width], dim=-1)
 
@@ -229,7 +228,7 @@ class Mamba3Mixer(nn.Module):
     ):
         """u: [B, T, D]; valid_mask: [B, T] bool (False = right padding) or None.
         Returns out [B, T, D], or (out, final Mamba3State) with ``return_final_state``."""
-        z, x, ssm_proj = self._project(u)
+        z, x, ssm_proj = self.project(u)
         y, state = self.direction(
             zero_pads(x, valid_mask), z, ssm_proj, reverse=reverse, initial_state=initial_state,
             return_final_state=return_final_state,
@@ -239,7 +238,7 @@ class Mamba3Mixer(nn.Module):
 
     def step(self, u_t: torch.Tensor, state: Optional[Mamba3State]):
         """One causal token: u_t [B, D] -> (out_t [B, D], new state). ``state=None`` is fresh."""
-        z, x, ssm_proj = self._project(u_t)
+        z, x, ssm_proj = self.project(u_t)
         y, state = self.direction.step(x, z, ssm_proj, state)
         return self.out_proj(y), state
 

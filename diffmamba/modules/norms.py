@@ -1,4 +1,11 @@
-"""RMSNorm, computed in float32 (float64 for float64 inputs) and returned in the input dtype."""
+"""RMSNorm, computed in float32 (float64 for float64 inputs) and returned in the input dtype.
+
+Why not ``torch.nn.RMSNorm``: it gives the same numbers on CPU, but with bf16 activations and float32
+weights (autocast inference, bf16 mixed-precision training: the common case here) it cannot use its
+fused kernel and warns ("Mismatch dtype between input and weight"), and on CUDA its fused float32
+reduction order differs from the reference-exact path the kernel tests compare against. This one
+always upcasts, computes, and casts back, silently; the checkpoint key (``weight``) is the same.
+"""
 
 from __future__ import annotations
 

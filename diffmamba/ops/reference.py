@@ -8,7 +8,7 @@ Shape glossary (used in every docstring of ``diffmamba.ops``):
     S  rotary angle pairs, S <= N // 2 (the pairs (2i, 2i+1), i < S, are rotated)
     C  chunk length of the chunked form (a number of time steps; a MIMO chunk has C*R rows)
 
-Recurrence per head in the RoPE frame (docs/contracts.md §1, shared/spec/mamba3.md §1.3-1.6):
+Recurrence per head in the RoPE frame (docs/contracts.md §1, docs/mamba3.md §1.3-1.6):
 
     Phi_t = Phi_{t-1} + dphase_t (mod 2*pi)      kr_t = R(Phi_t) k_t,   qr_t = R(Phi_t) q_t
     h_t   = exp(a_t) h_{t-1} + (1 - lam_t) dt_t exp(a_t) kr_{t-1} v_{t-1}^T + lam_t dt_t kr_t v_t^T
@@ -28,6 +28,7 @@ import math
 from typing import Optional
 
 import torch
+from einops import rearrange
 
 from .state import Mamba3State
 
@@ -207,7 +208,7 @@ def scan_recurrent_ref(
 def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
     """Test oracle for the RoPE trick: rotate the *state* each step, keep q and k unrotated.
 
-    The complex-eigenvalue form of mamba3.md §1.4. With h stored as [P, N] the state's N axis
+    The complex-eigenvalue form of docs/mamba3.md §1.4. With h stored as [P, N] the state's N axis
     is rotated by R(dphase_t)^T each step (i.e. h <- h R(dphase_t) row-wise), which is the sign
     that makes qr_t . kr_j = q_t . R(Phi_j - Phi_t) k_j hold:
 
@@ -265,7 +266,7 @@ def _strictly_lower_decay(local_cumsum: torch.Tensor, rank: int) -> torch.Tensor
 
 def _chunk_view(x: torch.Tensor, num_chunks: int, chunk: int) -> torch.Tensor:
     """[B, T', H, ...] (T' = num_chunks * chunk) -> a [B, H, nc, C, ...] view (no copy)."""
-    return x.unflatten(1, (num_chunks, chunk)).movedim(3, 1)
+    return rearrange(x, "b (nc c) h ... -> b h nc c ...", nc=num_chunks, c=chunk)
 
 
 def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -277,7 +278,7 @@ def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
 def scan_chunked_ref(
     q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None, chunk_size=64
 ):
-    """Chunked parallel form with the shifted-scale trick (mamba3.md §2.2); autograd-friendly.
+    """Chunked parallel form with the shifted-scale trick (docs/mamba3.md §2.2); autograd-friendly.
 
     Shapes as ``scan_recurrent_ref``; returns y (v's shape and dtype) and the final Mamba3State,
     equal to the per-token loop up to rounding. Per chunk of C time steps (C*R rows for MIMO):
@@ -309,7 +310,7 @@ def scan_chunked_ref(
     log_decay = log_decay.clamp(max=0.0)
 
     # Cumulative phase: the running sum is taken in float64 so fp32 angles do not drift over long
-    # T, then reduced mod 2*pi before cos/sin (mamba3.md §6.3).
+    # T, then reduced mod 2*pi before cos/sin (docs/mamba3.md §6.3).
     phase = torch.remainder(
         state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI
     ).to(dtype)
@@ -354,7 +355,7 @@ def scan_chunked_ref(
     mixing = (q_rows @ k_rows.transpose(-1, -2)) * _strictly_lower_decay(local_cumsum, rank)
     # ... whose (zero) diagonal R x R blocks take gamma_t (q_t^(r) . k_t^(s)) + D [r == s],
     # computed on the unrotated vectors: the rotation cancels at equal times, and this keeps its
-    # rounding off the diagonal (mamba3.md §6.6).
+    # rounding off the diagonal (docs/mamba3.md §6.6).
     diagonal = (q_c @ k_c.transpose(-1, -2)) * gamma[..., None, None]  # [B, H, nc, C, R, R]
     if D is not None:
         eye = torch.eye(rank, dtype=dtype, device=q.device)
@@ -382,7 +383,7 @@ def scan_chunked_ref(
         (q_rows * decay_from_start).view(matrices, rows, N),
         entering_states.transpose(-1, -2).reshape(matrices, N, P),
     )
-    y = y.view(batch, heads, num_chunks * chunk, rank, P).movedim(1, 2)[:, :T]
+    y = rearrange(y, "(b h nc) (c r) p -> b (nc c) h r p", b=batch, h=heads, c=chunk, r=rank)[:, :T]
     y = y.to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
     last_chunk, last_position = divmod(T - 1, chunk)
     final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])

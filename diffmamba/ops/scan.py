@@ -128,7 +128,7 @@ def _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, state, time_axis: boo
 def _triton_entry(name: str):
     """(function, None) if diffmamba.kernels provides ``name``, else (None, why not)."""
     try:
-        import diffmamba.kernels as kernels
+        import diffmamba.kernels as kernels  # lazy: optional dependency (triton); CPU runs the reference
     except ImportError as error:
         return None, f"import diffmamba.kernels failed: {error}"
     function = getattr(kernels, name, None)

@@ -1,13 +1,13 @@
-"""AR objective and recurrent decoding on a causal mock (spec masked-diffusion.md §4)."""
+"""AR objective and recurrent decoding on a causal mock (docs/masked-diffusion.md §4)."""
 import math
 
 import pytest
 import torch
 from ar_mocks import PreviousTokenLM
 
-from diffmamba.ar.decode import ar_generate
-from diffmamba.ar.loss import ar_loss, ar_nll, shifted_nll
-from diffmamba.diffusion.categorical import sample_tokens
+from diffmamba.sampling.ar import ar_generate
+from diffmamba.objectives.ar import ar_loss, ar_nll, shifted_nll
+from diffmamba.sampling.categorical import sample_tokens
 
 
 def test_shifted_nll_hand_computed_with_padding():

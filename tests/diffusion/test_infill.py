@@ -1,8 +1,8 @@
 """Prompt patterns with [MASK:n] spans -> canvas + fixed positions."""
 import pytest
 
-from diffmamba.diffusion.infill import build_canvas, parse_pattern
-from diffmamba.errors import UserError
+from diffmamba.sampling.canvas import build_canvas, parse_pattern
+from diffmamba.core.errors import UserError
 
 MASK = 99
 

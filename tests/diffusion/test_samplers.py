@@ -1,12 +1,12 @@
-"""Sampler invariants and laws, on a mock denoiser (spec masked-diffusion.md §2)."""
+"""Sampler invariants and laws, on a mock denoiser (docs/masked-diffusion.md §2)."""
 import pytest
 import torch
 from diffusion_mocks import CountingDenoiser
 
-from diffmamba.diffusion import categorical
-from diffmamba.diffusion.sampler_base import SamplingError, prepare_canvas
-from diffmamba.diffusion.samplers import SAMPLERS, SamplerOptions, get_sampler, run_sampler
-from diffmamba.errors import UserError
+from diffmamba.sampling import categorical
+from diffmamba.sampling.base import SamplingError, prepare_canvas
+from diffmamba.sampling.registry import SAMPLERS, SamplerOptions, get_sampler, run_sampler
+from diffmamba.core.errors import UserError
 
 V, L, B, MASK = 9, 16, 3, 9
 

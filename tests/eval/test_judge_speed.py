@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffmamba.errors import UserError
+from diffmamba.core.errors import UserError
 from diffmamba.eval import judge as judge_lib
 from diffmamba.eval.speed import CPU_MEMORY_LABEL, measure, speed_row
 

@@ -3,7 +3,8 @@ import json
 import math
 import os
 
-from diffmamba.eval import plots, report
+from diffmamba.eval import report
+from diffmamba.eval.report import plots
 
 
 def _results(ar_gen=20.0, diff_gen=(60.0, 30.0, 15.0), ar_entropy=4.0, diff_entropy=4.1):

@@ -88,7 +88,7 @@ def test_partial_directions_read_their_own_projection_rows():
     cfg = tiny_config()
     mixer = BiMixer(cfg, "partial")
     u = torch.randn(1, 3, 16)
-    z, x, ssm_fwd, ssm_rev = mixer._project(u, causal=False)
+    z, x, ssm_fwd, ssm_rev = mixer.project(u, causal=False)
     W = ssm_proj_width(cfg)
     weight = mixer.in_proj.weight
     torch.testing.assert_close(ssm_fwd, u @ weight[2 * cfg.d_inner: 2 * cfg.d_inner + W].T)

@@ -1,4 +1,4 @@
-"""One Mamba-3 direction: activations, init, shapes/dtypes, reverse, step, padding (mamba3.md §1)."""
+"""One Mamba-3 direction: activations, init, shapes/dtypes, reverse, step, padding (docs/mamba3.md §1)."""
 import math
 
 import pytest
@@ -44,7 +44,7 @@ def test_scan_inputs_shapes_and_decay_dtypes_under_bf16(rank):
     cfg = tiny_config(mimo_rank=rank)
     mixer = Mamba3Mixer(cfg)
     u = torch.randn(2, 5, cfg.d_model).bfloat16()
-    z, x, ssm = mixer.to(torch.bfloat16)._project(u)
+    z, x, ssm = mixer.to(torch.bfloat16).project(u)
     inputs = mixer.direction.scan_inputs(x, ssm)
     H, P, N, S = cfg.nheads, cfg.headdim, cfg.d_state, cfg.num_rope_angles
     rank_axis = (rank,) if rank > 1 else ()

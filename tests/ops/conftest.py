@@ -16,7 +16,7 @@ def make_inputs(B=2, T=20, H=3, P=4, N=8, S=3, R=None, dtype=torch.float64, seed
 
     dt ~ logU(1e-3, 0.1) * 4 and a = -exp(randn) * dt give per-step decays between ~0.3 and 1, so a
     chunk of 8 forgets a visible but not overwhelming part of its past; q, k carry the +1 bias of
-    the real layer; dphase = dt * pi * tanh(randn) as in mamba3.md §1.2.
+    the real layer; dphase = dt * pi * tanh(randn) as in docs/mamba3.md §1.2.
     """
     gen = torch.Generator().manual_seed(seed)
 

@@ -50,7 +50,7 @@ def test_complex_product_rotation_equals_rotate(dtype, num_pairs):
 
 
 def _dense_scan(q, k, v, log_decay, dt, trap, dphase, D, reverse):
-    """O(T^2) matrix form straight from mamba3.md §1.3 (forward) and §2.4 (native reverse).
+    """O(T^2) matrix form straight from docs/mamba3.md §1.3 (forward) and §2.4 (native reverse).
 
     Forward:  y_i = sum_{j<=i} L_ij (qr_i . kr_j) v_j + D v_i with L_ii = gamma_i and
               L_ij = (gamma_j + (1 - lam_{j+1}) dt_{j+1}) exp(a_{j+1} + ... + a_i).
@@ -150,7 +150,7 @@ def test_mimo_rank_one_equals_siso(scan_tools):
 
 
 def test_mimo_is_r_squared_siso_scans_sharing_decays(scan_tools):
-    """mamba3.md §1.6: the MIMO state is the sum of the R per-rank SISO states, and output rank r
+    """docs/mamba3.md §1.6: the MIMO state is the sum of the R per-rank SISO states, and output rank r
     is the sum over s of the SISO scan reading rank s's keys/values with rank r's queries."""
     R = 3
     inputs = scan_tools.make_inputs(T=17, R=R, seed=7, with_D=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffmamba.batches import (BatchLayout, DataPosition, StepIndexSampler, collate_rows, epoch_permutation,
+from diffmamba.train.batches import (BatchLayout, DataPosition, StepIndexSampler, collate_rows, epoch_permutation,
                                validation_batches)
 
 

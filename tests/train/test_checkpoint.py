@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from diffmamba import checkpoint as ckpt
-from diffmamba.errors import UserError
+from diffmamba.train import checkpoint as ckpt
+from diffmamba.core.errors import UserError
 
 
 def fake_checkpoint(folder: str, step: int) -> None:

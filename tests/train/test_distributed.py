@@ -10,7 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from diffmamba.batches import epoch_permutation
+from diffmamba.train.batches import epoch_permutation
 
 from train_helpers import REPO, TINY_CONFIG, micro_overrides
 

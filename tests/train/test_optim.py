@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from diffmamba.config import TrainConfig
-from diffmamba.optim import EMA, build_optimizer, lr_at, parameter_groups
+from diffmamba.train.optim import EMA, build_optimizer, lr_at, parameter_groups
 
 
 def test_warmup_is_linear_then_cosine_reaches_the_floor():

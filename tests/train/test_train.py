@@ -7,12 +7,13 @@ import pytest
 import torch
 import yaml
 
-from diffmamba import checkpoint as ckpt
+from diffmamba.train import checkpoint as ckpt
 from diffmamba.cli import main as cli_main
 from diffmamba.config import RunConfig, load_config
-from diffmamba.errors import UserError
-from diffmamba.train import split_dotted_options, train
-from diffmamba.trainer import TrainingDiverged, batch_layout
+from diffmamba.core.errors import UserError
+from diffmamba.cli.train import split_dotted_options
+from diffmamba.train import train
+from diffmamba.train.loop import TrainingDiverged, batch_layout
 
 from train_helpers import TINY_CONFIG, micro_overrides
 
