@@ -42,11 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: runs/<config name>-<objective>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete "
                         "checkpoint (exactly: same data order, noise and optimizer state)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run already in --out (checkpoints, final/, "
+                        "metrics) and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     parser.add_argument("--debug-batches", action="store_true", help="also write OUT/debug/rank<R>.jsonl: the sample "
                         "indices and diffusion times of every micro-batch, and a parameter checksum at the end")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides such as train.lr=1e-3 model.d_model=64 (or --train.lr 1e-3)")
+                        help="config overrides such as train.lr=1e-3 model.d_model=64 (or --train.lr 1e-3); "
+                        "they may come before, between or after the options")
     _accept_dotted_options(parser)
 
 
@@ -73,7 +76,8 @@ def split_dotted_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _accept_dotted_options(parser: argparse.ArgumentParser) -> None:
     # argparse cannot declare "any --section.field"; this parser instance pulls them out first.
-    parse_plain = parser.parse_args
+    # Intermixed parsing lets KEY=VALUE overrides sit on both sides of options.
+    parse_plain = parser.parse_intermixed_args
 
     def parse_args(args=None, namespace=None):
         rest, dotted = split_dotted_options(list(sys.argv[1:] if args is None else args))
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, out = resolve_run(args)
     try:
-        train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches)
+        train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches,
+              fresh=args.fresh)
     except TrainingStopped as stop:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train: {stop}", file=sys.stderr)
@@ -134,10 +139,24 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def train(cfg: RunConfig, out_dir: str, resume: bool = False, show_progress: bool = True,
-          debug_batches: bool = False) -> dict:
+          debug_batches: bool = False, fresh: bool = False) -> dict:
     """Train as ``cfg`` says, writing into ``out_dir``; returns the final metrics
-    (step, loss, val_loss, val_ppl, tokens_per_s, final_dir). See the module docstring."""
+    (step, loss, val_loss, val_ppl, tokens_per_s, final_dir). See the module docstring.
+
+    The main process holds an exclusive lock on the run folder for the whole run (diffmamba/runlock.py):
+    a second ``train`` into the same folder stops with one line instead of training beside this one."""
+    import contextlib
+
+    from diffmamba.outputs import check_out_dir
+    from diffmamba.runlock import FolderLock
     from diffmamba.trainer import Trainer
 
-    trainer = Trainer(cfg, out_dir, resume=resume, show_progress=show_progress, debug_batches=debug_batches)
-    return trainer.fit()
+    check_out_dir(out_dir)
+    if resume and not os.path.isdir(out_dir):
+        raise UserError(f"--resume: no checkpoint in {out_dir} (it does not exist); run without --resume to start a new run there, "
+                        "or point --out at the run folder that holds checkpoints/")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with FolderLock(out_dir, "training run") if main_process else contextlib.nullcontext():
+        trainer = Trainer(cfg, out_dir, resume=resume, show_progress=show_progress, debug_batches=debug_batches,
+                          fresh=fresh)
+        return trainer.fit()
