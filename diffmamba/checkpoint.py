@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 
 from diffmamba import statefile
 from diffmamba.errors import UserError
@@ -218,14 +219,16 @@ def checkpoint_problem(path: str) -> Optional[str]:
         int(state["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{TRAINER_STATE} is unreadable ({e})"
-    for state_name in STATES:
-        json_file = statefile.paths(path, state_name)[0]
-        if os.path.basename(json_file) in sizes:
+    json_files = ["config.json", "tokenizer.json"] + [os.path.basename(statefile.paths(path, s)[0]) for s in STATES]
+    for name in json_files + [RUN_CONFIG]:
+        if name in sizes:
             try:
-                with open(json_file) as f:
-                    json.load(f)
-            except (OSError, ValueError, RecursionError) as e:
-                return f"{os.path.basename(json_file)} is unreadable ({str(e)[:120]})"
+                with open(os.path.join(path, name), encoding="utf-8") as f:
+                    parsed = json.load(f) if name in json_files else yaml.safe_load(f)
+                if not isinstance(parsed, dict):
+                    raise ValueError("not a mapping")
+            except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
+                return f"{name} is unreadable ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
     return None
 
 
