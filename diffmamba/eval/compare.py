@@ -18,7 +18,10 @@ from typing import Optional
 import torch
 
 from diffmamba.errors import UserError
+from diffmamba.eval.sections import SectionStore, signature
 from diffmamba.eval.systems import System, default_systems
+from diffmamba.outputs import check_out_dir
+from diffmamba.runlock import FolderLock
 
 PARTS = ("likelihood", "generate", "infill", "speed")
 
@@ -113,11 +116,7 @@ def rerender(out: str) -> dict:
 def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     """Evaluate, write the report, print where it is; returns the results dict."""
     from diffmamba.diffusion.samplers import SAMPLERS
-    from diffmamba.eval import generation, infill, likelihood, speed
-    from diffmamba.eval.data import load_eval_data
-    from diffmamba.eval.loading import autocast, load_checkpoint, require_same_tokenizer, resolve_device, resolve_dtype
-    from diffmamba.eval.report import write_report
-    from diffmamba.eval.sampling import settings_for
+    from diffmamba.eval.loading import resolve_device, resolve_dtype
 
     for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
         if name not in SAMPLERS:
@@ -129,6 +128,21 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             raise UserError(f"system {s.name!r} has unknown mode {s.mode!r}; known modes: {', '.join(KNOWN_MODES)}")
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
+    check_out_dir(opts.out)
+    if opts.data is not None and not os.path.exists(opts.data):
+        raise UserError(f"--data {opts.data} does not exist; pass a text file, a .jsonl file or a folder of .txt files")
+    # One evaluation at a time writes into a folder (diffmamba/runlock.py).
+    with FolderLock(opts.out, "evaluation"):
+        return _evaluate(opts, parts, systems, device, dtype)
+
+
+def _evaluate(opts: EvalOptions, parts: tuple, systems: list, device, dtype) -> dict:
+    from diffmamba.eval import generation, infill, likelihood, speed
+    from diffmamba.eval.data import load_eval_data
+    from diffmamba.eval.loading import autocast, load_checkpoint, require_same_tokenizer
+    from diffmamba.eval.report import write_report
+    from diffmamba.eval.sampling import settings_for
+
     amp = (lambda: autocast(device, dtype))
     env = speed.environment(device, dtype)
     env_line = speed.format_environment(env)
@@ -143,6 +157,12 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                          "command": opts.command, "commands": commands, "environment": env, "environment_line": env_line,
                          "git_commit": _git_commit(), "seed": opts.seed, "options": _jsonable(opts)},
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
+    store = SectionStore(opts.out, results, results, signature(_jsonable(opts), results["checkpoints"]))
+    todo = {part: part in parts and not store.done(part) for part in PARTS}
+    judge = None
+    if todo["generate"] and opts.judge and opts.judge.lower() != "none":
+        from diffmamba.eval.judge import load_judge
+        judge = load_judge(opts.judge, str(device))  # before any evaluation: a bad --judge costs nothing
     for c in ckpts.values():
         if c.trained_objective is not None:
             modes = {"block_diffusion" if s.mode == "block" else s.mode for s in systems if s.checkpoint == c.path}
@@ -150,7 +170,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                 notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and is "
                              f"evaluated in mode '{mode}' as well: those numbers come from weights never trained "
                              "for that mode")
-    need_data = {"likelihood", "generate", "infill"} & set(parts)
+    need_data = {part for part, run in todo.items() if run} & {"likelihood", "generate", "infill"}
     data = None
     if need_data:
         require_same_tokenizer(list(ckpts.values()), "likelihood, generation and infilling")
@@ -161,7 +181,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         if len({(d.seq_len, d.packing, d.source) for d in cfgs.values()}) > 1:
             notes.append("[run] the checkpoints were trained on different data settings (seq_len / packing / source); "
                          f"all are scored on the validation rows built from {data.info.get('config_from')}")
-    if "likelihood" in parts:
+    if todo["likelihood"]:
         rows = []
         for s in systems:
             ck = ckpts[s.checkpoint]
@@ -188,12 +208,9 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             print(f"  likelihood {s.name}: {'≤' if r['kind'] == 'bound' else '='} ppl {r['ppl']:.4g} "
                   f"(NLL/token {r['nll_per_token']:.4f}" + (f" ± {r['nll_std']:.4f}" if r['kind'] == 'bound' else "")
                   + ")", flush=True)
-        results["likelihood"] = rows
-    judge = None
-    if "generate" in parts:
-        if opts.judge and opts.judge.lower() != "none":
-            from diffmamba.eval.judge import load_judge
-            judge = load_judge(opts.judge, str(device))
+        store.finish("likelihood", likelihood=rows)
+    if todo["generate"]:
+        if judge is not None:
             results["judge"] = {**judge.info, "spec": opts.judge}
             if any(os.path.abspath(opts.judge) == os.path.abspath(p) for p in ckpts):
                 notes.append("[run] the judge is one of the compared checkpoints: its gen-PPL favours its own samples")
@@ -204,11 +221,11 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             systems, ckpts, judge, data, tasks=opts.tasks, num_samples=opts.num_samples, length=opts.length,
             prompt_len=opts.prompt_len, batch_size=opts.batch_size, samplers=opts.samplers, steps=opts.steps,
             top_ps=opts.top_p, temperature=opts.temperature, seed=opts.seed, device=device, amp=amp)
-        results["generation"] = gen_rows
         with open(os.path.join(opts.out, "samples.jsonl"), "w") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
-    if "infill" in parts:
+        store.finish("generate", generation=gen_rows)
+    if todo["infill"]:
         ck0 = ckpts[systems[0].checkpoint]
         obj = ck0.run_config.objective if ck0.run_config is not None else None
         rows_inf = data.rows[: opts.infill_rows]
@@ -220,11 +237,12 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         if any(s.mode == "block" for s in systems):
             notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
                          "context and its own block, never the text after it")
-        results["infill"] = infill.evaluate_infill(
+        infill_rows = infill.evaluate_infill(
             [s for s in systems if s.mode != "block"], ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
             repeats=opts.repeats, seed=opts.seed, device=device, amp=amp,
             schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3)
-    if "speed" in parts:
+        store.finish("infill", infill=infill_rows)
+    if todo["speed"]:
         lengths = opts.lengths or ((opts.length,) if device.type == "cpu" else (128, 1024))
         samplers = opts.speed_samplers or tuple(dict.fromkeys(list(opts.samplers) + ["ancestral-nocache"]))
         steps = opts.speed_steps or opts.steps
@@ -242,6 +260,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         from diffmamba.eval.report import speed_table
         print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
               + speed_table(results["speed"]), flush=True)
+        store.finish("speed")
     results["notes"] = list(dict.fromkeys(notes))
     paths = write_report(results, opts.out)
     print(f"report: {paths['report']}\nresults: {paths['results']}", flush=True)
