@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"diffmamba {name}", description=module.__doc__ or help_line,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    # KEY=VALUE overrides may sit between options; intermixed parsing allows that (it cannot handle
+    # sub-commands, and `train` installs its own parse_args that is intermixed already).
+    plain = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions) or "parse_args" in vars(parser)
+    args = (parser.parse_args if plain else parser.parse_intermixed_args)(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as e:

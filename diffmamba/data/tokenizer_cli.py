@@ -40,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from diffmamba.config import DataConfig
     from diffmamba.data.sources import iter_texts
     from diffmamba.data.tokenizer import train_bpe
+    from diffmamba.outputs import check_out_dir
     if args.vocab_size < 260:
         raise UserError(f"--vocab-size {args.vocab_size} is too small; a byte-level BPE needs >= 260")
+    check_out_dir(args.out)  # before training: a run that cannot save its result is lost work
     cfg = DataConfig(source=args.corpus, text_field=args.text_field, text_unit=args.text_unit,
                      max_documents=args.max_documents, cache_dir=args.cache_dir)
     start = time.perf_counter()
