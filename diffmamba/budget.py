@@ -62,7 +62,8 @@ def limit_bytes(flag_value: Optional[float] = None, device: str = "cpu") -> tupl
 
 
 def gb(n: float) -> str:
-    return f"{n / GB:.1f} GB"
+    """A byte count for messages: GB, or MB below one GB."""
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 2 ** 20:.1f} MB"
 
 
 def require(estimate: int, what: str, fix: str, flag_value: Optional[float] = None, device: str = "cpu",

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from diffmamba.errors import UserError
-from diffmamba.eval.sections import SectionStore, signature
+from diffmamba.eval.sections import SectionStore, signatures
 from diffmamba.eval.systems import System, default_systems
 from diffmamba.outputs import check_out_dir
 from diffmamba.runlock import FolderLock
@@ -157,7 +157,7 @@ def _evaluate(opts: EvalOptions, parts: tuple, systems: list, device, dtype) -> 
                          "command": opts.command, "commands": commands, "environment": env, "environment_line": env_line,
                          "git_commit": _git_commit(), "seed": opts.seed, "options": _jsonable(opts)},
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
-    store = SectionStore(opts.out, results, results, signature(_jsonable(opts), results["checkpoints"]))
+    store = SectionStore(opts.out, results, results, signatures(_jsonable(opts), results["checkpoints"]))
     todo = {part: part in parts and not store.done(part) for part in PARTS}
     judge = None
     if todo["generate"] and opts.judge and opts.judge.lower() != "none":
@@ -181,6 +181,7 @@ def _evaluate(opts: EvalOptions, parts: tuple, systems: list, device, dtype) -> 
         if len({(d.seq_len, d.packing, d.source) for d in cfgs.values()}) > 1:
             notes.append("[run] the checkpoints were trained on different data settings (seq_len / packing / source); "
                          f"all are scored on the validation rows built from {data.info.get('config_from')}")
+        _check_data(opts, data, todo)  # before any section runs: a late refusal would waste the earlier ones
     if todo["likelihood"]:
         rows = []
         for s in systems:
@@ -265,6 +266,21 @@ def _evaluate(opts: EvalOptions, parts: tuple, systems: list, device, dtype) -> 
     paths = write_report(results, opts.out)
     print(f"report: {paths['report']}\nresults: {paths['results']}", flush=True)
     return results
+
+
+def _check_data(opts: EvalOptions, data, todo: dict) -> None:
+    """The checks generation and infilling make on the validation rows, made before any work."""
+    rows, length = data.rows.shape
+    if todo["generate"] and "prompted" in opts.tasks:
+        if opts.prompt_len >= length:
+            raise UserError(f"--prompt-len {opts.prompt_len} leaves nothing to continue in validation rows of "
+                            f"{length} tokens; use a smaller --prompt-len")
+        if rows < opts.num_samples:
+            raise UserError(f"only {rows} validation rows for {opts.num_samples} prompts; lower --num-samples or "
+                            "raise --max-rows")
+    if todo["infill"] and data.valid is not None and not bool(data.valid.all(1).any()):
+        raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
+                        "or a smaller --seq-len")
 
 
 def _jsonable(opts: EvalOptions) -> dict:

@@ -2,21 +2,31 @@
 as soon as it completes, together with the settings it was computed with; a re-run with identical
 settings (same options, same checkpoints) keeps it instead of computing it again.
 
-``results["completed"]`` maps a section name (likelihood, generate, infill, speed) to the signature
-of its settings. Any change of an option or of a checkpoint's description recomputes the section.
+``results["completed"]`` maps a section name (likelihood, generate, infill, speed) to the settings
+it depends on (SECTION_OPTIONS and the checkpoints' descriptions); any change recomputes it.
 """
 from __future__ import annotations
 
 import json
 import os
 
-# Options that do not change any number (where the results go, how the command was spelled).
-_NOT_SETTINGS = ("out", "command")
+# The options each section's numbers depend on (so `eval likelihood` and `eval compare` share one).
+_COMMON = ("diffusion", "ar", "systems", "data", "seq_len", "max_rows", "device", "dtype", "seed", "batch_size")
+_SAMPLING = ("samplers", "steps", "top_p", "temperature", "length")
+SECTION_OPTIONS = {
+    "likelihood": _COMMON + ("repeats",),
+    "generate": _COMMON + _SAMPLING + ("judge", "tasks", "num_samples", "prompt_len"),
+    "infill": _COMMON + ("infill_span", "infill_rows", "infill_sampler", "repeats"),
+    "speed": _COMMON + _SAMPLING + ("speed_samplers", "speed_steps", "batch_sizes", "lengths", "contexts",
+                                    "speed_prompt_len", "warmup", "speed_repeats"),
+}
 
 
-def signature(options: dict, checkpoints: dict) -> dict:
-    return json.loads(json.dumps({"options": {k: v for k, v in options.items() if k not in _NOT_SETTINGS},
-                                  "checkpoints": checkpoints}, default=str))
+def signatures(options: dict, checkpoints: dict) -> dict:
+    """section -> the settings its numbers depend on, as plain JSON values."""
+    return {section: json.loads(json.dumps({"options": {k: options.get(k) for k in names},
+                                            "checkpoints": checkpoints}, default=str))
+            for section, names in SECTION_OPTIONS.items()}
 
 
 class SectionStore:
@@ -24,11 +34,11 @@ class SectionStore:
         self.path = os.path.join(out, "results.json")
         self.results, self.settings = results, settings
         self.previous_done = dict(previous.get("completed") or {})
-        results["completed"] = {k: v for k, v in self.previous_done.items() if v == settings}
+        results["completed"] = {k: v for k, v in self.previous_done.items() if v == settings.get(k)}
 
     def done(self, section: str) -> bool:
         """True when an earlier run finished ``section`` with the same settings (its numbers are kept)."""
-        if self.previous_done.get(section) == self.settings:
+        if self.previous_done.get(section) == self.settings[section]:
             print(f"  {section}: kept from an earlier run into this folder with the same settings", flush=True)
             return True
         return False
@@ -36,7 +46,7 @@ class SectionStore:
     def finish(self, section: str, **entries) -> None:
         """Record ``entries`` (top-level results keys) as the finished ``section`` and write results.json."""
         self.results.update(entries)
-        self.results["completed"][section] = self.settings
+        self.results["completed"][section] = self.settings[section]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.results, f, indent=1, default=str)
