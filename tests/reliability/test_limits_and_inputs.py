@@ -41,7 +41,7 @@ def test_a_huge_sampling_request_is_refused_before_the_model_is_loaded(final_mod
 def test_the_flag_overrides_the_environment_and_bad_limits_are_one_line(final_model, capsys, monkeypatch):
     monkeypatch.setenv(budget.ENV, "1000")
     code, captured = sample(capsys, "--checkpoint", final_model, "--length", "100000", "--max-memory-gb", "0.5")
-    assert code == 2 and "limit of 0.5 GB (--max-memory-gb)" in error_lines(captured.err)[0]
+    assert code == 2 and "limit of 512.0 MB (--max-memory-gb)" in error_lines(captured.err)[0]
     monkeypatch.setenv(budget.ENV, "lots")
     code, captured = sample(capsys, "--checkpoint", final_model, "--length", "8")
     assert code == 2 and "DIFFMAMBA_MAX_MEMORY_GB='lots' is not a positive number" in error_lines(captured.err)[0]
