@@ -72,8 +72,11 @@ def test_fresh_deletes_the_run_and_starts_over(run_copy, micro_data, capsys):
     code = main(train_command(run_copy, micro_data, "--fresh", "--resume"))
     assert code == 2 and "contradict" in error_lines(capsys.readouterr().err)[0]
     open(os.path.join(run_copy, "notes.txt"), "w").close()  # not ours: --fresh leaves it
+    leftover = os.path.join(run_copy, ".metrics.jsonl.tmp4242")  # a temporary file a crash left (core.io)
+    open(leftover, "w").close()
     assert main(train_command(run_copy, micro_data, "--fresh", "--max-steps", "1")) == 0
     assert logged_steps(run_copy) == [1] and os.path.exists(os.path.join(run_copy, "notes.txt"))
+    assert not os.path.exists(leftover)
     assert sorted(os.listdir(os.path.join(run_copy, "checkpoints"))) == ["latest", "step_0000001"]
 
 
