@@ -316,7 +316,11 @@ def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        parsed = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            parsed = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it, e.g. key='text'") from None
         node = values
         parts = key.lstrip("-").split(".")
         for part in parts[:-1]:

@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"diffmamba {name}", description=module.__doc__ or help_line,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    # KEY=VALUE overrides may sit between options; intermixed parsing allows that. It cannot handle
+    # sub-commands or pass-through (REMAINDER) arguments, and `train` installs its own parse_args.
+    plain = "parse_args" in vars(parser) or any(
+        a.nargs in (argparse.REMAINDER, argparse.PARSER) for a in parser._actions)
+    args = (parser.parse_args if plain else parser.parse_intermixed_args)(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as e:

@@ -24,7 +24,8 @@ from diffmamba.core.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/tiny.yaml",
-                        help="run config shared by both models (default: %(default)s, relative to the repo root)")
+                        help="run config shared by both models (default: %(default)s); a relative path is looked up in "
+                        "the current folder, then in the repository root")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=500,
                         help="optimizer steps per model (default: %(default)s: 2-3 minutes each on 2 CPU cores)")
@@ -38,6 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delete earlier runs in --out and retrain (default: reuse finished runs, resume interrupted ones)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides applied to both runs, e.g. model.d_model=192")
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` as given if it exists, else (when relative) under the repository root: what --help says."""
+    if os.path.isfile(path):
+        return path
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above diffmamba/cli/
+    in_repo = os.path.join(repo_root, path)
+    if not os.path.isabs(path) and os.path.isfile(in_repo):
+        return in_repo
+    raise UserError(f"config {path} not found (looked in the current folder and in {repo_root}); "
+                    "pass --config PATH to an existing YAML file")
 
 
 def _train_one(cfg, objective: str, out_dir: str, fresh: bool) -> str:
@@ -100,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if not os.path.isfile(args.config):
-        raise UserError(f"config {args.config} not found; run from the repository root or pass --config PATH")
+    args.config = resolve_config_path(args.config)
     start = time.perf_counter()
     cfg = load_config(RunConfig, args.config, list(args.overrides))
     train_cfg = dataclasses.replace(cfg.train, max_steps=args.steps, save_every=args.steps,

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 import torch
 
 from diffmamba.cli.sample_bd3lm import add_block_arguments, check_block_arguments, configure_block_mode
+from diffmamba.cli.sample_budget import check_sampling_memory
 from diffmamba.core.device import autocast, resolve_device, resolve_dtype, synchronize
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import atomic_open
+from diffmamba.core.outputs import check_out_file
 from diffmamba.eval.loading import load_checkpoint
 from diffmamba.sampling.base import SampleResult, SamplerOptions
 from diffmamba.sampling.canvas import Canvas, build_canvas
@@ -92,7 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
     parser.add_argument("--stats", action="store_true", help="print NFE, tokens/s and wall time")
     parser.add_argument("--output", default=None, metavar="FILE.jsonl",
-                        help="also write one JSON line per sample (text, ids, NFE, settings)")
+                        help="also write one JSON line per sample (text, ids, NFE, settings); checked before "
+                             "sampling, an existing file only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="let --output replace an existing file")
+    parser.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
+                        help="refuse requests estimated to need more memory than this (default: "
+                             "$DIFFMAMBA_MAX_MEMORY_GB, else half the RAM, on CUDA 90%% of the GPU's memory)")
     parser.add_argument("--device", default="auto", metavar="DEV", help="auto (cuda if available) | cpu | cuda[:i]")
     parser.add_argument("--dtype", default="auto", metavar="DTYPE",
                         help="matmul precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
@@ -159,8 +166,11 @@ def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
 
+    if args.output:
+        check_out_file(args.output, "--output", args.overwrite)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    check_sampling_memory(args, DEFAULT_LENGTH, str(device))  # before anything large is allocated
     checkpoint = load_checkpoint(args.checkpoint, str(device))
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
     canvas = build_canvas(tokenizer, args.prompt, args.length, model.mask_token_id, infill=args.infill,

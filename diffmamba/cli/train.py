@@ -42,11 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: runs/<config name>-<objective>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete "
                         "checkpoint (exactly: same data order, noise and optimizer state)")
+    parser.add_argument("--fresh", action="store_true", help="delete the run already in --out (checkpoints, final/, "
+                        "metrics) and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     parser.add_argument("--debug-batches", action="store_true", help="also write OUT/debug/rank<R>.jsonl: the sample "
                         "indices and diffusion times of every micro-batch, and a parameter checksum at the end")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides such as train.lr=1e-3 model.d_model=64 (or --train.lr 1e-3)")
+                        help="config overrides such as train.lr=1e-3 model.d_model=64 (or --train.lr 1e-3); "
+                        "they may come before, between or after the options")
     _accept_dotted_options(parser)
 
 
@@ -73,7 +76,8 @@ def split_dotted_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _accept_dotted_options(parser: argparse.ArgumentParser) -> None:
     # argparse cannot declare "any --section.field"; this parser instance pulls them out first.
-    parse_plain = parser.parse_args
+    # Intermixed parsing lets KEY=VALUE overrides sit on both sides of options.
+    parse_plain = parser.parse_intermixed_args
 
     def parse_args(args=None, namespace=None):
         rest, dotted = split_dotted_options(list(sys.argv[1:] if args is None else args))
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, out = resolve_run(args)
     try:
-        train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches)
+        train(cfg, out, resume=args.resume, show_progress=not args.no_progress, debug_batches=args.debug_batches,
+              fresh=args.fresh)
     except TrainingStopped as stop:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train: {stop}", file=sys.stderr)

@@ -20,6 +20,7 @@ from datasets.utils import logging as hf_logging
 from diffmamba.config import DataConfig
 from diffmamba.core.errors import UserError
 from diffmamba.data import corpus as corpus_lib
+from diffmamba.data.textfiles import check_text_file, checkable
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".rst")
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", **{e: "text" for e in TEXT_EXTENSIONS}}
@@ -78,6 +79,7 @@ def source_plan(data_cfg: DataConfig, progress: bool = True) -> dict:
         corpus = corpus_lib.build_corpus(sources=corpus_lib.parse_builtin_source(source), progress=progress,
                                          cache_dir=data_cfg.cache_dir)
         return {"builder": "json", "files": corpus_lib.corpus_files(corpus), "kwargs": {}, "text_field": "text",
+                "builtin": True,
                 "name": "builtin-" + "-".join(corpus["sources"]), "fingerprint": corpus_lib.corpus_fingerprint(corpus)}
     files = local_files(source)
     if files is None:
@@ -112,9 +114,28 @@ def hf_progress(enabled: bool):
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
+def _unit_of(plan: dict, path: str) -> str:
+    """How textfiles.check_text_file reads ``path``: the unit one document is made of."""
+    if plan["builder"] == "text":
+        return plan["kwargs"].get("sample_by", "paragraph")
+    return "line" if _strip_compression(path).lower().endswith(".jsonl") else "document"
+
+
+def check_local_files(plan: dict) -> None:
+    """Refuse undecodable, binary, empty or oversized local files, naming the file (before loading)."""
+    files = plan.get("files", [])
+    checked = [path for path in files if checkable(path)]
+    with_text = [check_text_file(path, _unit_of(plan, path), require_text=len(files) == 1) for path in checked]
+    if checked and len(checked) == len(files) and not any(with_text):
+        raise UserError(f"all {len(files)} data files are empty (e.g. {files[0]}); add text to them or point "
+                        "data.source elsewhere")
+
+
 def load_source(plan: dict, streaming: bool):
     """The raw HF dataset (all columns) of a plan."""
     datasets.logging.set_verbosity_error()
+    if "hub" not in plan and not plan.get("builtin"):
+        check_local_files(plan)
     try:
         if "hub" in plan:
             return datasets.load_dataset(plan["hub"], plan["subset"], split="train", streaming=streaming)
@@ -126,7 +147,8 @@ def load_source(plan: dict, streaming: bool):
         where = plan.get("hub") or ", ".join(plan["files"][:3])
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         hint = ("it is not a local path, and the Hub is unreachable or has no such dataset; pass a local file/folder "
-                "or 'builtin'") if "hub" in plan else "check that the files are valid"
+                "or 'builtin'") if "hub" in plan else "check that the files are valid " + (
+            "JSON lines with a text field" if plan["builder"] == "json" else f"{plan['builder']} files")
         raise UserError(f"could not load data from {where}: {detail}; {hint}") from None
 
 

@@ -16,6 +16,7 @@ import time
 
 from diffmamba.config import DataConfig
 from diffmamba.core.errors import UserError
+from diffmamba.core.outputs import check_out_dir
 
 SAMPLE_BYTES = 4_000_000  # text used to measure compression and speed
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from diffmamba.data.tokenizer import train_bpe  # lazy: `diffmamba tokenizer --help` without HF datasets
     if args.vocab_size < 260:
         raise UserError(f"--vocab-size {args.vocab_size} is too small; a byte-level BPE needs >= 260")
+    check_out_dir(args.out)  # before training: a run that cannot save its result is lost work
     cfg = DataConfig(source=args.corpus, text_field=args.text_field, text_unit=args.text_unit,
                      max_documents=args.max_documents, cache_dir=args.cache_dir)
     start = time.perf_counter()

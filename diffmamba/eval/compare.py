@@ -18,6 +18,8 @@ from typing import Callable, Optional
 from diffmamba.core.device import autocast, resolve_device, resolve_dtype
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import atomic_open
+from diffmamba.core.outputs import check_out_dir
+from diffmamba.core.runlock import FolderLock
 from diffmamba.eval import generation, infill, likelihood, speed
 from diffmamba.eval.bd3lm import block_likelihood, evaluate_context_speed
 from diffmamba.eval.data import load_eval_data
@@ -26,6 +28,7 @@ from diffmamba.eval.loading import load_checkpoint, require_same_tokenizer
 from diffmamba.eval.report import write_report
 from diffmamba.eval.report.tables import speed_table
 from diffmamba.eval.sampling import settings_for
+from diffmamba.eval.sections import SectionStore, signatures
 from diffmamba.eval.systems import KNOWN_MODES, System, default_systems
 from diffmamba.sampling.registry import SAMPLERS
 
@@ -130,6 +133,7 @@ class _Run:
     results: dict
     notes: list[str]
     data: object = None
+    judge: object = None  # loaded before any section runs (when generation is to run and --judge is set)
 
 
 def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
@@ -139,6 +143,15 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     _check_modes(systems)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
+    check_out_dir(opts.out)
+    if opts.data is not None and not os.path.exists(opts.data):
+        raise UserError(f"--data {opts.data} does not exist; pass a text file, a .jsonl file or a folder of .txt files")
+    # One evaluation at a time writes into a folder (diffmamba/core/runlock.py).
+    with FolderLock(opts.out, "evaluation"):
+        return _evaluate(opts, parts, systems, device, dtype)
+
+
+def _evaluate(opts: EvalOptions, parts: tuple, systems: list[System], device, dtype) -> dict:
     env = speed.environment(device, dtype)
     print(f"diffmamba eval: {speed.format_environment(env)}", flush=True)
     ckpts = {s.checkpoint: load_checkpoint(s.checkpoint, str(device)) for s in systems}
@@ -153,13 +166,20 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                          "environment_line": speed.format_environment(env), "git_commit": _git_commit(),
                          "seed": opts.seed, "options": _jsonable(opts)},
                    systems=sys_dicts, checkpoints={p: c.describe() for p, c in ckpts.items()})
+    # Sections an earlier run into this folder finished with the same settings are kept (eval/sections.py).
+    store = SectionStore(opts.out, results, results, signatures(_jsonable(opts), results["checkpoints"]))
+    todo = [part for part in PARTS if part in parts and not store.done(part)]
+    if "generate" in todo and opts.judge and opts.judge.lower() != "none":
+        run.judge = load_judge(opts.judge, str(device))  # before any evaluation: a bad --judge costs nothing
     _note_untrained_modes(run)
-    if {"likelihood", "generate", "infill"} & set(parts):
+    if {"likelihood", "generate", "infill"} & set(todo):
         _load_data(run)
+        _check_data(opts, run.data, todo)  # before any section runs: a late refusal would waste the earlier ones
     for part, section in (("likelihood", _likelihood), ("generate", _generation), ("infill", _infill),
                           ("speed", _speed)):
-        if part in parts:
+        if part in todo:
             section(run)
+            store.finish(part)  # results.json now holds this section: an interruption keeps it
     results["notes"] = list(dict.fromkeys(run.notes))
     paths = write_report(results, opts.out)
     print(f"report: {paths['report']}\nresults: {paths['results']}", flush=True)
@@ -230,9 +250,8 @@ def _likelihood(run: _Run) -> None:
 
 
 def _generation(run: _Run) -> None:
-    opts, judge = run.opts, None
-    if opts.judge and opts.judge.lower() != "none":
-        judge = load_judge(opts.judge, str(run.device))
+    opts, judge = run.opts, run.judge
+    if judge is not None:
         run.results["judge"] = {**judge.info, "spec": opts.judge}
         if any(os.path.abspath(opts.judge) == os.path.abspath(p) for p in run.ckpts):
             run.notes.append("[run] the judge is one of the compared checkpoints: its gen-PPL favours its own samples")
@@ -251,13 +270,7 @@ def _generation(run: _Run) -> None:
 
 
 def _infill(run: _Run) -> None:
-    opts, data = run.opts, run.data
-    rows = data.rows[: opts.infill_rows]
-    if data.valid is not None:  # only rows without padding inside them
-        rows = data.rows[data.valid.all(1)][: opts.infill_rows]
-    if rows.shape[0] == 0:
-        raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
-                        "or a smaller --seq-len")
+    opts, rows = run.opts, _infill_rows(run.opts, run.data)  # not empty: _check_data made sure
     if any(s.mode == "block" for s in run.systems):
         run.notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
                          "context and its own block, never the text after it")
@@ -266,6 +279,12 @@ def _infill(run: _Run) -> None:
         [s for s in run.systems if s.mode != "block"], run.ckpts, rows, span=opts.infill_span,
         batch_size=opts.batch_size, sampler=opts.infill_sampler, repeats=opts.repeats, seed=opts.seed,
         device=run.device, amp=run.amp, schedule=schedule["schedule"], schedule_eps=schedule["schedule_eps"])
+
+
+def _infill_rows(opts: EvalOptions, data):
+    """The validation rows infilling uses: the first --infill-rows without padding inside them."""
+    rows = data.rows if data.valid is None else data.rows[data.valid.all(1)]
+    return rows[: opts.infill_rows]
 
 
 def _speed(run: _Run) -> None:
@@ -286,6 +305,21 @@ def _speed(run: _Run) -> None:
             warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
     print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
           + speed_table(run.results["speed"]), flush=True)
+
+
+def _check_data(opts: EvalOptions, data, todo: list[str]) -> None:
+    """The checks generation and infilling make on the validation rows, made before any section runs."""
+    rows, length = data.rows.shape
+    if "generate" in todo and "prompted" in opts.tasks:
+        if opts.prompt_len >= length:
+            raise UserError(f"--prompt-len {opts.prompt_len} leaves nothing to continue in validation rows of "
+                            f"{length} tokens; use a smaller --prompt-len")
+        if rows < opts.num_samples:
+            raise UserError(f"only {rows} validation rows for {opts.num_samples} prompts; lower --num-samples or "
+                            "raise --max-rows")
+    if "infill" in todo and _infill_rows(opts, data).shape[0] == 0:
+        raise UserError("no validation row is free of padding for infilling; use --data with longer documents "
+                        "or a smaller --seq-len")
 
 
 def _jsonable(opts: EvalOptions) -> dict:

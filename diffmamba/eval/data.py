@@ -23,6 +23,7 @@ import torch
 from diffmamba.core.errors import UserError
 from diffmamba.data import build_datasets
 from diffmamba.data.datasets import WrapPacker, pad_rows
+from diffmamba.data.textfiles import check_text_file, iter_documents
 
 
 @dataclass
@@ -37,28 +38,30 @@ class EvalData:
 
 
 def _read_documents(path: str) -> list[str]:
+    """The documents of ``--data``, read like training reads data files (diffmamba/data/textfiles.py):
+    non-UTF-8, binary, empty or oversized files are refused with the same message."""
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "**", "*.txt"), recursive=True))
         if not files:
             raise UserError(f"--data {path}: the folder holds no .txt files; pass a text file, a .jsonl file "
                             "or a folder of .txt files")
-        return [open(f, encoding="utf-8", errors="replace").read().strip() for f in files]
+        for f in files:
+            check_text_file(f, "document")
+        return [doc for f in files for doc in iter_documents(f, "document")]
     if not os.path.isfile(path):
         raise UserError(f"--data {path} does not exist; pass a text file, a .jsonl file or a folder of .txt files")
     if path.endswith((".jsonl", ".json")):
+        check_text_file(path, "line")
         docs = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    docs.append(str(json.loads(line)["text"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"--data {path}: line {n} is not a JSON object with a 'text' field; "
-                                    "write one {\"text\": ...} object per line") from None
+        for n, line in enumerate(iter_documents(path, "line"), 1):
+            try:
+                docs.append(str(json.loads(line)["text"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"--data {path}: record {n} is not a JSON object with a 'text' field; "
+                                "write one {\"text\": ...} object per line") from None
         return docs
-    text = open(path, encoding="utf-8", errors="replace").read()
-    return [p.strip() for p in text.split("\n\n") if p.strip()]
+    check_text_file(path, "paragraph")
+    return list(iter_documents(path, "paragraph"))
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, packing: str) -> tuple[np.ndarray, Optional[np.ndarray]]:

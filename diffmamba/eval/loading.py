@@ -80,8 +80,13 @@ def find_model_dir(path: str, must_exist: bool = True) -> Optional[str]:
     candidates = [path, os.path.join(path, "final")]
     latest = os.path.join(path, "checkpoints", "latest")
     if os.path.isfile(latest):
-        with open(latest) as f:
-            candidates.append(os.path.join(path, "checkpoints", f.read().strip()))
+        with open(latest, encoding="utf-8", errors="replace") as f:
+            candidates.append(os.path.join(path, "checkpoints", os.path.basename(f.read().strip())))
+    # A dangling or damaged `latest` falls back to the newest step_<N> folder holding a model (the names
+    # train/checkpoint.py gives; importing it here would load the whole training stack for `sample`).
+    root = os.path.join(path, "checkpoints")
+    steps = [e for e in os.listdir(root) if e.startswith("step_") and e[5:].isdigit()] if os.path.isdir(root) else []
+    candidates += [os.path.join(root, e) for e in sorted(steps, key=lambda e: int(e[5:]), reverse=True)]
     for c in candidates:
         if os.path.isdir(c) and _has_model(c):
             return c
@@ -115,7 +120,7 @@ def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
     if not os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
         raise UserError(f"{model_dir} has no tokenizer.json; evaluation needs the checkpoint's tokenizer "
                         "(every checkpoint `diffmamba train` writes has one: copy it in with tokenizer.save(dir))")
-    model = DiffMamba.from_pretrained(model_dir).to(device=dev, dtype=torch.float32).eval()
+    model = _load_model(model_dir).to(device=dev, dtype=torch.float32).eval()
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{model_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
@@ -125,6 +130,19 @@ def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
     ckpt = Checkpoint(path, model_dir, model, tokenizer, run_config, cfg_path)
     _CACHE[key] = ckpt
     return ckpt
+
+
+def _load_model(model_dir: str):
+    """DiffMamba.from_pretrained, with damaged files reported as one line naming them."""
+    try:
+        return DiffMamba.from_pretrained(model_dir)
+    except UserError:
+        raise
+    except Exception as e:  # safetensors / json / shape errors of a truncated, empty or foreign file
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"cannot load the model in {model_dir} ({type(e).__name__}: {detail}); its "
+                        "model.safetensors / config.json are damaged or from another program: use an intact "
+                        "checkpoint (e.g. another checkpoints/step_* folder of the run)") from None
 
 
 def require_same_tokenizer(ckpts: Sequence[Checkpoint], what: str) -> None:

@@ -6,10 +6,14 @@ Layout of ``OUT/checkpoints/step_0001000/``::
     ema.safetensors                  EMA weights by parameter name (absent when train.ema = 0)
     tokenizer.json                   the run's tokenizer
     run_config.yaml                  the resolved RunConfig
-    optimizer.pt                     AdamW state
+    optimizer.json, .safetensors     AdamW state (diffmamba/core/statefile.py: tensors + JSON structure)
     trainer_state.json               step, data position, EMA update count, metrics window
-    rng_state.pt                     python / numpy / torch (/ cuda) generator states, one per rank
+    rng_state.json, .safetensors     python / numpy / torch (/ cuda) generator states, one per rank
     manifest.json                    size of every file above, written last
+
+Nothing in a checkpoint is a pickle, so resuming a run folder from someone else cannot run code.
+Checkpoints of older versions hold ``optimizer.pt`` / ``rng_state.pt`` pickles; those are read with
+``torch.load(weights_only=True)`` (tensors, containers and numpy arrays only) or refused.
 
 A folder is filled under a temporary name, every file is fsynced, then it is renamed into place:
 a crash leaves either a complete checkpoint or a ``.tmp-*`` folder that is ignored and removed.
@@ -28,21 +32,30 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 from safetensors import safe_open
 
+from diffmamba.core import statefile
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import replace_tree, write_json, write_text
+
+try:  # what numpy arrays in an older version's pickles are rebuilt with (see _load_legacy_pickle)
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 LATEST = "latest"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-RNG_STATE = "rng_state.pt"
-OPTIMIZER = "optimizer.pt"
+RNG_STATE = "rng_state"  # statefile name: rng_state.json + rng_state.safetensors
+OPTIMIZER = "optimizer"  # optimizer.json + optimizer.safetensors
+LEGACY_PICKLES = {RNG_STATE: "rng_state.pt", OPTIMIZER: "optimizer.pt"}  # older versions' format
 EMA_WEIGHTS = "ema.safetensors"
 MODEL_WEIGHTS = "model.safetensors"
 RUN_CONFIG = "run_config.yaml"
-REQUIRED = (MODEL_WEIGHTS, "config.json", "tokenizer.json", RUN_CONFIG, OPTIMIZER, TRAINER_STATE, RNG_STATE)
+REQUIRED = (MODEL_WEIGHTS, "config.json", "tokenizer.json", RUN_CONFIG, TRAINER_STATE)
+STATES = (OPTIMIZER, RNG_STATE)  # each: the statefile pair, or (older checkpoints) its legacy pickle
 
 
 def step_dir_name(step: int) -> str:
@@ -65,6 +78,14 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def restore_saved_rng_state(path: str, state) -> None:
+    """restore_rng_state for a state read from checkpoint ``path``: a malformed one is a UserError."""
+    try:
+        restore_rng_state(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"the RNG state in {path} is malformed ({str(e)[:120]}); {_DROP_CHECKPOINT}") from None
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -125,8 +146,8 @@ def checkpoint_problem(path: str) -> Optional[str]:
     """Why ``path`` cannot be resumed from, or None if it looks complete and readable.
 
     Checks that every required file is there with the size the manifest recorded, and that the
-    safetensors headers and the trainer state parse. It does not unpickle the optimizer (that
-    happens on load, where a failure is reported the same way)."""
+    safetensors headers and the JSON files parse. Their contents are checked on load, where a
+    failure is reported as a UserError."""
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
         return "no manifest.json (the checkpoint was not finished)"
@@ -135,9 +156,15 @@ def checkpoint_problem(path: str) -> Optional[str]:
             sizes = json.load(f)
     except (OSError, ValueError) as e:
         return f"manifest.json is unreadable ({e})"
+    if not isinstance(sizes, dict):
+        return "manifest.json is not a JSON object"
     for name in REQUIRED:
         if name not in sizes:
             return f"{name} is missing from the manifest"
+    for state in STATES:
+        json_file, tensor_file = (os.path.basename(p) for p in statefile.paths(path, state))
+        if not ({json_file, tensor_file} <= set(sizes) or LEGACY_PICKLES[state] in sizes):
+            return f"{json_file} / {tensor_file} are missing from the manifest"
     for name, size in sizes.items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
@@ -145,7 +172,8 @@ def checkpoint_problem(path: str) -> Optional[str]:
         if os.path.getsize(file) != size:
             return f"{name} has {os.path.getsize(file)} bytes, the manifest says {size}"
 
-    for name in (MODEL_WEIGHTS, EMA_WEIGHTS):
+    tensor_files = [os.path.basename(statefile.paths(path, state)[1]) for state in STATES]
+    for name in (MODEL_WEIGHTS, EMA_WEIGHTS, *tensor_files):
         if name in sizes:
             try:
                 with safe_open(os.path.join(path, name), framework="pt") as f:
@@ -158,6 +186,16 @@ def checkpoint_problem(path: str) -> Optional[str]:
         int(state["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{TRAINER_STATE} is unreadable ({e})"
+    json_files = ["config.json", "tokenizer.json"] + [os.path.basename(statefile.paths(path, s)[0]) for s in STATES]
+    for name in json_files + [RUN_CONFIG]:
+        if name in sizes:
+            try:
+                with open(os.path.join(path, name), encoding="utf-8") as f:
+                    parsed = json.load(f) if name in json_files else yaml.safe_load(f)
+                if not isinstance(parsed, dict):
+                    raise ValueError("not a mapping")
+            except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:
+                return f"{name} is unreadable ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
     return None
 
 
@@ -182,17 +220,46 @@ def find_resumable(root: str) -> Resumable:
                 return Resumable(path, json.load(f))
         warnings.warn(f"skipping checkpoint {path}: {problem}; trying the previous one", stacklevel=2)
     raise UserError(f"--resume: every checkpoint in {root} is incomplete or corrupt (see the warnings above); "
-                    "start a new run (remove the folder or choose another --out)")
+                    "start over with --fresh, or choose another --out")
+
+
+_DROP_CHECKPOINT = "delete that checkpoint folder to resume from the previous one, or start over with --fresh"
+
+
+def save_training_state(folder: str, optimizer_state: dict, rng_states: list[dict]) -> None:
+    statefile.save_state(optimizer_state, folder, OPTIMIZER)
+    statefile.save_state(rng_states, folder, RNG_STATE)
+
+
+def _load(path: str, state: str):
+    if os.path.isfile(statefile.paths(path, state)[0]):
+        return statefile.load_state(path, state, _DROP_CHECKPOINT)
+    return _load_legacy_pickle(os.path.join(path, LEGACY_PICKLES[state]))
+
+
+def _load_legacy_pickle(file: str):
+    """An older checkpoint's optimizer.pt / rng_state.pt, read without running code: torch's
+    weights_only unpickler accepts tensors, containers and (allowed here) numpy arrays, nothing else."""
+    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, or a pickle that would have to run code
+        detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"{file} cannot be read safely ({detail}); it is a pickle from an older version or "
+                        f"damaged, and is never unpickled unrestricted: {_DROP_CHECKPOINT}") from None
 
 
 def load_rng_states(path: str) -> list[dict]:
-    # Our own file holding Python/numpy generator states (tuples and arrays), hence weights_only=False.
-    return torch.load(os.path.join(path, RNG_STATE), weights_only=False)
+    states = _load(path, RNG_STATE)
+    if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+        raise UserError(f"the RNG state in {path} is not a list of per-process states; {_DROP_CHECKPOINT}")
+    return states
 
 
 def load_optimizer_state(path: str) -> dict:
-    try:
-        return torch.load(os.path.join(path, OPTIMIZER), map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign pickle: say which file and what to do
-        raise UserError(f"{os.path.join(path, OPTIMIZER)} cannot be read ({e}); delete that checkpoint folder "
-                        "to resume from the previous one") from None
+    state = _load(path, OPTIMIZER)
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) \
+            or not isinstance(state.get("param_groups"), list):
+        raise UserError(f"the optimizer state in {path} is malformed; {_DROP_CHECKPOINT}")
+    return state

@@ -84,13 +84,14 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         kept = []
         if os.path.exists(self.path):
-            with open(self.path) as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:  # damaged lines are dropped below
                 for line in f:
                     try:
                         record = json.loads(line)
                     except ValueError:  # a line cut by the crash
                         continue
-                    if record.get("step", 0) <= step:
+                    at = record.get("step", 0) if isinstance(record, dict) else None
+                    if isinstance(at, int) and at <= step:
                         kept.append(line if line.endswith("\n") else line + "\n")
         write_text(self.path, "".join(kept))
 

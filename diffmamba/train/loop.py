@@ -40,6 +40,7 @@ from diffmamba.train.batches import (BatchLayout, DataPosition, StepIndexSampler
 from diffmamba.train.debug import DebugLog
 from diffmamba.train.log import MetricsLog, device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import EMA, build_optimizer, lr_at, set_lr
+from diffmamba.train.runfolder import prepare_run_folder
 
 # Streams of derived seeds, so that no two uses of train.seed ever share random numbers.
 SEED_TIMES, SEED_NOISE, SEED_EVAL = 1, 2, 3
@@ -98,7 +99,7 @@ def batch_layout(cfg: RunConfig, world_size: int) -> BatchLayout:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str, resume: bool = False, show_progress: bool = True,
-                 debug_batches: bool = False):
+                 debug_batches: bool = False, fresh: bool = False):
 
         if cfg.objective.name not in OBJECTIVES:
             raise UserError(f"objective.name = {cfg.objective.name!r} has no training loss in this installation; "
@@ -119,7 +120,7 @@ class Trainer:
         self.ckpt_root = os.path.join(out_dir, "checkpoints")
         self.show_progress, self.debug_batches = show_progress, debug_batches
 
-        resumable = self._check_run_folder(resume)
+        resumable = prepare_run_folder(out_dir, resume, fresh, self.is_main)
         acc.wait_for_everyone()  # nobody writes into the folder before every process has looked at it
         self.tokenizer, self.train_set, self.val_set = self._load_data(cfg, resumable)
         self.cfg = cfg = self._with_vocab(cfg, resumable)
@@ -140,17 +141,6 @@ class Trainer:
         self.last_val: dict = {}
 
     # -------------------------------------------------------------------------------------- setup
-
-    def _check_run_folder(self, resume: bool) -> Optional[ckpt.Resumable]:
-        if resume:
-            found = ckpt.find_resumable(self.ckpt_root)
-            if self.is_main:
-                print(f"resuming from {found.path}")
-            return found
-        if ckpt.list_checkpoints(self.ckpt_root) or os.path.exists(os.path.join(self.out_dir, "config.yaml")):
-            raise UserError(f"{self.out_dir} already holds a run; pass --resume to continue it, or choose another "
-                            "--out (or delete that folder)")
-        return None
 
     def _load_data(self, cfg: RunConfig, resumable: Optional[ckpt.Resumable]):
 
@@ -218,8 +208,12 @@ class Trainer:
     def _restore(self, resumable: ckpt.Resumable) -> None:
 
         path, state = resumable.path, resumable.trainer_state
-        set_optimizer_state_dict(self.prepared, self.optimizer.optimizer, ckpt.load_optimizer_state(path),
-                                 options=StateDictOptions(full_state_dict=True))
+        try:
+            set_optimizer_state_dict(self.prepared, self.optimizer.optimizer, ckpt.load_optimizer_state(path),
+                                     options=StateDictOptions(full_state_dict=True))
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # well-formed files, wrong contents
+            raise UserError(f"the optimizer state in {path} does not fit this model ({str(e)[:120]}); delete that "
+                            "checkpoint folder to resume from the previous one, or start over with --fresh") from None
         if self.ema is not None:
             ema_file = os.path.join(path, ckpt.EMA_WEIGHTS)
             if os.path.isfile(ema_file):
@@ -229,7 +223,7 @@ class Trainer:
                               "current weights", stacklevel=2)
         rng = ckpt.load_rng_states(path)
         if self.rank < len(rng):
-            ckpt.restore_rng_state(rng[self.rank])
+            ckpt.restore_saved_rng_state(path, rng[self.rank])
         else:
             warnings.warn(f"{path} was saved by {len(rng)} processes, this is process {self.rank}; its global RNG "
                           "starts fresh (the data order and diffusion noise stay exact)", stacklevel=2)
@@ -359,10 +353,15 @@ class Trainer:
     def _last_good(self) -> str:
         return f"the last good checkpoint is {self.last_saved}" if self.last_saved else "no checkpoint was written yet"
 
+    def _next_run(self) -> str:
+        if self.last_saved:
+            return "then continue with --resume (or start over with --fresh)"
+        return "then run again (with no checkpoint yet, the run starts over, with or without --resume)"
+
     def _divergence_message(self, loss: float, norm: float) -> str:
         return (f"loss is {loss} and gradient norm {norm} at step {self.step + 1}; training stopped without saving "
                 f"that step ({self._last_good()}). Lower train.lr, raise train.warmup_steps or set train.grad_clip, "
-                "then continue with --resume (or start over)")
+                f"{self._next_run()}")
 
     # -------------------------------------------------------------------------------------- evaluation
 
@@ -411,7 +410,7 @@ class Trainer:
         if acc.reduce(torch.tensor(float(bad), device=acc.device), reduction="sum").item():
             raise TrainingDiverged(f"weights became NaN/inf at step {self.step}; training stopped without saving them "
                                    f"({self._last_good()}). Lower train.lr, raise train.warmup_steps or set "
-                                   "train.grad_clip, then continue with --resume (or start over)")
+                                   f"train.grad_clip, {self._next_run()}")
         weights = self._full_state()
         ema_weights = None
         if self.ema is not None:
@@ -429,8 +428,7 @@ class Trainer:
             if ema_weights is not None:
                 save_file({k: v.contiguous() for k, v in ema_weights.items()}, os.path.join(folder, ckpt.EMA_WEIGHTS))
             write_yaml(os.path.join(folder, ckpt.RUN_CONFIG), to_dict(cfg))
-            torch.save(optimizer_state, os.path.join(folder, ckpt.OPTIMIZER))
-            torch.save(rng_states, os.path.join(folder, ckpt.RNG_STATE))
+            ckpt.save_training_state(folder, optimizer_state, rng_states)
             write_json(os.path.join(folder, ckpt.TRAINER_STATE), trainer_state)
 
         if self.is_main:

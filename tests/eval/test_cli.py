@@ -102,7 +102,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_ckpts, tmp_path, capsys):
     rc = main(["eval", "likelihood", "--diffusion", tiny_ckpts["diffusion"], "--ar", tiny_ckpts["ar"],
                "--data", str(empty), "--out", out, *SMALL])
     line = _error_line(capsys)
-    assert rc == 2 and "empty validation set" in line
+    assert rc == 2 and f"{empty} is empty" in line
     short = tmp_path / "short.txt"
     short.write_text("the fox")
     rc = main(["eval", "likelihood", "--diffusion", tiny_ckpts["diffusion"], "--data", str(short), "--out", out,

@@ -17,8 +17,7 @@ def fake_checkpoint(folder: str, step: int) -> None:
     for name in ("config.json", "tokenizer.json", ckpt.RUN_CONFIG):
         with open(os.path.join(folder, name), "w") as f:
             f.write("{}\n")
-    torch.save({"state": {}}, os.path.join(folder, ckpt.OPTIMIZER))
-    torch.save([ckpt.capture_rng_state()], os.path.join(folder, ckpt.RNG_STATE))
+    ckpt.save_training_state(folder, {"state": {}, "param_groups": []}, [ckpt.capture_rng_state()])
     ckpt.write_json(os.path.join(folder, ckpt.TRAINER_STATE), {"step": step})
 
 
@@ -67,7 +66,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(tmp_path, damage):
         with open(weights, "r+b") as f:
             f.truncate(10)
     elif damage == "delete":
-        os.remove(os.path.join(newest, ckpt.OPTIMIZER))
+        os.remove(os.path.join(newest, "optimizer.safetensors"))
     elif damage == "garbage_header":
         size = os.path.getsize(weights)
         with open(weights, "r+b") as f:

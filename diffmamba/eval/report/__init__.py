@@ -239,13 +239,19 @@ def _plot_line(plots: dict, key: str) -> list[str]:
     return []
 
 
+def write_results(results: dict, out_dir: str) -> str:
+    """Write ``out_dir/results.json`` (atomically; also after each finished section); return its path."""
+    json_path = os.path.join(out_dir, "results.json")
+    write_json(json_path, results, default=_json_default)
+    return json_path
+
+
 def write_report(results: dict, out_dir: str) -> dict:
     """Write results.json, the plots and report.md into ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     plots = make_plots(results, out_dir)
     results["plots"] = {k: os.path.basename(v) for k, v in plots.items()}
-    json_path = os.path.join(out_dir, "results.json")
-    write_json(json_path, results, default=_json_default)
+    json_path = write_results(results, out_dir)
     md_path = os.path.join(out_dir, "report.md")
     write_text(md_path, render_markdown(results, plots))
     return {"results": json_path, "report": md_path, **plots}
