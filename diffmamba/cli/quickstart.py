@@ -20,6 +20,7 @@ import time
 
 from diffmamba.config import RunConfig, load_config
 from diffmamba.core.errors import UserError
+from diffmamba.core.paths import REPO_ROOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +46,10 @@ def resolve_config_path(path: str) -> str:
     """``path`` as given if it exists, else (when relative) under the repository root: what --help says."""
     if os.path.isfile(path):
         return path
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above diffmamba/cli/
-    in_repo = os.path.join(repo_root, path)
+    in_repo = os.path.join(REPO_ROOT, path)
     if not os.path.isabs(path) and os.path.isfile(in_repo):
         return in_repo
-    raise UserError(f"config {path} not found (looked in the current folder and in {repo_root}); "
+    raise UserError(f"config {path} not found (looked in the current folder and in {REPO_ROOT}); "
                     "pass --config PATH to an existing YAML file")
 
 

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from diffmamba.config import ModelConfig, load_config
 from diffmamba.core.errors import UserError
+from diffmamba.core.paths import REPO_ROOT
 from diffmamba.model import DiffMamba
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "model", "tiny.yaml")
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "model", "tiny.yaml")
 DEFAULT_VOCAB = 4096  # the built-in tokenizer's size, used when the config leaves vocab_size unset
 
 

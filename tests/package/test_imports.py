@@ -144,3 +144,14 @@ def test_every_module_imports_alone():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_repo_paths_point_at_the_checkout():
+    """Config defaults resolved from the package must land in this checkout's configs/ (the CLI moved
+    one folder down in the restructure, and a path counted from __file__ silently broke then)."""
+    from diffmamba.cli import quickstart, smoke
+    from diffmamba.core.paths import REPO_ROOT
+
+    assert os.path.isfile(os.path.join(REPO_ROOT, "pyproject.toml"))
+    assert os.path.isfile(smoke.DEFAULT_CONFIG)
+    assert os.path.isfile(quickstart.resolve_config_path("configs/tiny.yaml"))

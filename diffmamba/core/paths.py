@@ -1,0 +1,5 @@
+"""Where a source checkout keeps its files: configs are looked up here after the current folder."""
+import os
+
+# diffmamba/core/paths.py -> the folder above the package (the repository root in a checkout).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
