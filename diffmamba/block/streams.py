@@ -30,7 +30,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from diffmamba.block.attention_streams import attention_streams
 from diffmamba.block.states import block_boundary_states, cat_states, flatten_blocks
+from diffmamba.modules.attention import is_attention
 from diffmamba.modules.mamba3 import zero_pads
 from diffmamba.ops import Mamba3State
 
@@ -109,6 +111,15 @@ def block_streams(
     final_states = []
     last_layer = len(model.blocks) - 1
     for layer, block in enumerate(model.blocks):
+        if is_attention(block):  # an "A" layer of layer_pattern: block/attention_streams.py
+            clean_hidden, noisy_hidden, state = attention_streams(
+                block, clean_hidden, None if noisy_rows is None else noisy_rows.reshape(clean_hidden.shape),
+                None if initial_states is None else initial_states[layer], block_size, valid_mask,
+                clean_out=layer != last_layer or (noisy is None and return_output),
+                noisy_out=layer != last_layer or return_output)
+            noisy_rows = None if noisy_hidden is None else rows(noisy_hidden)
+            final_states.append(state)
+            continue
         inputs = forward_scan_inputs(block.mixer, block.mixer_norm(clean_hidden), valid_mask)
         states = block_boundary_states(**inputs, block_size=block_size,
                                        initial_state=None if initial_states is None else initial_states[layer])

@@ -37,10 +37,11 @@ class Block(nn.Module):
     embedding is float32 and sums promote.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mixer: Optional[nn.Module] = None):
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = BiMixer(cfg)
+        # Any mixer with BiMixer's call signature (e.g. modules/attention.py's); default BiMixer.
+        self.mixer = BiMixer(cfg) if mixer is None else mixer
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
