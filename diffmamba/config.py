@@ -6,7 +6,9 @@ Rules (see docs/contracts.md §4):
 - unknown keys are rejected by name, with the known ones listed;
 - a section given as a string ending in ``.yaml`` is loaded from that file (relative to the file
   that names it), so ``model: model/tiny.yaml`` reuses a model config;
-- dotted overrides ``a.b=value`` are parsed as YAML scalars (``1e-3``, ``true``, ``[1, 2]``);
+- dotted overrides ``a.b=value`` are parsed as YAML scalars (``1e-3``, ``true``, ``[1, 2]``); a
+  whole section may be swapped for a file, relative to the working directory:
+  ``model=configs/model/tiny-hybrid.yaml``;
 - every dataclass validates itself in ``__post_init__`` and raises ``ConfigError`` naming the field.
 """
 from __future__ import annotations
@@ -374,7 +376,8 @@ def load_config(cls, path: Optional[str] = None, overrides: Sequence[str] = ()):
     values: dict = {}
     if path is not None:
         values = _resolve_includes(_read_yaml(path), os.path.dirname(os.path.abspath(path)), cls)
-    values = apply_overrides(values, overrides)
+    for item in overrides:  # one at a time: ``model=FILE.yaml`` then ``model.d_model=64`` works
+        values = _resolve_includes(apply_overrides(values, [item]), os.getcwd(), cls)
     return _build(cls, values)
 
 

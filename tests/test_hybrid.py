@@ -248,3 +248,28 @@ def test_layer_kinds_tile_the_pattern_and_flops_count_attention():
     assert attention.estimate_flops_per_token(64) > 6 * attention.num_parameters(non_embedding=True)
     assert attention.estimate_flops_per_token(256) > attention.estimate_flops_per_token(64)
     assert mamba.estimate_flops_per_token(64) > 0
+
+
+def test_shipped_trunk_configs_match_the_mamba_parameter_counts(monkeypatch):
+    """configs/model/{tiny,small}-{attention,hybrid}.yaml: within 2% of the Mamba-3 config's
+    non-embedding parameters, and usable as a whole-section override of a run config."""
+    from diffmamba.config import RunConfig
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def count(name):
+        cfg = load_config(ModelConfig, os.path.join(repo, "configs", "model", f"{name}.yaml"), ["vocab_size=4096"])
+        with torch.device("meta"):
+            return cfg.layer_kinds, DiffMamba(cfg).num_parameters(non_embedding=True)
+
+    for size in ("tiny", "small"):
+        kinds, mamba = count(size)
+        assert set(kinds) == {"M"}
+        for trunk, letters in (("attention", {"A"}), ("hybrid", {"M", "A"})):
+            kinds, params = count(f"{size}-{trunk}")
+            assert set(kinds) == letters and abs(params / mamba - 1) < 0.02, (size, trunk, params, mamba)
+    monkeypatch.chdir(repo)
+    run = load_config(RunConfig, "configs/tiny.yaml", ["model=configs/model/tiny-hybrid.yaml", "model.n_layers=8"])
+    assert run.model.layer_kinds == "MMMAMMMA" and run.data.seq_len == 128
+    with pytest.raises(ConfigError, match="model: included file .*nothing.yaml does not exist"):
+        load_config(RunConfig, "configs/tiny.yaml", ["model=configs/model/nothing.yaml"])
