@@ -239,6 +239,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             results["context_speed"] = evaluate_context_speed(
                 systems, ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
                 warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
+            from diffmamba.eval.trunks import evaluate_cache_bytes
+            results["cache_bytes"] = evaluate_cache_bytes(systems, ckpts, opts.contexts, opts.seed, device)
         from diffmamba.eval.report import speed_table
         print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
               + speed_table(results["speed"]), flush=True)

@@ -192,9 +192,10 @@ def plot_speed(results: dict, path: str):
 def make_plots(results: dict, out_dir: str) -> dict:
     """Draw every plot the results support; returns {name: path} of the files written."""
     from diffmamba.block.report import plot_dial
+    from diffmamba.eval.trunks import plot_trunks
 
     makers = {"gen_ppl_vs_nfe": plot_gen_ppl_vs_nfe, "pareto": plot_pareto,
-              "likelihood": plot_likelihood, "speed": plot_speed, "block_dial": plot_dial}
+              "likelihood": plot_likelihood, "speed": plot_speed, "block_dial": plot_dial, "trunks": plot_trunks}
     out = {}
     for name, fn in makers.items():
         path = fn(results, os.path.join(out_dir, f"{name}.png"))

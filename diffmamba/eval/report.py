@@ -318,6 +318,8 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
         lines += _plot_line(plots, "speed")
     from diffmamba.block.report import dial_section
     lines += dial_section(results, os.path.basename(plots["block_dial"]) if plots.get("block_dial") else None)
+    from diffmamba.eval.trunks import trunk_section
+    lines += trunk_section(results, os.path.basename(plots["trunks"]) if plots.get("trunks") else None)
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
