@@ -16,6 +16,7 @@ from diffmamba.objectives.bd3lm import block_diffusion_loss
 from diffmamba.objectives.schedule import make_schedule
 from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.bd3lm import block_sample
+from stream_helpers import sequential_prefix_states
 
 V = 11  # tokenizer vocabulary; the mask token is id 11
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "allm_v1")
@@ -140,15 +141,6 @@ def test_decode_cache_is_constant_for_mamba_and_grows_for_attention():
 
 
 # ----------------------------------------------------------------------------- block diffusion
-
-def sequential_prefix_states(model, clean, block_size):
-    """Per-layer cache before every block, advancing one clean block at a time through the model."""
-    cache, before = None, []
-    for start in range(0, clean.shape[1], block_size):
-        before.append(cache)
-        _, cache = model(clean[:, start:start + block_size], fwd_states=cache, return_fwd_states=True)
-    return before, cache
-
 
 @pytest.mark.parametrize("pattern", ["A", "MA", "AM"])
 @pytest.mark.parametrize("block_size", [1, 4])
