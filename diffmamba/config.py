@@ -6,7 +6,9 @@ Rules (see docs/contracts.md §4):
 - unknown keys are rejected by name, with the known ones listed;
 - a section given as a string ending in ``.yaml`` is loaded from that file (relative to the file
   that names it), so ``model: model/tiny.yaml`` reuses a model config;
-- dotted overrides ``a.b=value`` are parsed as YAML scalars (``1e-3``, ``true``, ``[1, 2]``);
+- dotted overrides ``a.b=value`` are parsed as YAML scalars (``1e-3``, ``true``, ``[1, 2]``); a
+  whole section may be swapped for a file, relative to the working directory:
+  ``model=configs/model/tiny-hybrid.yaml``;
 - every dataclass validates itself in ``__post_init__`` and raises ``ConfigError`` naming the field.
 """
 from __future__ import annotations
@@ -52,6 +54,12 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     max_seq_len: int = 1024  # longest training/sampling length the model is meant for
+    # Which mixer each block uses, tiled over n_layers: "M" = bidirectional Mamba-3, "A" = attention
+    # (diffmamba/modules/attention.py). "M" is the all-Mamba trunk, "A" a Transformer, "MMMA" a hybrid.
+    layer_pattern: str = "M"
+    attn_headdim: int = 64  # attention head dim; heads = d_model / attn_headdim
+    attn_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = one per query head
+    attn_rope_base: float = 10000.0  # rotary position base of the attention layers
 
     def __post_init__(self) -> None:
         if self.vocab_size is not None:
@@ -59,7 +67,8 @@ class ModelConfig:
         for name in ("d_model", "n_layers", "expand", "headdim", "d_state", "chunk_size", "max_seq_len"):
             _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.mimo_rank >= 1, "model.mimo_rank", f"MIMO rank must be >= 1, got {self.mimo_rank}")
-        _check(self.d_inner % self.headdim == 0, "model.headdim",
+        # (Mamba-3 head layout; an all-attention pattern has no Mamba layer to split into heads)
+        _check(self.d_inner % self.headdim == 0 or "M" not in self.layer_pattern, "model.headdim",
                f"d_inner = expand * d_model = {self.d_inner} is not divisible by headdim = {self.headdim}")
         _check(self.rope_fraction in (0.5, 1.0), "model.rope_fraction",
                f"must be 0.5 or 1.0, got {self.rope_fraction}")
@@ -69,6 +78,7 @@ class ModelConfig:
         _check(self.d_mlp >= 0, "model.d_mlp", f"must be >= 0 (0 = auto), got {self.d_mlp}")
         _check(0 < self.dt_min <= self.dt_max, "model.dt_min", "need 0 < dt_min <= dt_max")
         _check(self.a_floor > 0, "model.a_floor", "must be > 0")
+        _check_layer_pattern(self)
 
     @property
     def d_inner(self) -> int:
@@ -86,6 +96,40 @@ class ModelConfig:
     @property
     def mlp_hidden(self) -> int:
         return self.d_mlp or int(math.ceil(8 * self.d_model / 3 / 64) * 64)
+
+    @property
+    def layer_kinds(self) -> str:
+        """The mixer of every block, one letter per layer: ``layer_pattern`` tiled over ``n_layers``."""
+        return self.layer_pattern * (self.n_layers // len(self.layer_pattern))
+
+    @property
+    def attn_heads(self) -> int:
+        return self.d_model // self.attn_headdim
+
+    @property
+    def attn_kv_heads_resolved(self) -> int:
+        return self.attn_kv_heads or self.attn_heads
+
+
+def _check_layer_pattern(cfg: "ModelConfig") -> None:
+    """One-line errors for the layer pattern and, when it has attention layers, their shape."""
+    pattern = cfg.layer_pattern
+    _check(bool(pattern) and set(pattern) <= {"M", "A"}, "model.layer_pattern",
+           f"must be a string of M (Mamba-3) and A (attention) letters such as 'M', 'A' or 'MMMA', got {pattern!r}")
+    _check(cfg.n_layers >= 1 and cfg.n_layers % len(pattern) == 0, "model.layer_pattern",
+           f"{pattern!r} ({len(pattern)} letters) does not tile model.n_layers = {cfg.n_layers}; use a pattern whose "
+           "length divides n_layers, or one letter per layer")
+    if "A" not in pattern:
+        return
+    _check(cfg.attn_headdim >= 2 and cfg.attn_headdim % 2 == 0, "model.attn_headdim",
+           f"must be even and >= 2 (rotary pairs), got {cfg.attn_headdim}")
+    _check(cfg.d_model % cfg.attn_headdim == 0, "model.attn_headdim",
+           f"d_model = {cfg.d_model} is not divisible by attn_headdim = {cfg.attn_headdim}")
+    heads = cfg.d_model // cfg.attn_headdim
+    _check(cfg.attn_kv_heads >= 0 and (cfg.attn_kv_heads == 0 or heads % cfg.attn_kv_heads == 0),
+           "model.attn_kv_heads", f"must be 0 (one per head) or divide the {heads} attention heads, "
+           f"got {cfg.attn_kv_heads}")
+    _check(cfg.attn_rope_base > 1, "model.attn_rope_base", f"must be > 1, got {cfg.attn_rope_base}")
 
 
 @dataclass
@@ -336,7 +380,8 @@ def load_config(cls, path: Optional[str] = None, overrides: Sequence[str] = ()):
     values: dict = {}
     if path is not None:
         values = _resolve_includes(_read_yaml(path), os.path.dirname(os.path.abspath(path)), cls)
-    values = apply_overrides(values, overrides)
+    for item in overrides:  # one at a time: ``model=FILE.yaml`` then ``model.d_model=64`` works
+        values = _resolve_includes(apply_overrides(values, [item]), os.getcwd(), cls)
     return _build(cls, values)
 
 

@@ -30,7 +30,7 @@ from diffmamba import __version__
 from diffmamba.config import ModelConfig, config_from_dict, to_dict
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import atomic_path, write_json
-from diffmamba.modules import RMSNorm, ResidualBlock
+from diffmamba.modules import RMSNorm, make_block
 from diffmamba.modules.two_stream import block_streams
 from diffmamba.ops import Mamba3State
 
@@ -54,7 +54,7 @@ class DiffMamba(nn.Module):
                             "(training fills it from the tokenizer)")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size + 1, config.d_model)
-        self.blocks = nn.ModuleList(ResidualBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(make_block(config, kind) for kind in config.layer_kinds)
         self.final_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         # A tied head reads embedding.weight, so the checkpoint holds no duplicate tensor.
         self.head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size + 1, bias=False)
@@ -126,7 +126,9 @@ class DiffMamba(nn.Module):
         return_hidden: return [B, T, D] after the final norm instead of logits (chunked losses;
         ``model.logits(hidden)`` applies the head).
         fwd_states / return_fwd_states: per-layer forward-direction states in and out (block
-        diffusion and prefill); the reverse direction always starts from zero.
+        diffusion and prefill); the reverse direction always starts from zero. An attention layer
+        (``layer_pattern`` "A") takes and returns a ``KVCache`` instead: the new tokens attend to
+        all of it, and it comes back grown by them.
 
         block_size / noisy: block diffusion training (``diffmamba.modules.two_stream``): ``tokens`` is
         the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
@@ -162,7 +164,8 @@ class DiffMamba(nn.Module):
     # ------------------------------------------------------------------------------ AR decoding
 
     def init_state(self, batch_size: int, device=None) -> list[Mamba3State]:
-        """Fresh per-layer forward-direction states (model dtype; device defaults to the model's)."""
+        """Fresh per-layer forward-direction states (model dtype; device defaults to the model's):
+        a Mamba3State per Mamba-3 layer, an empty KVCache per attention layer."""
         weight = self.embedding.weight
         return [block.mixer.init_state(batch_size, device or weight.device, weight.dtype) for block in self.blocks]
 
@@ -212,8 +215,11 @@ class DiffMamba(nn.Module):
         chunk, R, N, P = min(cfg.chunk_size, seq_len), cfg.mimo_rank, cfg.d_state, cfg.headdim
         scan_macs = R * R * chunk * (N + P) + 2 * R * N * P
         directions = 1 if causal else 2
-        scan = 6 * scan_macs * cfg.nheads * directions * cfg.n_layers
-        return float(6 * gemm + scan)
+        scan = 6 * scan_macs * cfg.nheads * directions * cfg.layer_kinds.count("M")
+        # Attention layers (layer_pattern "A"): q k^T and p v over the sequence, per token.
+        attention = sum(6 * block.mixer.attention_macs_per_token(seq_len, causal) for block in self.blocks
+                        if hasattr(block.mixer, "attention_macs_per_token"))
+        return float(6 * gemm + scan + attention)
 
     # ---------------------------------------------------------------------------- checkpoints
 

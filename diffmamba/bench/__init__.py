@@ -4,6 +4,7 @@
     diffmamba bench reference [--lengths 256 1024]       # chunked PyTorch reference vs the per-token loop
     diffmamba bench block [--contexts 64 1024]           # block sampling vs full diffusion vs AR over context length
     diffmamba bench resources [--arch 90]                # compile the kernels for sm_90 here: registers, spills, smem
+    diffmamba bench train [--lengths 1024 4096]          # training tokens/s + memory: Mamba-3 vs attention vs hybrid
 
 Sampler and decoding speed on trained checkpoints: `diffmamba eval speed`. Each subcommand's own
 options: `diffmamba bench SUBCOMMAND --help`.
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     "reference": "diffmamba.bench.reference",
     "block": "diffmamba.bench.bd3lm",
     "resources": "diffmamba.bench.resources",
+    "train": "diffmamba.bench.train",
 }
 
 

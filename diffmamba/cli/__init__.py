@@ -17,7 +17,7 @@ COMMANDS = {
     "train": ("diffmamba.cli.train", "train a model in one process (accelerate launch scripts/train.py for many)"),
     "sample": ("diffmamba.cli.sample", "generate text: diffusion samplers, AR decoding, block diffusion, infilling"),
     "eval": ("diffmamba.eval.cli", "likelihood, generation quality, infilling, speed; diffusion vs AR report"),
-    "bench": ("diffmamba.bench", "benchmark the scan kernels, the reference and block sampling (device + versions)"),
+    "bench": ("diffmamba.bench", "benchmark the scan kernels, the reference, block sampling and training per trunk (device + versions)"),
     "smoke": ("diffmamba.cli.smoke", "forward/backward smoke test of a freshly initialised tiny model"),
 }
 

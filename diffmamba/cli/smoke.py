@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     print(f"model: {source} | {model.num_parameters():,} parameters "
           f"({model.num_parameters(non_embedding=True):,} without the embedding) | "
-          f"d_model {cfg.d_model}, {cfg.n_layers} layers, tie {cfg.tie}, mimo_rank {cfg.mimo_rank}")
+          f"d_model {cfg.d_model}, {cfg.n_layers} layers {cfg.layer_kinds} (M = Mamba-3, A = attention), "
+          f"tie {cfg.tie}, mimo_rank {cfg.mimo_rank}")
     print(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} | "
           f"dtype {args.dtype} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
           f"batch {args.batch_size} x {args.seq_len} tokens")

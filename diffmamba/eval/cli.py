@@ -7,6 +7,7 @@
     diffmamba eval infill --diffusion D --ar A --infill-span 16 --out DIR
     diffmamba eval speed --diffusion D --ar A --batch-sizes 1 8 64 --lengths 128 1024 --out DIR
     diffmamba eval report --out DIR                                           # re-render from results.json
+    diffmamba eval compare --trunks M A H --contexts 64 1024 --out DIR      # Mamba-3 vs attention vs hybrid
 
 Every subcommand writes DIR/results.json (every number with its settings), DIR/report.md (tables
 and a summary generated from the numbers) and PNG plots; runs into the same DIR with the same
@@ -20,6 +21,7 @@ import argparse
 
 from diffmamba.core.errors import UserError
 from diffmamba.eval.bd3lm_options import add_block_eval_arguments, apply_block_options
+from diffmamba.eval.trunks import add_trunk_arguments, apply_trunk_options
 
 SUBCOMMANDS = {
     "compare": ("all four evaluations and one report", ("likelihood", "generate", "infill", "speed")),
@@ -95,6 +97,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
     add_block_eval_arguments(p, parts)
+    add_trunk_arguments(g, parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +119,7 @@ def options_from_args(args: argparse.Namespace):
         if diffusion or ar:
             raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
         diffusion = ar = args.checkpoint
-    if not diffusion and not ar and not args.block:
+    if not diffusion and not ar and not args.block and not args.trunks:
         raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
     opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,
                        seed=args.seed, batch_size=args.batch_size, command=command_line())
@@ -130,6 +133,7 @@ def options_from_args(args: argparse.Namespace):
         if value is not None:
             setattr(opts, name, tuple(value))
     apply_block_options(args, opts)
+    apply_trunk_options(args, opts)
     if getattr(args, "max_rows", 0) < 0:
         raise UserError("--max-rows must be >= 0 (0 = all rows)")
     return opts

@@ -30,6 +30,7 @@ from diffmamba.eval.report.tables import speed_table
 from diffmamba.eval.sampling import settings_for
 from diffmamba.eval.sections import SectionStore, signatures
 from diffmamba.eval.systems import KNOWN_MODES, System, default_systems
+from diffmamba.eval.trunks import evaluate_cache_bytes
 from diffmamba.sampling.registry import SAMPLERS
 
 PARTS = ("likelihood", "generate", "infill", "speed")
@@ -303,6 +304,8 @@ def _speed(run: _Run) -> None:
         run.results["context_speed"] = evaluate_context_speed(
             run.systems, run.ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
             warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
+        run.results["cache_bytes"] = evaluate_cache_bytes(run.systems, run.ckpts, opts.contexts, opts.seed,
+                                                          run.device)
     print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"
           + speed_table(run.results["speed"]), flush=True)
 

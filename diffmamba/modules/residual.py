@@ -1,4 +1,5 @@
-"""A trunk block: x + BiMixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)) (pre-norm, Llama-style)."""
+"""A trunk block: x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)) (pre-norm, Llama-style); the
+mixer is a BiMixer or, for an "A" letter of ``model.layer_pattern``, attention (``make_block``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import Attention
 from .bimixer import BiMixer
 from .norms import RMSNorm
 from diffmamba.config import ModelConfig
@@ -36,10 +38,11 @@ class ResidualBlock(nn.Module):
     embedding is float32 and sums promote.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, mixer: Optional[nn.Module] = None):
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = BiMixer(cfg)
+        # Any mixer with BiMixer's call signature (e.g. modules/attention.py's); default BiMixer.
+        self.mixer = BiMixer(cfg) if mixer is None else mixer
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
@@ -64,3 +67,13 @@ class ResidualBlock(nn.Module):
         mixed, state = self.mixer.step(self.mixer_norm(x_t), state)
         x_t = x_t + mixed
         return x_t + self.mlp(self.mlp_norm(x_t)), state
+
+
+def make_block(cfg: ModelConfig, kind: str) -> ResidualBlock:
+    """The trunk block for one letter of ``layer_pattern``: "M" = Mamba-3 (the default BiMixer, built
+    exactly as before layer patterns existed), "A" = the attention mixer of modules/attention.py."""
+    if kind == "M":
+        return ResidualBlock(cfg)
+    if kind == "A":
+        return ResidualBlock(cfg, mixer=Attention(cfg))
+    raise ValueError(f"layer kind must be 'M' or 'A', got {kind!r}")

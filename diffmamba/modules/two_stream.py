@@ -31,6 +31,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from diffmamba.modules.attention import is_attention
+from diffmamba.modules.two_stream_attention import attention_streams
 from diffmamba.ops import Mamba3State
 from diffmamba.ops.boundary import block_boundary_states, cat_states, flatten_blocks
 
@@ -62,7 +64,8 @@ def block_streams(
         clean: [B, T] clean ids, T a multiple of ``block_size``.
         noisy: [B, T] noisy ids (mask where masked) or None (clean stream only: prefill).
         valid_mask: [B, T] bool, False at right padding, or None.
-        initial_states: per-layer forward states before token 0 (a cache to continue), or None.
+        initial_states: per-layer forward states before token 0 (a cache to continue), or None;
+            a ``KVCache`` for an attention layer (``layer_pattern`` "A").
         return_hidden: hidden [B, T, D] after the final norm instead of logits.
         return_output: False skips the last layer's trunk and the head (when only states are wanted).
         return_final_states: also return the per-layer clean-stream forward states after the last
@@ -71,7 +74,7 @@ def block_streams(
     Returns:
         The noisy stream's logits [B, T, V + 1] (or hidden) when ``noisy`` is given, else the
         clean stream's; None when ``return_output`` is False. With ``return_final_states``, a
-        pair (output, list of per-layer Mamba3State [B, ...]).
+        pair (output, list of per-layer Mamba3State [B, ...] / KVCache).
     """
     batch, length = clean.shape
     if noisy is not None and noisy.shape != clean.shape:
@@ -100,6 +103,15 @@ def block_streams(
     final_states = []
     last_layer = len(model.blocks) - 1
     for layer, block in enumerate(model.blocks):
+        if is_attention(block):  # an "A" layer of layer_pattern: modules/two_stream_attention.py
+            clean_hidden, noisy_hidden, state = attention_streams(
+                block, clean_hidden, None if noisy_rows is None else sequences(noisy_rows),
+                None if initial_states is None else initial_states[layer], block_size, valid_mask,
+                clean_out=layer != last_layer or (noisy is None and return_output),
+                noisy_out=layer != last_layer or return_output)
+            noisy_rows = None if noisy_hidden is None else rows(noisy_hidden)
+            final_states.append(state)
+            continue
         inputs = block.mixer.forward_scan_inputs(block.mixer_norm(clean_hidden), valid_mask)
         states = block_boundary_states(**inputs, block_size=block_size,
                                        initial_state=None if initial_states is None else initial_states[layer])

@@ -201,7 +201,9 @@ class Trainer:
         if resumable:
             self._restore(resumable)
         elif self.is_main:
-            print(f"model: {self.model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "
+            print(f"model: {self.model.num_parameters() / 1e6:.2f}M parameters "
+                  f"({self.model.num_parameters(non_embedding=True) / 1e6:.2f}M without the embedding), "
+                  f"layers {cfg.model.layer_kinds} (M = Mamba-3, A = attention), vocab {cfg.model.vocab_size}, "
                   f"objective {cfg.objective.name}, {self.world_size} process(es) on {acc.device.type}, "
                   f"mixed precision {acc.mixed_precision}")
 

@@ -7,18 +7,9 @@ from diffmamba.objectives.bd3lm import block_diffusion_loss, block_diffusion_nll
 from diffmamba.modules.two_stream import block_streams
 from diffmamba.objectives.mdlm import diffusion_loss
 from diffmamba.objectives.schedule import make_schedule
+from stream_helpers import sequential_prefix_states
 
 MASK = V
-
-
-def sequential_prefix_states(model, clean, block_size):
-    """Per-layer cache before every block, advancing one clean block at a time through the model's
-    public block API (forward from the cache, block-local reverse): the direct computation."""
-    cache, before = None, []
-    for start in range(0, clean.shape[1], block_size):
-        before.append(cache)
-        _, cache = model(clean[:, start:start + block_size], fwd_states=cache, return_fwd_states=True)
-    return before, cache
 
 
 @pytest.mark.parametrize("tie", ["full", "partial", "none"])

@@ -11,6 +11,7 @@ a summary generated from the numbers) and PNG plots (``diffmamba.eval.report.plo
     generation  rows: system, mode, task, sampler, steps, nfe, top_p, temperature, length, gen_ppl, entropy, distinct_n
     infill      rows: system, mode, context, span_length, token_accuracy, nll_per_token, nll_kind
     speed       rows: system, mode, sampler, steps, nfe, batch_size, length, tokens_per_s, latency_s, peak_mem_mib
+    cache_bytes rows (--trunks with --contexts): system, trunk, layers, context, cache_bytes, per_layer, dtype
     notes       free-text caveats collected during the run
 
 Any section may be missing; the tables and the summary cover what is there.
@@ -25,6 +26,7 @@ from diffmamba.eval.report.bd3lm import dial_section, plot_dial
 from diffmamba.eval.report.plots import plot_gen_ppl_vs_nfe, plot_likelihood, plot_pareto, plot_speed
 from diffmamba.eval.report.tables import (finite, fmt, generation_table, infill_table, likelihood_table,
                                           speed_table)
+from diffmamba.eval.report.trunks import plot_trunks, trunk_section
 
 ENTROPY_TOLERANCE = 0.3  # nats; larger gaps make a gen-PPL comparison suspect (docs/masked-diffusion.md §3.3)
 UNSTABLE_TIMING = 1.5  # slowest / fastest timed repeat above this marks a speed comparison as noisy
@@ -228,6 +230,7 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
         lines += [f"Memory: {lbl}." for lbl in labels if lbl] + ["", speed_table(results["speed"]), ""]
         lines += _plot_line(plots, "speed")
     lines += dial_section(results, os.path.basename(plots["block_dial"]) if plots.get("block_dial") else None)
+    lines += trunk_section(results, os.path.basename(plots["trunks"]) if plots.get("trunks") else None)
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
@@ -260,7 +263,8 @@ def write_report(results: dict, out_dir: str) -> dict:
 def make_plots(results: dict, out_dir: str) -> dict:
     """Draw every plot the results support; returns {name: path} of the files written."""
     makers = {"gen_ppl_vs_nfe": plot_gen_ppl_vs_nfe, "pareto": plot_pareto,
-              "likelihood": plot_likelihood, "speed": plot_speed, "block_dial": plot_dial}
+              "likelihood": plot_likelihood, "speed": plot_speed, "block_dial": plot_dial,
+              "trunks": plot_trunks}
     out = {}
     for name, fn in makers.items():
         path = fn(results, os.path.join(out_dir, f"{name}.png"))

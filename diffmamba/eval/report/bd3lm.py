@@ -21,7 +21,7 @@ def _order(system: dict) -> tuple:
 
 
 
-def _best_generation(rows: list[dict], system: str) -> Optional[dict]:
+def best_generation(rows: list[dict], system: str) -> Optional[dict]:
     """The lowest-gen-PPL row of ``system`` for the first task it has (unconditional first)."""
     mine = [r for r in rows if r.get("system") == system and finite(r.get("gen_ppl"))]
     for task in ("unconditional", "prompted"):
@@ -47,7 +47,7 @@ def dial_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
     body = []
     for s in systems:
         lik = likelihood.get(s["name"])
-        gen = _best_generation(generation, s["name"])
+        gen = best_generation(generation, s["name"])
         gen_cell = "-" if gen is None else (f"{fmt(gen['gen_ppl'])} (entropy {fmt(gen.get('entropy'))}, "
                                             f"{gen.get('sampler')}, NFE {fmt(gen.get('nfe'))})")
         per_context = {r["context"]: r for r in speed if r["system"] == s["name"]}
