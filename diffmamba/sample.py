@@ -16,8 +16,10 @@ makes it longer (the rest is generated after it). --prompt P --span N --infill S
 
 samplers (--mode diffusion): ancestral (MDLM, skips the network when nothing changed),
 ancestral-nocache, first-hitting (one token per step; --steps unused), confidence (LLaDA top-k,
---block-length for semi-AR blocks), remdm-cap (remasking, --eta). Temperature, --top-k and --top-p
-act on the clean-token distribution; draws are float64 Gumbel-max.
+--block-length for semi-AR blocks), remdm-cap (remasking, --eta), parallel (Fast-dLLM: per step
+every position whose confidence exceeds --threshold, at least one; --steps unused, --block-length
+as confidence). Temperature, --top-k and --top-p act on the clean-token distribution; draws are
+float64 Gumbel-max.
 
 block diffusion (--mode block): blocks of --block-size tokens (default: the checkpoint's training
 block size), left to right, each denoised by --sampler with --steps per block, conditioned on the
@@ -42,6 +44,7 @@ from diffmamba.block.sample_mode import add_block_arguments, check_block_argumen
 from diffmamba.errors import UserError
 
 DEFAULT_LENGTH = 128
+UNSTEPPED = ("first-hitting", "parallel")  # samplers that ignore --steps
 
 
 @dataclass
@@ -85,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-length", type=int, default=0, metavar="N",
                         help="confidence sampler: semi-AR block length (0 = one block)")
     parser.add_argument("--eta", type=float, default=0.008, metavar="E", help="remdm-cap: remasking cap")
+    parser.add_argument("--threshold", type=float, default=0.9, metavar="C",
+                        help="parallel sampler: per step, commit every masked position whose confidence exceeds C "
+                             "(and always the most confident one); in (0, 1], 1 = one token per step")
     parser.add_argument("--stop-at-eos", action="store_true",
                         help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
     parser.add_argument("--stats", action="store_true", help="print NFE, tokens/s and wall time")
@@ -120,7 +126,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace, steps: int) -> SamplerOptions:
     return SamplerOptions(steps=steps, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          block_length=args.block_length, eta=args.eta, progress=not args.no_progress)
+                          block_length=args.block_length, eta=args.eta, threshold=args.threshold,
+                          progress=not args.no_progress)
 
 
 # ------------------------------------------------------------------------------------ modes
@@ -181,12 +188,13 @@ def _text_of(tokenizer, ids: list[int], stop_at_eos: bool, prefix_length: int) -
 def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
     return {"checkpoint": args.checkpoint, "mode": args.mode,
             "sampler": (args.sampler or "ancestral") if args.mode in ("diffusion", "block") else None,
-            "steps": steps if args.mode in ("diffusion", "block") and args.sampler != "first-hitting" else None,
+            "steps": steps if args.mode in ("diffusion", "block") and args.sampler not in UNSTEPPED else None,
             "block_size": args.block_size,
             "length": canvas.length,
             "generated_tokens": canvas.num_generated, "prompt": args.prompt, "infill": args.infill,
             "span": args.span, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "block_length": args.block_length, "eta": args.eta}
+            "top_p": args.top_p, "block_length": args.block_length, "eta": args.eta,
+            "threshold": args.threshold if args.sampler == "parallel" else None}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@
 | first-hitting | exact, one token per step (steps ignored) | temperature, top_k, top_p |
 | confidence | LLaDA top-k confidence with semi-AR blocks | steps, block_length, temperature, top_k, top_p |
 | remdm-cap | ReMDM remasking, sigma_t = min(eta, sigma_max) | steps, eta, temperature, top_k, top_p |
+| parallel | Fast-dLLM threshold: every position above threshold per step (steps ignored) | threshold, block_length, temperature, top_k, top_p |
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from diffmamba.diffusion.ancestral import (
     ancestral_nocache_sample, ancestral_sample, first_hitting_sample, remdm_cap_sample,
 )
 from diffmamba.diffusion.confidence import confidence_sample
+from diffmamba.diffusion.parallel import parallel_sample
 from diffmamba.diffusion.sampler_base import (
     Denoiser, SampleResult, SamplerOptions, SamplingError, denoiser_from_model,
 )
@@ -36,6 +38,7 @@ SAMPLERS: dict[str, Sampler] = {
     "first-hitting": first_hitting_sample,
     "confidence": confidence_sample,
     "remdm-cap": remdm_cap_sample,
+    "parallel": parallel_sample,
 }
 
 
