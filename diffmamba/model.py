@@ -127,10 +127,16 @@ class DiffMamba(nn.Module):
 
         block_size / noisy: block diffusion training (``diffmamba.block.streams``): ``tokens`` is
         the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
-        returned; dispatched from here so wrappers (DDP, compile) see one forward call.
+        returned; dispatched from here so wrappers (DDP, compile) see one forward call. With
+        mode="ar" the clean stream is the AR pass and both outputs are returned, (noisy, AR)
+        (the dual objective, ``diffmamba.dual``).
 
         Returns logits [B, T, V + 1] (or hidden), plus the list of final states when asked.
         """
+        if block_size is not None and mode == "ar":
+            from diffmamba.dual import dual_streams  # the dual objective: (noisy, AR) outputs
+
+            return dual_streams(self, tokens, block_size, noisy, valid_mask=valid_mask, return_hidden=return_hidden)
         if block_size is not None:
             from diffmamba.block.streams import block_streams
 
@@ -197,6 +203,9 @@ class DiffMamba(nn.Module):
         (intra-chunk, counted dense as the kernel computes it) and two N x P state products per
         rank (inter-chunk read, state update); C = min(chunk_size, seq_len).
         """
+        if mode == "dual":  # the AR stream plus a bidirectional noisy stream (diffmamba.dual)
+            return (self.estimate_flops_per_token(seq_len, mode="ar")
+                    + self.estimate_flops_per_token(seq_len, mode="diffusion"))
         if mode == "block_diffusion":
             # Two streams (diffmamba.block.streams): the trunk runs on the clean and the noisy
             # copy, the head on the noisy one only.

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diffmamba.block.objective import block_diffusion_eval, block_diffusion_train
 from diffmamba.config import ObjectiveConfig
+from diffmamba.dual import dual_train
 
 
 class MicroBatch(NamedTuple):
@@ -104,4 +105,6 @@ OBJECTIVES: dict[str, Objective] = {
     "diffusion": Objective(diffusion_train, diffusion_eval, "diffusion"),
     "ar": Objective(ar_train, ar_eval, "ar"),
     "block_diffusion": Objective(block_diffusion_train, block_diffusion_eval, "block_diffusion"),
+    # AR + block diffusion on the AR stream's states in one pass (diffmamba/dual.py); validation: exact AR NLL
+    "dual": Objective(dual_train, ar_eval, "dual"),
 }

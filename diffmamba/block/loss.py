@@ -73,6 +73,14 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
     kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
     # The head runs only at masked positions: unmasked ones carry no loss (SUBS carry-over).
     hidden = model(x0, mode="diffusion", block_size=block_size, noisy=xt, return_hidden=True, **kwargs)
+    return block_masked_nll(model, hidden, x0, xt, t, block_size, schedule, valid_mask)
+
+
+def block_masked_nll(model, hidden: Tensor, x0: Tensor, xt: Tensor, t: Tensor, block_size: int,
+                     schedule: NoiseSchedule, valid_mask: Optional[Tensor] = None) -> LossTerms:
+    """The weighted NLL terms of the noisy stream's ``hidden`` [B, T, D] (after the final norm) at the
+    masked positions of ``xt``, each block weighted by its time's w(t) (1 for L' = 1)."""
+    mask_id = model.mask_token_id
     masked, num_tokens = masked_and_count(x0, xt, mask_id, valid_mask)
     if block_size == 1:
         weight = torch.ones(int(masked.sum()), device=x0.device)
