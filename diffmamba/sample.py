@@ -41,6 +41,7 @@ from diffmamba.diffusion.infill import Canvas, build_canvas
 from diffmamba.diffusion.sampler_base import SampleResult, SamplerOptions
 from diffmamba.diffusion.samplers import SAMPLERS, get_sampler
 from diffmamba.block.sample_mode import add_block_arguments, check_block_arguments
+from diffmamba.speculative_mode import add_speculative_arguments, check_speculative_arguments
 from diffmamba.errors import UserError
 
 DEFAULT_LENGTH = 128
@@ -65,8 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with tokenizer.json")
     parser.add_argument("--mode", default="diffusion", choices=list(MODES),
                         help="diffusion: iterative refinement with --sampler; ar: prefill + recurrent steps; "
-                             "block: block diffusion, --sampler inside each block")
+                             "block: block diffusion, --sampler inside each block; speculative: the block "
+                             "denoiser drafts, AR mode verifies (dual checkpoints; AR's exact distribution)")
     add_block_arguments(parser)
+    add_speculative_arguments(parser)
     parser.add_argument("--sampler", default=None, metavar="NAME",
                         help=f"diffusion sampler: {', '.join(SAMPLERS)} (default ancestral)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
@@ -107,6 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """Reject bad values before the (slow) checkpoint load."""
     check_block_arguments(args)
+    check_speculative_arguments(args)
     if args.mode in ("diffusion", "block"):
         get_sampler(args.sampler or "ancestral")
     elif args.sampler is not None:
@@ -169,11 +173,18 @@ def _sample_block(job: SampleJob, batch_size: int, generator: torch.Generator) -
     return sample_block_mode(job, batch_size, generator)
 
 
+def _sample_speculative(job: SampleJob, batch_size: int, generator: torch.Generator) -> SampleResult:
+    from diffmamba.speculative_mode import sample_speculative_mode
+
+    return sample_speculative_mode(job, batch_size, generator)
+
+
 # mode -> function(job, batch_size, generator) -> SampleResult with tokens [batch, canvas length].
 MODES: dict[str, Callable[[SampleJob, int, torch.Generator], SampleResult]] = {
     "diffusion": _sample_diffusion,
     "ar": _sample_ar,
     "block": _sample_block,
+    "speculative": _sample_speculative,
 }
 
 
@@ -189,7 +200,8 @@ def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
     return {"checkpoint": args.checkpoint, "mode": args.mode,
             "sampler": (args.sampler or "ancestral") if args.mode in ("diffusion", "block") else None,
             "steps": steps if args.mode in ("diffusion", "block") and args.sampler not in UNSTEPPED else None,
-            "block_size": args.block_size,
+            "block_size": args.block_size, "draft_len": args.draft_len, "draft_steps":
+                args.draft_steps if args.mode == "speculative" else None,
             "length": canvas.length,
             "generated_tokens": canvas.num_generated, "prompt": args.prompt, "infill": args.infill,
             "span": args.span, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
@@ -214,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
         from diffmamba.block.sample_mode import configure_block_mode
 
         configure_block_mode(args, checkpoint)  # --block-size / per-block --steps from the checkpoint
+    if args.mode == "speculative":
+        from diffmamba.speculative_mode import configure_speculative_mode
+
+        configure_speculative_mode(args, checkpoint)  # dual checkpoints only; --draft-len from the block size
     steps = args.steps or max(canvas.num_generated, 1)
     options = _options(args, steps)
     job = SampleJob(model, tokenizer, canvas, args, options, device)
@@ -221,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     num_batches = -(-args.num_samples // batch_size)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     settings = _settings(args, canvas, steps)
-    records, nfes, wall = [], [], 0.0
+    records, nfes, wall, rounds = [], [], 0.0, [0, 0, 0]  # speculative: row rounds, drafted, accepted
     for b in range(num_batches):
         n = min(batch_size, args.num_samples - b * batch_size)
         job.options = dataclasses.replace(options, progress_desc=f"batch {b + 1}/{num_batches}")
@@ -232,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         _synchronize(device)
         wall += time.perf_counter() - start
         nfes.append(result.nfe)
+        if hasattr(result, "row_rounds"):
+            rounds = [rounds[0] + result.row_rounds, rounds[1] + result.drafted, rounds[2] + result.accepted]
         for row in result.tokens.cpu().tolist():
             index = len(records)
             text = _text_of(tokenizer, row, args.stop_at_eos, canvas.prefix_length)
@@ -247,6 +265,9 @@ def run(args: argparse.Namespace) -> int:
               f"samples={args.num_samples} batch={batch_size} generated_tokens={generated} "
               f"nfe={sum(nfes)} (per batch {nfes}) wall={wall:.3f}s tokens/s={stats['tokens_per_s']} "
               f"device={stats['device']} dtype={stats['dtype']}")
+        if args.mode == "speculative":
+            print(f"stats: draft_len={args.draft_len} draft_steps={args.draft_steps} tokens_per_round="
+                  f"{(rounds[2] + rounds[0]) / max(rounds[0], 1):.2f} acceptance={rounds[2] / max(rounds[1], 1):.3f}")
     if args.output:
         _write_jsonl(args.output, records, stats)
     return 0

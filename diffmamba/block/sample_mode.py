@@ -45,7 +45,7 @@ def training_note(run_config, block_size: int):
         return ("the checkpoint has no run config next to it, so whether it was trained with objective "
                 "block_diffusion is unknown; samples are only meaningful if it was")
     objective = run_config.objective
-    if objective.name != "block_diffusion":
+    if objective.name not in ("block_diffusion", "dual"):
         return (f"the checkpoint was trained with objective {objective.name!r}, not block_diffusion: it never "
                 f"learned to denoise a block from a clean prefix's scan states, so expect poor text. Train one with "
                 f"`diffmamba train --objective block_diffusion objective.block_size={block_size}`, or sample with "
@@ -61,7 +61,9 @@ def configure_block_mode(args: argparse.Namespace, checkpoint) -> None:
     print a note when it was not trained for this block size."""
     run_config = checkpoint.run_config
     trained = run_config.objective.block_size if (
-        run_config is not None and run_config.objective.name == "block_diffusion") else None
+        run_config is not None and run_config.objective.name in ("block_diffusion", "dual")) else None
+    # A dual checkpoint's denoiser reads the AR state of the prefix (diffmamba/dual.py).
+    args.ar_prefix = run_config is not None and run_config.objective.name == "dual"
     if args.block_size is None:
         if trained is None:
             raise UserError(f"--mode block needs --block-size N: {checkpoint.path} was not trained with objective "
@@ -84,4 +86,5 @@ def sample_block_mode(job, batch_size: int, generator: torch.Generator) -> Sampl
     options = dataclasses.replace(job.options, steps=args.steps or args.block_size)
     return block_sample(job.model, canvas, fixed, args.block_size, sampler=args.sampler or "ancestral",
                         options=options, generator=generator,
-                        eos_id=job.tokenizer.eos_id if args.stop_at_eos else None)
+                        eos_id=job.tokenizer.eos_id if args.stop_at_eos else None,
+                        ar_prefix=getattr(args, "ar_prefix", False))

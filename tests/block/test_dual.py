@@ -116,3 +116,19 @@ def test_dual_training_resumes_exactly(micro_args, tmp_path):
     for (step, loss_a, val_a), (_, loss_b, val_b) in zip(want, got):
         assert loss_a == pytest.approx(loss_b, abs=1e-6) if loss_a is not None else loss_b is None, step
         assert val_a == pytest.approx(val_b, abs=1e-6) if val_a is not None else val_b is None, step
+
+
+@pytest.mark.parametrize("sampler", ["parallel", "ancestral"])
+def test_block_sampling_from_ar_prefix_states_is_exact_and_keeps_the_prompt(sampler):
+    from diffmamba.block.sampler import block_sample
+    from diffmamba.diffusion.sampler_base import SamplerOptions
+
+    model = tiny_model()
+    canvas = torch.full((2, 14), V)
+    canvas[:, :6] = random_tokens(batch=2, length=6, seed=7)
+    fixed = canvas != V
+    options = SamplerOptions(steps=4, threshold=0.5)
+    runs = [block_sample(model, canvas, fixed, 4, sampler=sampler, options=options, ar_prefix=True, use_cache=cached,
+                         generator=torch.Generator().manual_seed(3)) for cached in (True, False)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert torch.equal(runs[0].tokens[:, :6], canvas[:, :6]) and not (runs[0].tokens == V).any()
