@@ -30,7 +30,7 @@ from diffmamba.errors import UserError
 def block_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *, block_size: int,
                      schedule: str = "loglinear", schedule_eps: float = 1e-3, sampling_eps: float = 1e-3,
                      repeats: int = 3, seed: int = 0, batch_size: int = 8, device=None, amp=None,
-                     desc: str = "block NELBO") -> dict:
+                     desc: str = "block NELBO", ar_prefix: bool = False) -> dict:
     """Block NELBO over all rows (the same dict as ``diffusion_likelihood``); exact when L' = 1.
 
     Raises UserError when ``block_size`` does not divide the row length, naming the divisors."""
@@ -59,7 +59,7 @@ def block_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *
                 v = valid[start:start + batch_size].to(dev) if valid is not None else None
                 with amp or contextlib.nullcontext():
                     s, n = block_diffusion_nll(model, x, block_size, sched, generator, valid_mask=v,
-                                               sampling_eps=sampling_eps)
+                                               sampling_eps=sampling_eps, ar_prefix=ar_prefix)
                 total, count = total + float(s), count + int(n)
                 bar.update(1)
             per_repeat.append(total / max(count, 1))
@@ -87,12 +87,12 @@ def generate_block_batch(model, system, setting, batch_size: int, length: int, g
     from diffmamba.diffusion.sampler_base import SamplerOptions
 
     block_size = int(system.settings["block_size"])
-    extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k")}
+    extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k", "threshold")}
     options = SamplerOptions(steps=setting.steps or block_size, temperature=setting.temperature, top_p=setting.top_p,
                              progress=progress, progress_desc=f"{system.name} {setting.sampler}", **extra)
     canvas, fixed = _canvas(model, prompt, batch_size, length, generator.device)
     result = block_sample(model, canvas, fixed, block_size, sampler=setting.sampler, options=options,
-                          generator=generator)
+                          generator=generator, ar_prefix=bool(system.settings.get("ar_prefix")))
     return result.tokens, result.nfe
 
 

@@ -53,7 +53,7 @@ def mask_blocks(x0: Tensor, t: Tensor, block_size: int, schedule: NoiseSchedule,
 
 def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule: NoiseSchedule,
                          generator: Optional[torch.Generator] = None,
-                         valid_mask: Optional[Tensor] = None) -> LossTerms:
+                         valid_mask: Optional[Tensor] = None, ar_prefix: bool = False) -> LossTerms:
     """Mask each block of x0 at its time, run both streams, return the weighted NLL terms.
 
     Args:
@@ -61,6 +61,7 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
             exposing ``mask_token_id`` and ``logits``).
         x0: [B, T] ids; t: [B, T / block_size] block times in (0, 1] (ignored for L' = 1);
         generator: masking draws, on x0's device; valid_mask: [B, T] bool or None.
+        ar_prefix: blocks conditioned on the AR stream's states (a ``dual`` model, diffmamba/dual.py).
 
     Returns:
         LossTerms (nll_sum over valid tokens; num_tokens = valid tokens, masked or not).
@@ -72,7 +73,9 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
     xt = mask_blocks(x0, t, block_size, schedule, mask_id, generator, valid_mask)
     kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
     # The head runs only at masked positions: unmasked ones carry no loss (SUBS carry-over).
-    hidden = model(x0, mode="diffusion", block_size=block_size, noisy=xt, return_hidden=True, **kwargs)
+    hidden = model(x0, mode="ar" if ar_prefix else "diffusion", block_size=block_size, noisy=xt, return_hidden=True,
+                   **kwargs)
+    hidden = hidden[0] if ar_prefix else hidden  # dual streams: (noisy, AR)
     return block_masked_nll(model, hidden, x0, xt, t, block_size, schedule, valid_mask)
 
 
@@ -121,7 +124,7 @@ def block_diffusion_training_loss(
 def block_diffusion_nll(
     model, tokens: Tensor, block_size: int, schedule: NoiseSchedule, generator: torch.Generator, *,
     valid_mask: Optional[Tensor] = None, antithetic: bool = True, sampling_eps: float = 1e-3,
-    num_time_samples: int = 1,
+    num_time_samples: int = 1, ar_prefix: bool = False,
 ) -> tuple[Tensor, int]:
     """Stochastic block NELBO for evaluation: (summed weighted NLL [float64 scalar], valid tokens).
 
@@ -138,7 +141,7 @@ def block_diffusion_nll(
     for _ in range(num_time_samples):
         t = eval_times(tokens.shape[0] * num_blocks, time_generator, antithetic=antithetic,
                        sampling_eps=sampling_eps, device=tokens.device).view(tokens.shape[0], num_blocks)
-        terms = block_diffusion_loss(model, tokens, t, block_size, schedule, generator, valid_mask)
+        terms = block_diffusion_loss(model, tokens, t, block_size, schedule, generator, valid_mask, ar_prefix)
         total += terms.nll_sum.double()
         count = int(terms.num_tokens)
     return total / num_time_samples, count

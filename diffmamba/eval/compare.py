@@ -119,8 +119,9 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     from diffmamba.eval.report import write_report
     from diffmamba.eval.sampling import settings_for
 
+    from diffmamba.eval.decoding import split_sampler
     for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
-        if name not in SAMPLERS:
+        if split_sampler(name)[0] not in SAMPLERS:
             raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
     systems = _systems(opts)
     from diffmamba.eval.systems import KNOWN_MODES
@@ -146,7 +147,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     for c in ckpts.values():
         if c.trained_objective is not None:
             modes = {"block_diffusion" if s.mode == "block" else s.mode for s in systems if s.checkpoint == c.path}
-            for mode in sorted(modes - {c.trained_objective}):
+            trained = {"ar", "block_diffusion", "speculative"} if c.trained_objective == "dual" else {c.trained_objective}
+            for mode in sorted(modes - trained):
                 notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and is "
                              f"evaluated in mode '{mode}' as well: those numbers come from weights never trained "
                              "for that mode")
@@ -166,7 +168,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         for s in systems:
             ck = ckpts[s.checkpoint]
             obj = ck.run_config.objective if ck.run_config is not None else None
-            if s.is_ar:
+            if s.is_ar or s.mode == "speculative":  # lossless: speculative samples have AR's law
                 r = likelihood.ar_likelihood(ck.model, data.rows, data.valid, bos_id=ck.tokenizer.eos_id,
                                              batch_size=opts.batch_size, device=device, amp=amp(),
                                              desc=f"AR NLL ({s.name})")
@@ -176,7 +178,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
                     ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
                     schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3,
                     sampling_eps=obj.sampling_eps if obj else 1e-3, repeats=opts.repeats, seed=opts.seed,
-                    batch_size=opts.batch_size, device=device, amp=amp(), desc=f"block NELBO ({s.name})")
+                    batch_size=opts.batch_size, device=device, amp=amp(), desc=f"block NELBO ({s.name})",
+                    ar_prefix=bool(s.settings.get("ar_prefix")))
             else:
                 r = likelihood.diffusion_likelihood(
                     ck.model, data.rows, data.valid, schedule=obj.schedule if obj else "loglinear",
@@ -221,7 +224,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
             notes.append("[run] block-diffusion systems are left out of infilling: a block sees only its left "
                          "context and its own block, never the text after it")
         results["infill"] = infill.evaluate_infill(
-            [s for s in systems if s.mode != "block"], ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
+            [s for s in systems if s.mode not in ("block", "speculative")], ckpts, rows_inf, span=opts.infill_span, batch_size=opts.batch_size, sampler=opts.infill_sampler,
             repeats=opts.repeats, seed=opts.seed, device=device, amp=amp,
             schedule=obj.schedule if obj else "loglinear", schedule_eps=obj.eps if obj else 1e-3)
     if "speed" in parts:
@@ -237,7 +240,7 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
         if opts.contexts:
             from diffmamba.block.evaluation import evaluate_context_speed
             results["context_speed"] = evaluate_context_speed(
-                systems, ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
+                [s for s in systems if s.mode != "speculative"], ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
                 warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=device, amp=amp)
         from diffmamba.eval.report import speed_table
         print(f"speed ({env_line}; median of {opts.speed_repeats} after {opts.warmup} warm-up):\n"

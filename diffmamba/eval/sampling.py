@@ -47,15 +47,18 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
     """The settings to evaluate for ``system``: AR decoding once per top-p; diffusion every sampler x
     steps (first-hitting, whose NFE is the length, once) per top-p. Block diffusion systems can pass
     their own settings."""
+    from diffmamba.eval.decoding import split_sampler
+
     extra = tuple(sorted(system.settings.items()))
     out = []
     for p in top_ps:
-        if system.is_ar:
-            out.append(GenSetting("ar", None, p, temperature, extra))
+        if system.is_ar or system.mode == "speculative":
+            out.append(GenSetting(system.mode, None, p, temperature, extra))
             continue
-        for s in samplers:
-            for n in ([None] if s == "first-hitting" else steps):
-                out.append(GenSetting(s, n, p, temperature, extra))
+        for spec in samplers:
+            s, knobs = split_sampler(spec)  # "parallel:0.9" -> ("parallel", {"threshold": 0.9})
+            for n in ([None] if s in ("first-hitting", "parallel") else steps):
+                out.append(GenSetting(s, n, p, temperature, tuple(sorted({**dict(extra), **knobs}.items()))))
     return out
 
 
@@ -67,6 +70,9 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
         from diffmamba.block.evaluation import generate_block_batch
         return generate_block_batch(model, system, setting, batch_size, length, generator, prompt, eos_id, progress)
     device = generator.device
+    if system.mode == "speculative":  # diffmamba/eval/decoding.py
+        from diffmamba.eval.decoding import generate_speculative_batch
+        return generate_speculative_batch(model, system, setting, batch_size, length, generator, prompt, eos_id)
     if system.is_ar:
         from diffmamba.ar import ar_generate
         start = prompt if prompt is not None else torch.full((batch_size, 1), eos_id, dtype=torch.long, device=device)
@@ -77,7 +83,7 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     opts = dict(setting.extra)
     options = SamplerOptions(steps=setting.steps or length, temperature=setting.temperature, top_p=setting.top_p,
                              progress=progress, progress_desc=f"{setting.sampler} x{setting.steps}",
-                             **{k: v for k, v in opts.items() if k in ("block_length", "eta", "top_k")})
+                             **{k: v for k, v in opts.items() if k in ("block_length", "eta", "top_k", "threshold")})
     P = 0 if prompt is None else prompt.shape[1]
     canvas = torch.full((batch_size, P + length), model.mask_token_id, dtype=torch.long, device=device)
     fixed = torch.zeros_like(canvas, dtype=torch.bool)
