@@ -168,25 +168,27 @@ class DataConfig:
 class ObjectiveConfig:
     """Training objective: masked diffusion (MDLM, SUBS, continuous-time NELBO), AR, or block diffusion."""
 
-    name: str = "diffusion"  # "diffusion" | "ar" | "block_diffusion"
+    name: str = "diffusion"  # "diffusion" | "ar" | "block_diffusion" | "dual" (AR + block diffusion, one model)
     schedule: str = "loglinear"  # alpha_t = 1 - (1 - eps) t
     eps: float = 1e-3  # schedule truncation
     sampling_eps: float = 1e-3  # t ~ U[sampling_eps, 1]
     antithetic: bool = True  # one time sample per stratum of the global batch
     var_length_prob: float = 0.01  # fraction of sequences cut to a random length (LLaDA / MDLM #35)
     block_size: int = 0  # block diffusion L'; must divide data.seq_len
+    ar_weight: float = 0.5  # dual: weight w of the AR loss, (1 - w) on block diffusion (diffmamba/objectives/dual.py)
 
     def __post_init__(self) -> None:
-        _check(self.name in ("diffusion", "ar", "block_diffusion"), "objective.name",
-               f"must be 'diffusion', 'ar' or 'block_diffusion', got {self.name!r}")
+        _check(self.name in ("diffusion", "ar", "block_diffusion", "dual"), "objective.name",
+               f"must be 'diffusion', 'ar', 'block_diffusion' or 'dual', got {self.name!r}")
         _check(self.schedule in ("loglinear", "cosine"), "objective.schedule",
                f"must be 'loglinear' or 'cosine', got {self.schedule!r}")
         _check(0 <= self.eps < 1, "objective.eps", "must be in [0, 1)")
         _check(0 <= self.sampling_eps < 1, "objective.sampling_eps", "must be in [0, 1)")
         _check(0 <= self.var_length_prob <= 1, "objective.var_length_prob", "must be in [0, 1]")
         _check(self.block_size >= 0, "objective.block_size", "must be >= 0")
-        if self.name == "block_diffusion":
-            _check(self.block_size >= 1, "objective.block_size", "block_diffusion needs block_size >= 1")
+        _check(0 <= self.ar_weight <= 1, "objective.ar_weight", "must be in [0, 1] (the AR share of the dual loss)")
+        if self.name in ("block_diffusion", "dual"):
+            _check(self.block_size >= 1, "objective.block_size", f"{self.name} needs block_size >= 1")
 
 
 @dataclass
@@ -254,10 +256,15 @@ class RunConfig:
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} is above model.max_seq_len = {self.model.max_seq_len}; "
                "lower data.seq_len or raise model.max_seq_len")
-        if self.objective.name == "block_diffusion":
+        if self.objective.name in ("block_diffusion", "dual"):
             _check(self.data.seq_len % self.objective.block_size == 0, "objective.block_size",
                    f"{self.objective.block_size} does not divide data.seq_len = {self.data.seq_len}; pick a divisor "
                    f"such as {', '.join(str(d) for d in _divisors(self.data.seq_len)[:8])}")
+        # The dual objective's noisy blocks start from the AR stream's per-token scan states, which an
+        # attention layer does not have (its AR "state" is the causal KV cache, not a block boundary).
+        _check(self.objective.name != "dual" or "A" not in self.model.layer_pattern, "objective.name",
+               f"dual needs an all-Mamba trunk (model.layer_pattern {self.model.layer_pattern!r} has attention "
+               "layers); use model.layer_pattern=M, or objective.name=block_diffusion for a hybrid")
 
 
 def _divisors(n: int) -> list[int]:

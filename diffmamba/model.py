@@ -31,7 +31,7 @@ from diffmamba.config import ModelConfig, config_from_dict, to_dict
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import atomic_path, write_json
 from diffmamba.modules import RMSNorm, make_block
-from diffmamba.modules.two_stream import block_streams
+from diffmamba.modules.two_stream import block_streams, dual_streams
 from diffmamba.ops import Mamba3State
 
 WEIGHTS_NAME = "model.safetensors"
@@ -132,10 +132,14 @@ class DiffMamba(nn.Module):
 
         block_size / noisy: block diffusion training (``diffmamba.modules.two_stream``): ``tokens`` is
         the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
-        returned; dispatched from here so wrappers (DDP, compile) see one forward call.
+        returned; dispatched from here so wrappers (DDP, compile) see one forward call. With
+        mode="ar" the clean stream is the AR pass and both outputs are returned, (noisy, AR)
+        (the dual objective, ``diffmamba.objectives.dual``).
 
         Returns logits [B, T, V + 1] (or hidden), plus the list of final states when asked.
         """
+        if block_size is not None and mode == "ar":  # the dual objective: (noisy, AR) outputs
+            return dual_streams(self, tokens, block_size, noisy, valid_mask=valid_mask, return_hidden=return_hidden)
         if block_size is not None:
 
             return block_streams(self, tokens, block_size, noisy=noisy, valid_mask=valid_mask,
@@ -202,6 +206,9 @@ class DiffMamba(nn.Module):
         (intra-chunk, counted dense as the kernel computes it) and two N x P state products per
         rank (inter-chunk read, state update); C = min(chunk_size, seq_len).
         """
+        if mode == "dual":  # the AR stream plus a bidirectional noisy stream (diffmamba.objectives.dual)
+            return (self.estimate_flops_per_token(seq_len, mode="ar")
+                    + self.estimate_flops_per_token(seq_len, mode="diffusion"))
         if mode == "block_diffusion":
             # Two streams (diffmamba.modules.two_stream): the trunk runs on the clean and the noisy
             # copy, the head on the noisy one only.

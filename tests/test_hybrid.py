@@ -11,7 +11,7 @@ from diffmamba.core.errors import ConfigError
 from diffmamba.eval.trunks import cache_bytes
 from diffmamba.model import DiffMamba
 from diffmamba.modules.attention import KVCache
-from diffmamba.modules.two_stream import block_streams
+from diffmamba.modules.two_stream import block_streams, dual_streams
 from diffmamba.objectives.bd3lm import block_diffusion_loss
 from diffmamba.objectives.schedule import make_schedule
 from diffmamba.sampling.base import SamplerOptions
@@ -229,6 +229,18 @@ def test_bad_layer_settings_are_one_line_errors(override, field, words):
         load_config(ModelConfig, None, ["n_layers=4", "d_model=64", "attn_headdim=16", "layer_pattern=MA", override])
     message = str(error.value)
     assert message.startswith(field) and words in message and "\n" not in message
+
+
+def test_dual_on_a_trunk_with_attention_is_a_one_line_error():
+    """dual's noisy blocks start from per-token scan states, which attention layers do not have."""
+    with pytest.raises(ConfigError) as error:
+        load_config(RunConfig, None, ["objective.name=dual", "objective.block_size=4", "data.seq_len=16",
+                                      "model.n_layers=2", "model.layer_pattern=MA"])
+    message = str(error.value)
+    assert message.startswith("objective.name") and "all-Mamba" in message and "\n" not in message
+    ids = tokens(length=8)
+    with pytest.raises(ValueError, match="all-Mamba"):
+        dual_streams(tiny("MA"), ids, 4, ids)
 
 
 def test_layer_kinds_tile_the_pattern_and_flops_count_attention():

@@ -16,12 +16,17 @@ makes it longer (the rest is generated after it). --prompt P --span N --infill S
 
 samplers (--mode diffusion): ancestral (MDLM, skips the network when nothing changed),
 ancestral-nocache, first-hitting (one token per step; --steps unused), confidence (LLaDA top-k,
---block-length for semi-AR blocks), remdm-cap (remasking, --eta). Temperature, --top-k and --top-p
-act on the clean-token distribution; draws are float64 Gumbel-max.
+--block-length for semi-AR blocks), remdm-cap (remasking, --eta), parallel (Fast-dLLM: per step
+every position whose confidence exceeds --threshold, at least one; --steps unused, --block-length
+as confidence). Temperature, --top-k and --top-p act on the clean-token distribution; draws are
+float64 Gumbel-max.
 
 block diffusion (--mode block): blocks of --block-size tokens (default: the checkpoint's training
 block size), left to right, each denoised by --sampler with --steps per block, conditioned on the
 prefix through an exact constant-size per-layer scan-state cache (diffmamba/cli/sample_bd3lm.py).
+
+speculative (--mode speculative, dual checkpoints): the block denoiser drafts --draft-len tokens,
+AR mode verifies them; the samples have AR decoding's distribution (diffmamba/cli/sample_speculative.py).
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ import torch
 
 from diffmamba.cli.sample_bd3lm import add_block_arguments, check_block_arguments, configure_block_mode
 from diffmamba.cli.sample_budget import check_sampling_memory
+from diffmamba.cli.sample_speculative import (
+    add_speculative_arguments, check_speculative_arguments, configure_speculative_mode,
+)
 from diffmamba.core.device import autocast, resolve_device, resolve_dtype, synchronize
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import atomic_open
@@ -44,7 +52,7 @@ from diffmamba.eval.loading import load_checkpoint
 from diffmamba.sampling.base import SampleResult, SamplerOptions
 from diffmamba.sampling.canvas import Canvas, build_canvas
 from diffmamba.sampling.generate import MODES, generate
-from diffmamba.sampling.registry import SAMPLERS, get_sampler
+from diffmamba.sampling.registry import SAMPLERS, UNSTEPPED, get_sampler
 
 DEFAULT_LENGTH = 128
 
@@ -67,8 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with tokenizer.json")
     parser.add_argument("--mode", default="diffusion", choices=list(MODES),
                         help="diffusion: iterative refinement with --sampler; ar: prefill + recurrent steps; "
-                             "block: block diffusion, --sampler inside each block")
+                             "block: block diffusion, --sampler inside each block; speculative: the block "
+                             "denoiser drafts, AR mode verifies (dual checkpoints; AR's exact distribution)")
     add_block_arguments(parser)
+    add_speculative_arguments(parser)
     parser.add_argument("--sampler", default=None, metavar="NAME",
                         help=f"diffusion sampler: {', '.join(SAMPLERS)} (default ancestral)")
     parser.add_argument("--steps", type=int, default=None, metavar="N",
@@ -90,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-length", type=int, default=0, metavar="N",
                         help="confidence sampler: semi-AR block length (0 = one block)")
     parser.add_argument("--eta", type=float, default=0.008, metavar="E", help="remdm-cap: remasking cap")
+    parser.add_argument("--threshold", type=float, default=0.9, metavar="C",
+                        help="parallel sampler: per step, commit every masked position whose confidence exceeds C "
+                             "(and always the most confident one); in (0, 1], 1 = one token per step")
     parser.add_argument("--stop-at-eos", action="store_true",
                         help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
     parser.add_argument("--stats", action="store_true", help="print NFE, tokens/s and wall time")
@@ -111,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     """Reject bad values before the (slow) checkpoint load."""
     check_block_arguments(args)
+    check_speculative_arguments(args)
     if args.mode in ("diffusion", "block"):
         get_sampler(args.sampler or "ancestral")
     elif args.sampler is not None:
@@ -130,7 +144,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace, steps: int) -> SamplerOptions:
     return SamplerOptions(steps=steps, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          block_length=args.block_length, eta=args.eta, progress=not args.no_progress)
+                          block_length=args.block_length, eta=args.eta, threshold=args.threshold,
+                          progress=not args.no_progress)
 
 
 # ------------------------------------------------------------------------------------ modes
@@ -141,7 +156,9 @@ def _sample(job: SampleJob, batch_size: int, generator: torch.Generator) -> Samp
     canvas, fixed = job.canvas.batch(batch_size, job.device)
     eos = job.tokenizer.eos_id
     return generate(job.model, args.mode, canvas, fixed, job.options, generator, sampler=args.sampler or "ancestral",
-                    block_size=args.block_size, start_id=eos, stop_id=eos if args.stop_at_eos else None)
+                    block_size=args.block_size, start_id=eos, stop_id=eos if args.stop_at_eos else None,
+                    ar_prefix=getattr(args, "ar_prefix", False), draft_len=args.draft_len,
+                    draft_steps=args.draft_steps)
 
 
 # -------------------------------------------------------------------------------------- run
@@ -155,12 +172,14 @@ def _text_of(tokenizer, ids: list[int], stop_at_eos: bool, prefix_length: int) -
 def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
     return {"checkpoint": args.checkpoint, "mode": args.mode,
             "sampler": (args.sampler or "ancestral") if args.mode in ("diffusion", "block") else None,
-            "steps": steps if args.mode in ("diffusion", "block") and args.sampler != "first-hitting" else None,
-            "block_size": args.block_size,
+            "steps": steps if args.mode in ("diffusion", "block") and args.sampler not in UNSTEPPED else None,
+            "block_size": args.block_size, "draft_len": args.draft_len, "draft_steps":
+                args.draft_steps if args.mode == "speculative" else None,
             "length": canvas.length,
             "generated_tokens": canvas.num_generated, "prompt": args.prompt, "infill": args.infill,
             "span": args.span, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "block_length": args.block_length, "eta": args.eta}
+            "top_p": args.top_p, "block_length": args.block_length, "eta": args.eta,
+            "threshold": args.threshold if args.sampler == "parallel" else None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffmamba sample: note: --length {canvas.length} is above the model's max_seq_len "
               f"{model.config.max_seq_len}; quality past the trained length is untested", file=sys.stderr)
     if args.mode == "block":
-
         configure_block_mode(args, checkpoint)  # --block-size / per-block --steps from the checkpoint
+    if args.mode == "speculative":
+        configure_speculative_mode(args, checkpoint)  # dual checkpoints only; --draft-len from the block size
     steps = args.steps or max(canvas.num_generated, 1)
     options = _options(args, steps)
     job = SampleJob(model, tokenizer, canvas, args, options, device)
@@ -188,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     num_batches = -(-args.num_samples // batch_size)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     settings = _settings(args, canvas, steps)
-    records, nfes, wall = [], [], 0.0
+    records, nfes, wall, rounds = [], [], 0.0, [0, 0, 0]  # speculative: row rounds, drafted, accepted
     for b in range(num_batches):
         n = min(batch_size, args.num_samples - b * batch_size)
         job.options = dataclasses.replace(options, progress_desc=f"batch {b + 1}/{num_batches}")
@@ -199,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
         synchronize(device)
         wall += time.perf_counter() - start
         nfes.append(result.nfe)
+        if hasattr(result, "row_rounds"):
+            rounds = [rounds[0] + result.row_rounds, rounds[1] + result.drafted, rounds[2] + result.accepted]
         for row in result.tokens.cpu().tolist():
             index = len(records)
             text = _text_of(tokenizer, row, args.stop_at_eos, canvas.prefix_length)
@@ -214,6 +236,9 @@ def run(args: argparse.Namespace) -> int:
               f"samples={args.num_samples} batch={batch_size} generated_tokens={generated} "
               f"nfe={sum(nfes)} (per batch {nfes}) wall={wall:.3f}s tokens/s={stats['tokens_per_s']} "
               f"device={stats['device']} dtype={stats['dtype']}")
+        if args.mode == "speculative":
+            print(f"stats: draft_len={args.draft_len} draft_steps={args.draft_steps} tokens_per_round="
+                  f"{(rounds[2] + rounds[0]) / max(rounds[0], 1):.2f} acceptance={rounds[2] / max(rounds[1], 1):.3f}")
     if args.output:
         _write_jsonl(args.output, records, stats)
     return 0

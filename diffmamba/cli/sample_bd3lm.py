@@ -41,7 +41,7 @@ def training_note(run_config, block_size: int):
         return ("the checkpoint has no run config next to it, so whether it was trained with objective "
                 "block_diffusion is unknown; samples are only meaningful if it was")
     objective = run_config.objective
-    if objective.name != "block_diffusion":
+    if objective.name not in ("block_diffusion", "dual"):
         return (f"the checkpoint was trained with objective {objective.name!r}, not block_diffusion: it never "
                 f"learned to denoise a block from a clean prefix's scan states, so expect poor text. Train one with "
                 f"`diffmamba train --objective block_diffusion objective.block_size={block_size}`, or sample with "
@@ -57,7 +57,9 @@ def configure_block_mode(args: argparse.Namespace, checkpoint) -> None:
     print a note when it was not trained for this block size."""
     run_config = checkpoint.run_config
     trained = run_config.objective.block_size if (
-        run_config is not None and run_config.objective.name == "block_diffusion") else None
+        run_config is not None and run_config.objective.name in ("block_diffusion", "dual")) else None
+    # A dual checkpoint's denoiser reads the AR state of the prefix (diffmamba/objectives/dual.py).
+    args.ar_prefix = run_config is not None and run_config.objective.name == "dual"
     if args.block_size is None:
         if trained is None:
             raise UserError(f"--mode block needs --block-size N: {checkpoint.path} was not trained with objective "

@@ -27,7 +27,7 @@ from typing import Optional
 from diffmamba.config import RunConfig, load_config
 from diffmamba.core.errors import UserError
 
-OBJECTIVE_NAMES = ("diffusion", "ar", "block_diffusion")
+OBJECTIVE_NAMES = ("diffusion", "ar", "block_diffusion", "dual")
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -37,9 +37,10 @@ from diffmamba.sampling.generate import generate as generate_tokens
 def block_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *, block_size: int,
                      schedule: str = "loglinear", schedule_eps: float = 1e-3, sampling_eps: float = 1e-3,
                      repeats: int = 3, seed: int = 0, batch_size: int = 8, device=None, amp=None,
-                     desc: str = "block NELBO") -> dict:
+                     desc: str = "block NELBO", ar_prefix: bool = False) -> dict:
     """Block NELBO over all rows (the same dict as ``diffusion_likelihood``); exact when L' = 1.
 
+    ``ar_prefix``: blocks conditioned on AR-mode prefix states (a dual checkpoint).
     Raises UserError when ``block_size`` does not divide the row length, naming the divisors."""
 
 
@@ -53,7 +54,8 @@ def block_likelihood(model, rows: torch.Tensor, valid: Optional[torch.Tensor], *
     sched = make_schedule(schedule, schedule_eps)
 
     def score(x, v, generator):
-        return block_diffusion_nll(model, x, block_size, sched, generator, valid_mask=v, sampling_eps=sampling_eps)
+        return block_diffusion_nll(model, x, block_size, sched, generator, valid_mask=v, sampling_eps=sampling_eps,
+                                   ar_prefix=ar_prefix)
 
     result = repeated_bound(score, rows, valid, repeats=repeats, seed=seed, batch_size=batch_size, device=device,
                             amp=amp, desc=desc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from diffmamba.config import RunConfig, load_config
+from diffmamba.config import ObjectiveConfig, RunConfig, load_config
 from diffmamba.core.errors import UserError
 from diffmamba.eval.loading import find_model_dir, find_run_config
 from diffmamba.eval.systems import System
@@ -14,14 +14,16 @@ from diffmamba.eval.systems import System
 
 # ------------------------------------------------------------------------------------ systems
 
+def trained_objective(checkpoint: str) -> Optional[ObjectiveConfig]:
+    """The ``objective`` of a checkpoint's run config, None when it has no run config."""
+    path = find_run_config(find_model_dir(checkpoint))
+    return None if path is None else load_config(RunConfig, path).objective
+
+
 def trained_block_size(checkpoint: str) -> Optional[int]:
     """``objective.block_size`` of a checkpoint's run config, None when not a block-diffusion run."""
-
-    path = find_run_config(find_model_dir(checkpoint))
-    if path is None:
-        return None
-    objective = load_config(RunConfig, path).objective
-    return objective.block_size if objective.name == "block_diffusion" else None
+    objective = trained_objective(checkpoint)
+    return objective.block_size if objective is not None and objective.name == "block_diffusion" else None
 
 
 def block_systems(checkpoints: Sequence[str], block_sizes: Optional[Sequence[int]] = None) -> list:

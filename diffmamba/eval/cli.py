@@ -22,6 +22,7 @@ import argparse
 from diffmamba.core.errors import UserError
 from diffmamba.eval.bd3lm_options import add_block_eval_arguments, apply_block_options
 from diffmamba.eval.trunks import add_trunk_arguments, apply_trunk_options
+from diffmamba.eval.decoding_options import add_decoding_eval_arguments, apply_decoding_options
 
 SUBCOMMANDS = {
     "compare": ("all four evaluations and one report", ("likelihood", "generate", "infill", "speed")),
@@ -68,7 +69,8 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
     if set(parts) & {"generate", "speed"}:
         s = p.add_argument_group("generation")
         s.add_argument("--samplers", nargs="+", default=["ancestral", "first-hitting", "confidence", "remdm-cap"],
-                       help="diffusion samplers (diffmamba.sampling.registry)")
+                       help="diffusion samplers (diffmamba.sampling.registry); parallel:C sets the parallel "
+                            "sampler's threshold C, e.g. parallel:0.7 parallel:0.9")
         s.add_argument("--steps", nargs="+", type=_positive, default=[8, 16, 32, 64], help="diffusion step counts")
         s.add_argument("--top-p", nargs="+", type=_top_p, default=[0.9], help="nucleus p, matched across modes")
         s.add_argument("--temperature", type=float, default=1.0)
@@ -98,6 +100,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
     add_block_eval_arguments(p, parts)
     add_trunk_arguments(g, parts)
+    add_decoding_eval_arguments(p, parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +122,7 @@ def options_from_args(args: argparse.Namespace):
         if diffusion or ar:
             raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
         diffusion = ar = args.checkpoint
-    if not diffusion and not ar and not args.block and not args.trunks:
+    if not diffusion and not ar and not args.block and not args.trunks and not getattr(args, "dual", None):
         raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
     opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,
                        seed=args.seed, batch_size=args.batch_size, command=command_line())
@@ -134,6 +137,7 @@ def options_from_args(args: argparse.Namespace):
             setattr(opts, name, tuple(value))
     apply_block_options(args, opts)
     apply_trunk_options(args, opts)
+    apply_decoding_options(args, opts)
     if getattr(args, "max_rows", 0) < 0:
         raise UserError("--max-rows must be >= 0 (0 = all rows)")
     return opts

@@ -23,6 +23,7 @@ from diffmamba.core.runlock import FolderLock
 from diffmamba.eval import generation, infill, likelihood, speed
 from diffmamba.eval.bd3lm import block_likelihood, evaluate_context_speed
 from diffmamba.eval.data import load_eval_data
+from diffmamba.eval.decoding import split_sampler
 from diffmamba.eval.judge import load_judge
 from diffmamba.eval.loading import load_checkpoint, require_same_tokenizer
 from diffmamba.eval.report import write_report
@@ -189,7 +190,7 @@ def _evaluate(opts: EvalOptions, parts: tuple, systems: list[System], device, dt
 
 def _check_samplers(opts: EvalOptions) -> None:
     for name in set(opts.samplers) | set(opts.speed_samplers or ()) | {opts.infill_sampler}:
-        if name not in SAMPLERS:
+        if split_sampler(name)[0] not in SAMPLERS:  # "parallel:0.9" is the parallel sampler at threshold 0.9
             raise UserError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
 
 
@@ -203,7 +204,10 @@ def _note_untrained_modes(run: _Run) -> None:
     for c in run.ckpts.values():
         if c.trained_objective is not None:
             modes = {"block_diffusion" if s.mode == "block" else s.mode for s in run.systems if s.checkpoint == c.path}
-            for mode in sorted(modes - {c.trained_objective}):
+            # a dual checkpoint is trained for AR, block diffusion (on AR states) and so for speculative decoding
+            trained = ({"ar", "block_diffusion", "speculative"} if c.trained_objective == "dual"
+                       else {c.trained_objective})
+            for mode in sorted(modes - trained):
                 run.notes.append(f"[run] checkpoint {c.path} was trained with objective '{c.trained_objective}' and "
                                  f"is evaluated in mode '{mode}' as well: those numbers come from weights never "
                                  "trained for that mode")
@@ -232,13 +236,13 @@ def _likelihood(run: _Run) -> None:
     for s in run.systems:
         ck = run.ckpts[s.checkpoint]
         common = dict(batch_size=opts.batch_size, device=run.device, amp=run.amp())
-        if s.is_ar:
+        if s.is_ar or s.mode == "speculative":  # lossless: speculative samples have AR's law
             r = likelihood.ar_likelihood(ck.model, data.rows, data.valid, bos_id=ck.tokenizer.eos_id,
                                          desc=f"AR NLL ({s.name})", **common)
         elif s.mode == "block":
             r = block_likelihood(ck.model, data.rows, data.valid, block_size=s.settings["block_size"],
                                  repeats=opts.repeats, seed=opts.seed, desc=f"block NELBO ({s.name})",
-                                 **_schedule_of(ck), **common)
+                                 ar_prefix=bool(s.settings.get("ar_prefix")), **_schedule_of(ck), **common)
         else:
             r = likelihood.diffusion_likelihood(ck.model, data.rows, data.valid, repeats=opts.repeats, seed=opts.seed,
                                                 desc=f"NELBO bound ({s.name})", **_schedule_of(ck), **common)
@@ -277,7 +281,7 @@ def _infill(run: _Run) -> None:
                          "context and its own block, never the text after it")
     schedule = _schedule_of(run.ckpts[run.systems[0].checkpoint])
     run.results["infill"] = infill.evaluate_infill(
-        [s for s in run.systems if s.mode != "block"], run.ckpts, rows, span=opts.infill_span,
+        [s for s in run.systems if s.mode not in ("block", "speculative")], run.ckpts, rows, span=opts.infill_span,
         batch_size=opts.batch_size, sampler=opts.infill_sampler, repeats=opts.repeats, seed=opts.seed,
         device=run.device, amp=run.amp, schedule=schedule["schedule"], schedule_eps=schedule["schedule_eps"])
 
@@ -302,7 +306,8 @@ def _speed(run: _Run) -> None:
     run.results["speed_environment"] = env_line
     if opts.contexts:
         run.results["context_speed"] = evaluate_context_speed(
-            run.systems, run.ckpts, contexts=opts.contexts, length=opts.length, sampler=opts.samplers[0],
+            [s for s in run.systems if s.mode != "speculative"], run.ckpts, contexts=opts.contexts,
+            length=opts.length, sampler=opts.samplers[0],
             warmup=opts.warmup, repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
         run.results["cache_bytes"] = evaluate_cache_bytes(run.systems, run.ckpts, opts.contexts, opts.seed,
                                                           run.device)

@@ -9,7 +9,11 @@
   ``length`` masks (after the prompt, which is fixed). NFE = network calls the sampler actually made
   (the ancestral cache skips calls when nothing changes).
 - Block diffusion (``mode="block"``, settings ``{"block_size": L'}``): the sampler inside each block
-  with the state cache; steps are per block (default: one per block token).
+  with the state cache; steps are per block (default: one per block token). ``"ar_prefix": True``
+  (a dual checkpoint): the cache holds AR-mode states.
+- Speculative (``mode="speculative"``, settings ``{"draft_len": k, "draft_steps": s}``, a dual
+  checkpoint): the block denoiser drafts, AR mode verifies; AR's exact distribution, started as AR
+  is. NFE counts drafts, verifications and rescans.
 
 All randomness comes from one generator seeded per (setting, batch); top-p and temperature apply to
 the clean-token distribution in float64 in both modes.
@@ -22,10 +26,12 @@ from typing import Callable, Optional
 
 import torch
 
+from diffmamba.eval.decoding import split_sampler
 from diffmamba.eval.systems import System
 from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.canvas import prompt_canvas
 from diffmamba.sampling.generate import generate as generate_tokens
+from diffmamba.sampling.registry import UNSTEPPED
 
 
 @dataclass(frozen=True)
@@ -51,18 +57,20 @@ class Generated:
 
 def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: list[float],
                  temperature: float) -> list[GenSetting]:
-    """The settings to evaluate for ``system``: AR decoding once per top-p; diffusion every sampler x
-    steps (first-hitting, whose NFE is the length, once) per top-p. Block diffusion systems can pass
+    """The settings to evaluate for ``system``: AR (and speculative) decoding once per top-p; diffusion
+    every sampler x steps (first-hitting and parallel, which ignore steps, once) per top-p; a sampler
+    spec ``parallel:C`` is the parallel sampler at threshold C. Block diffusion systems can pass
     their own settings."""
     extra = tuple(sorted(system.settings.items()))
     out = []
     for p in top_ps:
-        if system.is_ar:
-            out.append(GenSetting("ar", None, p, temperature, extra))
+        if system.is_ar or system.mode == "speculative":
+            out.append(GenSetting(system.mode, None, p, temperature, extra))
             continue
-        for s in samplers:
-            for n in ([None] if s == "first-hitting" else steps):
-                out.append(GenSetting(s, n, p, temperature, extra))
+        for spec in samplers:
+            s, knobs = split_sampler(spec)  # "parallel:0.9" -> ("parallel", {"threshold": 0.9})
+            for n in ([None] if s in UNSTEPPED else steps):
+                out.append(GenSetting(s, n, p, temperature, tuple(sorted({**dict(extra), **knobs}.items()))))
     return out
 
 
@@ -74,13 +82,15 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     block_size = system.settings.get("block_size")
     block_size = None if block_size is None else int(block_size)
     default_steps = block_size if system.mode == "block" else length
-    extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k")}
+    extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k", "threshold")}
     desc = f"{system.name} {setting.sampler}" if system.mode == "block" else f"{setting.sampler} x{setting.steps}"
     options = SamplerOptions(steps=setting.steps or default_steps, temperature=setting.temperature,
                              top_p=setting.top_p, progress=progress, progress_desc=desc, **extra)
     canvas, fixed = prompt_canvas(model.mask_token_id, batch_size, length, generator.device, prompt)
+    settings = system.settings
     result = generate_tokens(model, system.mode, canvas, fixed, options, generator, sampler=setting.sampler,
-                             block_size=block_size, start_id=eos_id)
+                             block_size=block_size, start_id=eos_id, ar_prefix=bool(settings.get("ar_prefix")),
+                             draft_len=settings.get("draft_len"), draft_steps=int(settings.get("draft_steps", 1)))
     return result.tokens, result.nfe
 
 

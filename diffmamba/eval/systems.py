@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 AR_MODES = ("ar",)
 DIFFUSION_MODES = ("diffusion",)
-KNOWN_MODES = AR_MODES + DIFFUSION_MODES + ("block",)  # "block": diffmamba/eval/bd3lm.py
+# "block": diffmamba/eval/bd3lm.py; "speculative": diffmamba/eval/decoding.py (AR's law, exact)
+KNOWN_MODES = AR_MODES + DIFFUSION_MODES + ("block", "speculative")
 
 
 @dataclass

@@ -20,8 +20,13 @@ rows once more (to read the boundary states) and an O(T H P N) state computation
 runs the noisy stream only (nothing reads the clean stream's output there), and a single block
 with no prefix (L' = T) is plain diffusion mode, at its cost.
 
-``DiffMamba.forward(tokens, block_size=L', noisy=x_t)`` dispatches here, so data-parallel wrappers
-(DDP, FSDP, torch.compile) see one ordinary forward call.
+``dual_streams`` is the dual objective's variant (``diffmamba.objectives.dual``): the clean stream
+is the AR pass (forward direction only, causal over the whole sequence), and each noisy block's
+forward scan starts from the AR stream's state at its boundary, so the denoiser is trained on the
+very state AR decoding holds after the prefix. It returns both outputs, (noisy, AR).
+
+``DiffMamba.forward(tokens, block_size=L', noisy=x_t)`` (``mode="ar"`` for ``dual_streams``)
+dispatches here, so data-parallel wrappers (DDP, FSDP, torch.compile) see one ordinary forward call.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from torch import Tensor
 from diffmamba.modules.attention import is_attention
 from diffmamba.modules.two_stream_attention import attention_streams
 from diffmamba.ops import Mamba3State
-from diffmamba.ops.boundary import block_boundary_states, cat_states, flatten_blocks
+from diffmamba.ops.boundary import BoundaryStates, block_boundary_states, cat_states, flatten_blocks
 
 
 def check_block_size(length: int, block_size: int) -> int:
@@ -44,6 +49,24 @@ def check_block_size(length: int, block_size: int) -> int:
         raise ValueError(f"block_size {block_size} does not divide the sequence length {length}; "
                          f"pick one of {', '.join(map(str, divisors[:12]))}")
     return length // block_size
+
+
+def _check_noisy(clean: Tensor, noisy: Optional[Tensor]) -> None:
+    if noisy is not None and noisy.shape != clean.shape:
+        raise ValueError(f"noisy {tuple(noisy.shape)} must have the clean tokens' shape {tuple(clean.shape)}")
+
+
+def _boundary(block, clean_hidden: Tensor, valid_mask: Optional[Tensor], block_size: int,
+              initial_state: Optional[Mamba3State] = None) -> BoundaryStates:
+    """This layer's clean-stream forward states at every block boundary, from its scan inputs."""
+    inputs = block.mixer.forward_scan_inputs(block.mixer_norm(clean_hidden), valid_mask)
+    return block_boundary_states(**inputs, block_size=block_size, initial_state=initial_state)
+
+
+def _output(model, hidden: Tensor, return_hidden: bool) -> Tensor:
+    """The final norm, then the head unless ``return_hidden``."""
+    hidden = model.final_norm(hidden)
+    return hidden if return_hidden else model.logits(hidden)
 
 
 def block_streams(
@@ -77,8 +100,7 @@ def block_streams(
         pair (output, list of per-layer Mamba3State [B, ...] / KVCache).
     """
     batch, length = clean.shape
-    if noisy is not None and noisy.shape != clean.shape:
-        raise ValueError(f"noisy {tuple(noisy.shape)} must have the clean tokens' shape {tuple(clean.shape)}")
+    _check_noisy(clean, noisy)
     num_blocks = check_block_size(length, block_size)
     if initial_states is not None and len(initial_states) != len(model.blocks):
         raise ValueError(f"initial_states must hold one state per layer ({len(model.blocks)}), "
@@ -112,9 +134,8 @@ def block_streams(
             noisy_rows = None if noisy_hidden is None else rows(noisy_hidden)
             final_states.append(state)
             continue
-        inputs = block.mixer.forward_scan_inputs(block.mixer_norm(clean_hidden), valid_mask)
-        states = block_boundary_states(**inputs, block_size=block_size,
-                                       initial_state=None if initial_states is None else initial_states[layer])
+        states = _boundary(block, clean_hidden, valid_mask, block_size,
+                           None if initial_states is None else initial_states[layer])
         final_states.append(states.final)
         if layer == last_layer and not return_output:
             break
@@ -132,7 +153,35 @@ def block_streams(
 
     output = None
     if return_output:
-        hidden = clean_hidden if noisy is None else sequences(noisy_rows)
-        hidden = model.final_norm(hidden)
-        output = hidden if return_hidden else model.logits(hidden)
+        output = _output(model, clean_hidden if noisy is None else sequences(noisy_rows), return_hidden)
     return (output, final_states) if return_final_states else output
+
+
+def dual_streams(model, clean: Tensor, block_size: int, noisy: Tensor, valid_mask: Optional[Tensor] = None,
+                 return_hidden: bool = False) -> tuple[Tensor, Tensor]:
+    """(noisy-stream output, AR-stream output), each [B, T, V + 1] logits (or [B, T, D] hidden).
+
+    clean, noisy: [B, T] ids with T a multiple of ``block_size``; valid_mask [B, T] or None. The AR
+    stream is exactly ``model(clean, mode="ar")``; noisy block b is ``model(noisy block b,
+    mode="diffusion", fwd_states=<AR state after blocks < b>)``.
+    """
+    _check_noisy(clean, noisy)
+    if any(is_attention(block) for block in model.blocks):
+        raise ValueError("dual_streams needs an all-Mamba trunk: attention layers have no per-token scan state")
+    batch = clean.shape[0]
+    check_block_size(clean.shape[1], block_size)
+
+    def rows(x: Tensor) -> Tensor:
+        return rearrange(x, "b (nb l) ... -> (b nb) l ...", l=block_size)
+
+    clean_hidden = model.embedding(clean)
+    noisy_rows = rows(model.embedding(noisy))
+    row_valid = None if valid_mask is None else rows(valid_mask)
+    for block in model.blocks:
+        # The AR stream runs the whole sequence causally (not as block rows: its reverse direction is
+        # off), so it is its own call; the noisy rows start from its states at the block boundaries.
+        entering = flatten_blocks(_boundary(block, clean_hidden, valid_mask, block_size).entering)
+        noisy_rows = block(noisy_rows, valid_mask=row_valid, fwd_initial_state=entering)
+        clean_hidden = block(clean_hidden, causal=True, valid_mask=valid_mask)
+    noisy_hidden = rearrange(noisy_rows, "(b nb) l ... -> b (nb l) ...", b=batch)
+    return _output(model, noisy_hidden, return_hidden), _output(model, clean_hidden, return_hidden)

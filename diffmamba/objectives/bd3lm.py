@@ -30,7 +30,7 @@ from diffmamba.config import ObjectiveConfig
 from diffmamba.modules.two_stream import check_block_size
 from diffmamba.objectives.base import NLL, MicroBatch, as_nll, masked_diffusion_train
 from diffmamba.objectives.masking import mask_tokens
-from diffmamba.objectives.mdlm import LossTerms, nelbo_estimate, score_masked, training_times
+from diffmamba.objectives.mdlm import LossTerms, nelbo_estimate, score_hidden, score_masked, training_times
 from diffmamba.objectives.schedule import NoiseSchedule, make_schedule
 
 
@@ -50,7 +50,7 @@ def mask_blocks(x0: Tensor, t: Tensor, block_size: int, schedule: NoiseSchedule,
 
 def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule: NoiseSchedule,
                          generator: Optional[torch.Generator] = None,
-                         valid_mask: Optional[Tensor] = None) -> LossTerms:
+                         valid_mask: Optional[Tensor] = None, ar_prefix: bool = False) -> LossTerms:
     """Mask each block of x0 at its time, run both streams, return the weighted NLL terms.
 
     Args:
@@ -58,6 +58,7 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
             exposing ``mask_token_id`` and ``logits``).
         x0: [B, T] ids; t: [B, T / block_size] block times in (0, 1] (ignored for L' = 1);
         generator: masking draws, on x0's device; valid_mask: [B, T] bool or None.
+        ar_prefix: blocks conditioned on the AR stream's states (a ``dual`` model, ``objectives.dual``).
 
     Returns:
         LossTerms (nll_sum over valid tokens; num_tokens = valid tokens, masked or not).
@@ -66,11 +67,26 @@ def block_diffusion_loss(model, x0: Tensor, t: Tensor, block_size: int, schedule
     if t.shape != (x0.shape[0], num_blocks):
         raise ValueError(f"t must have shape [B, T / block_size] = {[x0.shape[0], num_blocks]}, got {list(t.shape)}")
     xt = mask_blocks(x0, t, block_size, schedule, model.mask_token_id, generator, valid_mask)
+    if ar_prefix:  # the dual forward returns (noisy, AR) outputs; only the noisy one is scored here
+        kwargs = {} if valid_mask is None else {"valid_mask": valid_mask}
+        hidden, _ = model(x0, mode="ar", block_size=block_size, noisy=xt, return_hidden=True, **kwargs)
+        return block_masked_nll(model, hidden, x0, xt, t, block_size, schedule, valid_mask)
+    return score_masked(model, x0, xt, block_weights(t, block_size, schedule, x0), valid_mask, inputs=x0,
+                        block_size=block_size, noisy=xt)
+
+
+def block_weights(t: Tensor, block_size: int, schedule: NoiseSchedule, x0: Tensor) -> Tensor:
+    """[B, T] NELBO weight of each token: its block's w(t_b); 1 for L' = 1 (the exact one-token term)."""
     if block_size == 1:
-        weight = torch.ones(x0.shape, device=x0.device)
-    else:
-        weight = schedule.loss_weight(t.float()).repeat_interleave(block_size, dim=1)
-    return score_masked(model, x0, xt, weight, valid_mask, inputs=x0, block_size=block_size, noisy=xt)
+        return torch.ones(x0.shape, device=x0.device)
+    return schedule.loss_weight(t.float()).repeat_interleave(block_size, dim=1)
+
+
+def block_masked_nll(model, hidden: Tensor, x0: Tensor, xt: Tensor, t: Tensor, block_size: int,
+                     schedule: NoiseSchedule, valid_mask: Optional[Tensor] = None) -> LossTerms:
+    """The block NELBO terms of a noisy-stream output already computed (``hidden`` [B, T, D] after the
+    final norm) at the masked positions of ``xt``: the dual objective's noisy stream."""
+    return score_hidden(model, hidden, x0, xt, block_weights(t, block_size, schedule, x0), valid_mask)
 
 
 def block_diffusion_training_loss(
@@ -96,7 +112,7 @@ def block_diffusion_training_loss(
 def block_diffusion_nll(
     model, tokens: Tensor, block_size: int, schedule: NoiseSchedule, generator: torch.Generator, *,
     valid_mask: Optional[Tensor] = None, antithetic: bool = True, sampling_eps: float = 1e-3,
-    num_time_samples: int = 1,
+    num_time_samples: int = 1, ar_prefix: bool = False,
 ) -> tuple[Tensor, int]:
     """Stochastic block NELBO for evaluation: (summed weighted NLL [float64 scalar], valid tokens).
 
@@ -106,7 +122,7 @@ def block_diffusion_nll(
     batch, num_blocks = tokens.shape[0], check_block_size(tokens.shape[1], block_size)
     return nelbo_estimate(
         lambda t: block_diffusion_loss(model, tokens, t.view(batch, num_blocks), block_size, schedule, generator,
-                                       valid_mask),
+                                       valid_mask, ar_prefix),
         batch * num_blocks, generator, antithetic=antithetic, sampling_eps=sampling_eps,
         num_time_samples=num_time_samples, device=tokens.device)
 

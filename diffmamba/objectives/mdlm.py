@@ -12,8 +12,9 @@ Training:   ``terms = diffusion_training_loss(model, tokens, objective_cfg, ...)
 Evaluation: ``nll_sum, n = diffusion_nll(model, tokens, schedule, generator)``; bound = exp(sum / n)
 Custom denoisers: ``masked_diffusion_nll(logits, x0, xt, t, schedule, mask_id)``.
 Block diffusion (``bd3lm``) is this objective with one time per block instead of per sequence; it
-shares ``score_masked`` (the weighted CE at masked positions), ``training_times`` (length cuts and
-global-batch strata) and ``nelbo_estimate`` (the seeded evaluation loop) with the plain one.
+shares ``score_masked`` / ``score_hidden`` (the weighted CE at masked positions), ``training_times``
+(length cuts and global-batch strata) and ``nelbo_estimate`` (the seeded evaluation loop) with the
+plain one; the dual objective (``dual``) scores its noisy stream with ``score_hidden`` too.
 """
 from __future__ import annotations
 
@@ -106,16 +107,25 @@ def score_masked(model, x0: Tensor, xt: Tensor, token_weight: Tensor, valid_mask
         inputs: what the model is called on (default xt); ``forward``: extra model arguments
             (block diffusion passes the clean tokens as inputs and ``block_size``, ``noisy=xt``).
     """
-    mask_id = model.mask_token_id
     kwargs = dict(forward) if valid_mask is None else dict(forward, valid_mask=valid_mask)
     inputs = xt if inputs is None else inputs
-    masked, num_tokens = masked_and_count(x0, xt, mask_id, valid_mask)
-    head = getattr(model, "logits", None)
-    if callable(head):
-        logits = head(model(inputs, mode="diffusion", return_hidden=True, **kwargs)[masked])
-    else:
-        logits = model(inputs, mode="diffusion", **kwargs)[masked]
-    nll_sum = _weighted_masked_ce(logits, x0[masked], token_weight[masked], mask_id)
+    if callable(getattr(model, "logits", None)):
+        hidden = model(inputs, mode="diffusion", return_hidden=True, **kwargs)
+        return score_hidden(model, hidden, x0, xt, token_weight, valid_mask)
+    masked, num_tokens = masked_and_count(x0, xt, model.mask_token_id, valid_mask)
+    logits = model(inputs, mode="diffusion", **kwargs)[masked]
+    nll_sum = _weighted_masked_ce(logits, x0[masked], token_weight[masked], model.mask_token_id)
+    return LossTerms(nll_sum / num_tokens.clamp(min=1), nll_sum, num_tokens)
+
+
+def score_hidden(model, hidden: Tensor, x0: Tensor, xt: Tensor, token_weight: Tensor,
+                 valid_mask: Optional[Tensor] = None) -> LossTerms:
+    """``score_masked`` from a denoiser output already computed: ``hidden`` [B, L, D] after the final
+    norm, the head (``model.logits``) run at the masked positions only. For forwards that return
+    more than the denoiser's output (the dual objective's (noisy, AR) streams)."""
+    masked, num_tokens = masked_and_count(x0, xt, model.mask_token_id, valid_mask)
+    nll_sum = _weighted_masked_ce(model.logits(hidden[masked]), x0[masked], token_weight[masked],
+                                  model.mask_token_id)
     return LossTerms(nll_sum / num_tokens.clamp(min=1), nll_sum, num_tokens)
 
 

@@ -44,6 +44,8 @@ class SamplerOptions:
     temperature, top_k, top_p: applied to the clean-token distribution (temperature 0 = greedy).
     block_length: confidence sampler's semi-AR block length (0 = one block).
     eta: ReMDM-cap remasking cap, sigma_t = min(eta, sigma_max).
+    threshold: parallel sampler: commit every masked position whose confidence exceeds it (and
+        always the most confident one), in (0, 1]; 1 = one token per step.
     schedule, schedule_eps: noise schedule of the time grid (log-linear, eps = 1e-3, as trained).
     time_eps: last time of the grid linspace(1, time_eps, steps + 1).
     progress: show a tqdm bar over steps; progress_desc labels it.
@@ -55,6 +57,7 @@ class SamplerOptions:
     top_p: float = 1.0
     block_length: int = 0
     eta: float = 0.008
+    threshold: float = 0.9
     schedule: str = "loglinear"
     schedule_eps: float = 1e-3
     time_eps: float = 1e-5
@@ -74,6 +77,9 @@ class SamplerOptions:
             raise SamplingError(f"block_length must be >= 0 (0 = one block), got {self.block_length}")
         if not 0 <= self.eta <= 1:
             raise SamplingError(f"eta must be in [0, 1], got {self.eta}; ReMDM uses about 0.008")
+        if not 0 < self.threshold <= 1:
+            raise SamplingError(f"threshold must be in (0, 1], got {self.threshold}; e.g. --threshold 0.9 "
+                                "(1 = one token per step)")
         if not 0 < self.time_eps < 1:
             raise SamplingError(f"time_eps must be in (0, 1), got {self.time_eps}")
 

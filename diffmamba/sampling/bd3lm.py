@@ -42,12 +42,13 @@ Cache = Optional[list[Mamba3State]]  # per-layer forward states; None = empty pr
 
 
 def prefill_cache(model, tokens: Tensor, block_size: int, cache: Cache = None,
-                  chunk_tokens: int = 1024) -> tuple[Cache, int]:
+                  chunk_tokens: int = 1024, ar_prefix: bool = False) -> tuple[Cache, int]:
     """The cache after the clean blocks ``tokens`` [B, n L'], continuing ``cache``; and the number
     of network calls made.
 
     Runs the clean stream (forward from the cache, block-local reverse) over ``chunk_tokens``
     (rounded down to whole blocks, at least one) at a time, so memory stays bounded for long prompts.
+    ``ar_prefix``: the cache is the AR-mode state instead (dual checkpoints, ``objectives.dual``).
     """
     if tokens.shape[1] % block_size:
         raise ValueError(f"prefill needs whole blocks: {tokens.shape[1]} tokens, block size {block_size}")
@@ -55,6 +56,9 @@ def prefill_cache(model, tokens: Tensor, block_size: int, cache: Cache = None,
     pieces = tokens.split(chunk, dim=1)
     with torch.no_grad():
         for piece in pieces:
+            if ar_prefix:
+                cache = commit_block(model, piece, cache, ar_prefix=True)
+                continue
             _, cache = block_streams(model, piece, block_size, initial_states=cache, return_output=False,
                                      return_final_states=True)
     return cache, len(pieces)
@@ -70,10 +74,12 @@ def block_denoiser(model, cache: Cache):
     return denoise
 
 
-def commit_block(model, block: Tensor, cache: Cache) -> Cache:
-    """Advance the cache over one clean block [B, L'] (the head is skipped: only states are needed)."""
+def commit_block(model, block: Tensor, cache: Cache, ar_prefix: bool = False) -> Cache:
+    """Advance the cache over one clean block [B, L'] (the head is skipped: only states are needed);
+    with ``ar_prefix`` by an AR-mode pass (dual checkpoints: their denoiser reads AR states)."""
     with torch.no_grad():
-        _, cache = model(block, mode="diffusion", fwd_states=cache, return_fwd_states=True, return_hidden=True)
+        _, cache = model(block, mode="ar" if ar_prefix else "diffusion", fwd_states=cache, return_fwd_states=True,
+                         return_hidden=True)
     return cache
 
 
@@ -97,7 +103,7 @@ def _stop_after_eos(x: Tensor, generated: Tensor, eos_id: int) -> tuple[Tensor, 
 def block_sample(
     model, canvas: Tensor, fixed: Optional[Tensor], block_size: int, *, sampler: str = "ancestral",
     options: SamplerOptions = SamplerOptions(), generator: Optional[torch.Generator] = None,
-    eos_id: Optional[int] = None, use_cache: bool = True, prefill_chunk: int = 1024,
+    eos_id: Optional[int] = None, use_cache: bool = True, prefill_chunk: int = 1024, ar_prefix: bool = False,
 ) -> SampleResult:
     """Generate the non-fixed positions of ``canvas`` block by block.
 
@@ -111,6 +117,8 @@ def block_sample(
         eos_id: stop each row at its first generated EOS (None = fixed length).
         use_cache: False recomputes the prefix states before every block (baseline / oracle).
         prefill_chunk: tokens per prefill call.
+        ar_prefix: the cache holds AR-mode states (a ``dual`` checkpoint's conditioning) instead of
+            the block-diffusion clean stream's.
 
     Returns:
         SampleResult(tokens [B, T] with no mask, nfe = network calls (prefill chunks, denoiser calls
@@ -135,14 +143,15 @@ def block_sample(
     cache: Cache = None
     if use_cache and prefix_blocks:
         cache, calls = prefill_cache(model, x[:, : prefix_blocks * block_size], block_size,
-                                     chunk_tokens=prefill_chunk)
+                                     chunk_tokens=prefill_chunk, ar_prefix=ar_prefix)
         nfe += calls
     stopped = torch.zeros(batch, dtype=torch.bool, device=x.device)
     with progress_bar(num_blocks - prefix_blocks, options) as bar:
         for b in range(prefix_blocks, num_blocks):
             span = slice(b * block_size, (b + 1) * block_size)
             if not use_cache and b:
-                cache, calls = prefill_cache(model, x[:, : b * block_size], block_size, chunk_tokens=prefill_chunk)
+                cache, calls = prefill_cache(model, x[:, : b * block_size], block_size, chunk_tokens=prefill_chunk,
+                                             ar_prefix=ar_prefix)
                 nfe += calls
             if not fixed[:, span].all():
                 result = run(block_denoiser(model, cache), x[:, span], fixed[:, span], mask_id, inner, generator)
@@ -154,6 +163,6 @@ def block_sample(
             if b == num_blocks - 1 or bool(stopped.all()):
                 break
             if use_cache:
-                cache = commit_block(model, x[:, span], cache)
+                cache = commit_block(model, x[:, span], cache, ar_prefix=ar_prefix)
                 nfe += 1
     return SampleResult(x[:, :length], nfe, steps)

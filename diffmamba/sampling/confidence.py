@@ -26,7 +26,7 @@ from diffmamba.sampling.base import (
 from diffmamba.sampling.categorical import sample_tokens, token_probability
 
 
-def _blocks(masked: Tensor, block_length: int) -> list[tuple[int, int]]:
+def masked_blocks(masked: Tensor, block_length: int) -> list[tuple[int, int]]:
     """[start, end) column ranges of the blocks that contain at least one mask (in any row)."""
     columns = masked.any(0).nonzero().flatten()
     if columns.numel() == 0:
@@ -61,7 +61,7 @@ def confidence_sample(denoise: Denoiser, canvas: Tensor, fixed: Tensor, mask_id:
     step of its block, so no noise-removal call is needed; NFE <= steps.
     """
     x, fixed = prepare_canvas(canvas, fixed, mask_id)
-    blocks = _blocks(x == mask_id, options.block_length)
+    blocks = masked_blocks(x == mask_id, options.block_length)
     plan = _steps_per_block(options.steps, len(blocks), options.block_length) if blocks else []
     nfe, steps_run = 0, 0
     with progress_bar(sum(plan), options) as bar:

@@ -12,6 +12,7 @@
 | first-hitting | exact, one token per step (steps ignored) | temperature, top_k, top_p |
 | confidence | LLaDA top-k confidence with semi-AR blocks | steps, block_length, temperature, top_k, top_p |
 | remdm-cap | ReMDM remasking, sigma_t = min(eta, sigma_max) | steps, eta, temperature, top_k, top_p |
+| parallel | Fast-dLLM threshold: every position above threshold per step (steps ignored) | threshold, block_length, temperature, top_k, top_p |
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from diffmamba.sampling.base import (
 )
 from diffmamba.sampling.confidence import confidence_sample
 from diffmamba.sampling.first_hitting import first_hitting_sample
+from diffmamba.sampling.parallel import parallel_sample
 from diffmamba.sampling.remdm import remdm_cap_sample
 
 Sampler = Callable[[Denoiser, Tensor, Optional[Tensor], int, SamplerOptions, torch.Generator], SampleResult]
@@ -36,7 +38,9 @@ SAMPLERS: dict[str, Sampler] = {
     "first-hitting": first_hitting_sample,
     "confidence": confidence_sample,
     "remdm-cap": remdm_cap_sample,
+    "parallel": parallel_sample,
 }
+UNSTEPPED = ("first-hitting", "parallel")  # samplers that ignore ``options.steps``
 
 
 def get_sampler(name: str) -> Sampler:

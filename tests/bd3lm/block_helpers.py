@@ -1,5 +1,7 @@
-"""Helpers for the block-diffusion tests: tiny float64 models, scan inputs, state comparisons."""
+"""Helpers for the block-diffusion tests: tiny float64 models, scan inputs, state comparisons, micro
+training runs."""
 import math
+import random
 
 import torch
 
@@ -61,3 +63,25 @@ def assert_logits_close(got, want, tol=1e-10):
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     finite = torch.isfinite(want)
     torch.testing.assert_close(got[finite], want[finite], rtol=tol, atol=tol)
+
+
+def micro_run_overrides(root, words: list[str], **values) -> list[str]:
+    """KEY=VALUE overrides for a micro training run (1 layer, 32 tokens) on a small pseudo-English
+    corpus of ``words`` written under ``root`` with its own BPE tokenizer; ``values`` add or replace
+    overrides (dotted keys spelled with ``__``, e.g. ``objective__block_size=8``)."""
+    from diffmamba.data.tokenizer import train_bpe
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 40))) for _ in range(120)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(texts) + "\n")
+    train_bpe(texts, vocab_size=300, show_progress=False).save(str(root / "tokenizer"))
+    overrides = {
+        "model.d_model": 32, "model.n_layers": 1, "model.headdim": 16, "model.d_state": 16, "model.chunk_size": 16,
+        "data.source": corpus, "data.tokenizer": root / "tokenizer", "data.cache_dir": root / "cache",
+        "data.seq_len": 32, "data.num_proc": 1, "data.val_fraction": 0.1,
+        "train.global_batch_size": 4, "train.micro_batch_size": 2, "train.warmup_steps": 1,
+        "train.eval_batches": 1, "train.log_every": 1, "train.ema": 0.9,
+        **{key.replace("__", "."): value for key, value in values.items()},
+    }
+    return [f"{k}={v}" for k, v in overrides.items()]

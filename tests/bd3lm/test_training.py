@@ -2,10 +2,10 @@
 import json
 import math
 import os
-import random
 
 import pytest
 
+from block_helpers import micro_run_overrides
 from diffmamba.cli import main as cli_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,23 +15,8 @@ WORDS = "a block of text is masked and the state of the scan carries the clean p
 @pytest.fixture(scope="module")
 def micro_run_args(tmp_path_factory):
     """Overrides for a micro run (1 layer, 32 tokens) on a small pseudo-English corpus."""
-    from diffmamba.data.tokenizer import train_bpe
-
-    root = tmp_path_factory.mktemp("block-train")
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 40))) for _ in range(120)]
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(texts) + "\n")
-    train_bpe(texts, vocab_size=300, show_progress=False).save(str(root / "tokenizer"))
-    values = {
-        "model.d_model": 32, "model.n_layers": 1, "model.headdim": 16, "model.d_state": 16, "model.chunk_size": 16,
-        "data.source": corpus, "data.tokenizer": root / "tokenizer", "data.cache_dir": root / "cache",
-        "data.seq_len": 32, "data.num_proc": 1, "data.val_fraction": 0.1,
-        "train.global_batch_size": 4, "train.micro_batch_size": 2, "train.warmup_steps": 1,
-        "train.eval_batches": 1, "train.log_every": 1, "train.ema": 0.9,
-        "objective.name": "block_diffusion", "objective.block_size": 8,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
+    return micro_run_overrides(tmp_path_factory.mktemp("block-train"), WORDS, objective__name="block_diffusion",
+                               objective__block_size=8)
 
 
 def train_command(out, overrides, *options):

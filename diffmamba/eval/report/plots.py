@@ -92,7 +92,8 @@ def pareto_points(results: dict) -> list[dict]:
         if r.get("mode") == "reference" or r.get("task") != "unconditional" or not finite(r.get("gen_ppl")):
             continue
         match = [s for s in speed if s["system"] == r["system"] and s.get("sampler") == r.get("sampler")
-                 and s.get("steps") == r.get("steps") and s["length"] == r.get("length")]
+                 and s.get("steps") == r.get("steps") and s.get("threshold") == r.get("threshold")
+                 and s["length"] == r.get("length")]
         if not match:
             continue
         s = max(match, key=lambda s: s["batch_size"])

@@ -1,0 +1,203 @@
+"""Lossless self-speculative decoding: the block denoiser drafts, AR mode on the same weights verifies.
+
+    result = speculative_generate(model, prompt, max_new_tokens=128, generator=g, draft_len=7)
+
+For a ``dual`` checkpoint (``diffmamba.objectives.dual``), whose denoiser was trained on blocks
+that follow the AR state of their prefix. Per row the decoder holds S, the AR state after every committed
+token but the last, and that last token c (committed, not yet scanned). One round:
+
+1. **Draft** k tokens: the block [c, MASK x k] is denoised from S,
+   ``model(block, mode="diffusion", fwd_states=S)`` — one call, or ``draft_steps`` calls that fill
+   the k positions in contiguous left-to-right groups (each group drawn from the call that sees
+   the groups before it). Left to right keeps the draft exact for the rule below: token i is drawn
+   from q_i, a distribution that depends only on the draft tokens before it.
+2. **Score** all of them in ONE chunked AR scan from S: ``model.prefill([c, d_1..d_k], S)`` gives
+   p_1..p_{k+1}, the AR next-token distributions after c, d_1, ..., d_k (temperature / top-k /
+   top-p applied exactly as ``ar_generate`` applies them).
+3. **Accept** (speculative sampling, Leviathan et al. / Chen et al.): d_i is kept with probability
+   min(1, p_i(d_i) / q_i(d_i)); at the first rejection, the token is redrawn from
+   norm(max(0, p_i - q_i)) and the round ends; if all k are kept, a bonus token is drawn from
+   p_{k+1}. Every emitted token is therefore distributed exactly as AR decoding would draw it
+   (with greedy decoding: accepted iff it is AR's argmax, so the output equals greedy AR token for
+   token).
+4. **Advance** exactly: the new S is the AR state after c, d_1..d_j (j accepted). When all k were
+   accepted it is the scoring scan's final state (free); otherwise the rows that accepted j are
+   rescanned from the old S over their j + 1 tokens (one call per distinct j). The emitted last
+   token becomes the new c.
+
+Rows are independent: each accepts its own j, and a row leaves the batch once it has its
+``max_new_tokens`` (extra tokens of its last round are cut, which keeps the law exact). NFE counts
+every network call (drafts, scores, rescans, prompt prefill).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffmamba.core.errors import UserError
+from diffmamba.sampling.base import SampleResult, SamplerOptions, progress_bar
+from diffmamba.sampling.bd3lm import block_denoiser, commit_block
+from diffmamba.sampling.categorical import clean_distribution, gumbel_argmax
+
+
+@dataclass
+class SpeculativeResult(SampleResult):
+    """SampleResult plus acceptance statistics, summed over rows (steps = rounds of the batch)."""
+
+    row_rounds: int = 0  # rounds summed over rows
+    drafted: int = 0  # draft tokens proposed, summed over rows
+    accepted: int = 0  # draft tokens accepted, summed over rows
+
+    @property
+    def tokens_per_round(self) -> float:
+        """Mean tokens a row gains per round (accepted drafts + the corrected / bonus token)."""
+        return (self.accepted + self.row_rounds) / max(self.row_rounds, 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.drafted, 1)
+
+
+# --------------------------------------------------------------------------- per-row states
+
+
+def _take(state: list, rows: Tensor) -> list:
+    """The per-layer states of batch rows ``rows`` (states are NamedTuples of batch-first tensors)."""
+    return [type(s)(*(x[rows] for x in s)) for s in state]
+
+
+def _put(state: list, rows: Tensor, part: list) -> list:
+    """``state`` with the batch rows ``rows`` replaced by ``part`` (new tensors; inputs untouched)."""
+    out = []
+    for s, p in zip(state, part):
+        fields = []
+        for x, y in zip(s, p):
+            x = x.clone()
+            x[rows] = y.to(x.dtype)
+            fields.append(x)
+        out.append(type(s)(*fields))
+    return out
+
+
+# ------------------------------------------------------------------------------------- rounds
+
+
+def _draft(model, last: Tensor, state, k: int, draft_steps: int, options: SamplerOptions,
+           generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
+    """(draft [b, k], q [b, k, V + 1] float64 — the distribution each draft token was drawn from, calls)."""
+    mask_id = model.mask_token_id
+    block = torch.cat((last[:, None], last.new_full((last.shape[0], k), mask_id)), dim=1)
+    q = None
+    denoise = block_denoiser(model, state)  # the dual checkpoint's denoiser from the AR state
+    groups = torch.arange(k).tensor_split(min(draft_steps, k))
+    for group in groups:
+        columns = group + 1
+        logits = denoise(block)[:, columns]
+        probs = clean_distribution(logits, mask_id, options.temperature, options.top_k, options.top_p)
+        q = probs if q is None else torch.cat((q, probs), dim=1)
+        block = block.clone()
+        block[:, columns] = gumbel_argmax(probs, generator) if options.temperature > 0 else probs.argmax(-1)
+    return block[:, 1:], q, len(groups)
+
+
+def _sample(probs: Tensor, options: SamplerOptions, generator: torch.Generator) -> Tensor:
+    return gumbel_argmax(probs, generator) if options.temperature > 0 else probs.argmax(-1)
+
+
+def _residual(p: Tensor, q: Tensor) -> Tensor:
+    """norm(max(0, p - q)) over the last axis; p where that is empty (p == q: a rejection is then impossible)."""
+    rest = (p - q).clamp(min=0)
+    total = rest.sum(-1, keepdim=True)
+    return torch.where(total > 0, rest / total.clamp(min=1e-300), p)
+
+
+@torch.no_grad()
+def speculative_generate(
+    model, prompt: Tensor, max_new_tokens: int, generator: torch.Generator, *, draft_len: int,
+    draft_steps: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "speculative",
+) -> SpeculativeResult:
+    """Sample ``max_new_tokens`` after ``prompt`` [B, P] (P >= 1), with AR decoding's exact law.
+
+    draft_len: k, draft tokens per round (the draft block is k + 1 tokens: the last committed token
+        and k masks; ``k + 1 = objective.block_size`` matches training). draft_steps: denoiser calls
+        per draft, 1..k. Other arguments as ``diffmamba.sampling.ar.ar_generate``.
+
+    Returns SpeculativeResult(tokens [B, P + max_new_tokens], nfe, steps = rounds, acceptance stats).
+    """
+    if prompt.dim() != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"prompt must be [B, P] with P >= 1 (e.g. a single EOS token), got {tuple(prompt.shape)}")
+    if draft_len < 1:
+        raise UserError(f"--draft-len must be >= 1, got {draft_len}; e.g. --draft-len 7")
+    if not 1 <= draft_steps <= draft_len:
+        raise UserError(f"--draft-steps must be in [1, --draft-len = {draft_len}], got {draft_steps}")
+    if max_new_tokens < 0 or prefill_chunk < 1:
+        raise ValueError("max_new_tokens must be >= 0 and prefill_chunk >= 1")
+    options = SamplerOptions(temperature=temperature, top_k=top_k, top_p=top_p)  # validates the knobs
+    mask_id = model.mask_token_id
+    batch, device = prompt.shape[0], prompt.device
+    out = torch.empty(batch, max_new_tokens + draft_len + 1, dtype=prompt.dtype, device=device)
+    length = torch.zeros(batch, dtype=torch.long, device=device)
+    result = SpeculativeResult(prompt, 0, 0)
+    state = None
+    if prompt.shape[1] > 1:
+        for chunk in prompt[:, :-1].split(prefill_chunk, dim=1):
+            state = commit_block(model, chunk, state, ar_prefix=True)  # the AR state, no head
+            result.nfe += 1
+    last = prompt[:, -1]
+    active = torch.arange(batch, device=device)  # rows still generating; ``state`` / ``last`` hold only these
+    with progress_bar(max_new_tokens, SamplerOptions(progress=progress, progress_desc=progress_desc)) as bar:
+        while active.numel() and max_new_tokens:
+            need = max_new_tokens - length[active]  # >= 1
+            k = int(min(draft_len, int(need.max()) - 1))
+            if k:
+                draft, q, calls = _draft(model, last, state, k, min(draft_steps, k), options, generator)
+                result.nfe += calls
+            else:
+                draft = last.new_empty(last.shape[0], 0)
+            logits, full_state = model.prefill(torch.cat((last[:, None], draft), dim=1), state)
+            result.nfe += 1
+            p = clean_distribution(logits, mask_id, temperature, top_k, top_p)  # [a, k + 1, V + 1]
+            rows = torch.arange(active.numel(), device=device)
+            if k:
+                p_draft = p[:, :k].gather(-1, draft[..., None]).squeeze(-1)
+                q_draft = q.gather(-1, draft[..., None]).squeeze(-1)
+                u = torch.rand(draft.shape, dtype=torch.float64, generator=generator, device=device)
+                keep = u * q_draft < p_draft  # u < min(1, p / q); q > 0 at a drawn token
+                accepted = keep.long().cumprod(dim=1).sum(dim=1)  # [a]: leading accepts j
+                q_pad = torch.cat((q, torch.zeros_like(q[:, :1])), dim=1)  # bonus: residual of p and 0 = p
+            else:
+                accepted = torch.zeros_like(rows)
+                q_pad = torch.zeros_like(p)
+            p_j, q_j = p[rows, accepted], q_pad[rows, accepted]
+            final = _sample(_residual(p_j, q_j), options, generator)  # [a]: correction, or bonus when j = k
+            emitted = torch.cat((draft, final[:, None]), dim=1).clone()
+            emitted[rows, accepted] = final
+            columns = torch.arange(k + 1, device=device)
+            write = columns[None] <= accepted[:, None]  # the j accepted drafts, then ``final``
+            target_rows = active[:, None].expand(-1, k + 1)[write]
+            out[target_rows, (length[active][:, None] + columns[None]).expand_as(write)[write]] = emitted[write]
+            length[active] += accepted + 1
+            result.row_rounds += active.numel()
+            result.drafted += k * active.numel()
+            result.accepted += int(accepted.sum())
+            result.steps += 1
+            # Advance: full acceptance keeps the scan's final state; other rows rescan [c, d_1..d_j].
+            scanned = torch.cat((last[:, None], draft), dim=1)
+            new_state = full_state
+            for j in accepted[accepted < k].unique().tolist():
+                group = (accepted == j).nonzero().flatten()
+                new_state = _put(new_state, group, commit_block(model, scanned[group, : j + 1],
+                                                                None if state is None else _take(state, group),
+                                                                ar_prefix=True))
+                result.nfe += 1
+            state, last = new_state, final
+            running = length[active] < max_new_tokens
+            bar.update(int(length.clamp(max=max_new_tokens).min()) - bar.n)
+            if not running.all():
+                keep_rows = running.nonzero().flatten()
+                active, last, state = active[keep_rows], last[keep_rows], _take(state, keep_rows)
+    result.tokens = torch.cat((prompt, out[:, :max_new_tokens]), dim=1)
+    return result

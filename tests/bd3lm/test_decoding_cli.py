@@ -1,0 +1,80 @@
+"""`diffmamba sample` with the parallel sampler and --mode speculative, end to end on tiny checkpoints,
+and their one-line errors."""
+import json
+
+import pytest
+
+from checkpoint_helpers import write_checkpoint
+from diffmamba.cli import main
+from diffmamba.config import DataConfig, ObjectiveConfig
+from diffmamba.data.tokenizer import train_bpe
+
+TEXTS = ["The cat sat on the mat. The dog sat on the log."] * 40 + ["A quick brown fox jumps over a lazy dog."] * 40
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoding_cli")
+    tokenizer = train_bpe(TEXTS, vocab_size=300, show_progress=False)
+    data = DataConfig(seq_len=64)
+    return {name: write_checkpoint(str(root / name), tokenizer, data, objective, max_seq_len=64)
+            for name, objective in [("dual", ObjectiveConfig(name="dual", block_size=8)),
+                                    ("diffusion", ObjectiveConfig(name="diffusion"))]}
+
+
+def sample(capsys, *argv):
+    code = main(["sample", "--no-progress", "--device", "cpu", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_parallel_sampler_plain_and_in_blocks(checkpoints, capsys, tmp_path):
+    output = tmp_path / "p.jsonl"
+    code, out, err = sample(capsys, "--checkpoint", checkpoints["diffusion"], "--sampler", "parallel", "--threshold",
+                            "0.5", "--prompt", "The cat", "--length", "16", "--stats", "--output", str(output))
+    assert code == 0, err
+    record = records(output)[0]
+    assert record["sampler"] == "parallel" and record["threshold"] == 0.5 and record["steps"] is None
+    assert 1 <= record["nfe"] <= record["generated_tokens"] and record["text"].startswith("The cat")
+    code, out, err = sample(capsys, "--checkpoint", checkpoints["dual"], "--mode", "block", "--sampler", "parallel",
+                            "--prompt", "The cat", "--length", "24", "--output", str(output))
+    assert code == 0 and "note" not in err, err
+    assert records(output)[0]["block_size"] == 8
+
+
+def test_speculative_greedy_equals_ar_greedy_from_the_command_line(checkpoints, capsys, tmp_path):
+    common = ["--checkpoint", checkpoints["dual"], "--prompt", "The dog", "--length", "20", "--temperature", "0",
+              "--num-samples", "2"]
+    code, ar_out, err = sample(capsys, *common, "--mode", "ar")
+    assert code == 0, err
+    output = tmp_path / "s.jsonl"
+    code, out, err = sample(capsys, *common, "--mode", "speculative", "--draft-steps", "2", "--stats",
+                            "--output", str(output))
+    assert code == 0, err
+    assert [r["tokens"] for r in records(output)] and out.split("stats:")[0] == ar_out
+    assert "tokens_per_round=" in out and "acceptance=" in out
+    assert records(output)[0]["draft_len"] == 7 and records(output)[0]["draft_steps"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sampler", "parallel", "--threshold", "1.5"], "threshold must be in (0, 1]"),
+    (["--sampler", "parallel", "--threshold", "0"], "threshold must be in (0, 1]"),
+    (["--mode", "ar", "--draft-len", "4"], "--draft-len / --draft-steps apply to --mode speculative"),
+    (["--mode", "speculative", "--draft-len", "0"], "--draft-len must be >= 1"),
+    (["--mode", "speculative", "--draft-len", "2", "--draft-steps", "3"], "--draft-steps must be in"),
+    (["--mode", "speculative", "--sampler", "parallel"], "--sampler applies to --mode diffusion or block"),
+    (["--mode", "speculative", "--prompt", "The [MASK:2] cat"], "--mode speculative can only continue a prefix"),
+])
+def test_bad_flags_get_one_line(checkpoints, capsys, argv, message):
+    code, _, err = sample(capsys, "--checkpoint", checkpoints["dual"], "--length", "12", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_speculative_refuses_a_checkpoint_that_cannot_draft(checkpoints, capsys):
+    code, _, err = sample(capsys, "--checkpoint", checkpoints["diffusion"], "--mode", "speculative", "--length", "12")
+    assert code == 2 and "needs a checkpoint trained with --objective dual" in err
+    assert "objective 'diffusion'" in err and len(err.strip().splitlines()) == 1

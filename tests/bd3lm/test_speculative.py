@@ -1,0 +1,97 @@
+"""Self-speculative decoding is lossless: greedy equals greedy AR token for token, and sampled
+continuations follow AR's exact joint distribution (a chi-square test a wrong rule fails)."""
+import itertools
+
+import pytest
+import torch
+
+import diffmamba.sampling.speculative as speculative
+from block_helpers import tiny_model
+from diffmamba.core.errors import UserError
+from diffmamba.sampling.ar import ar_generate
+from diffmamba.sampling.categorical import clean_distribution
+from diffmamba.sampling.speculative import speculative_generate
+
+CHI2_LIMIT = 110.0  # 63 degrees of freedom: P(chi2 > 110) ~ 2e-4; the wrong rule below scores ~800
+
+
+def sharp_model(vocab_size, seed, scale=6.0):
+    """A random float64 model whose distributions are far from uniform (a larger embedding scales the
+    tied head), so AR mode and the untrained drafter disagree often and a wrong rule is visible."""
+    model = tiny_model(vocab_size=vocab_size, seed=seed)
+    with torch.no_grad():
+        model.embedding.weight.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_speculative_equals_greedy_ar(seed):
+    model = sharp_model(4, seed)
+    drafted = accepted = 0
+    for prompt_length, k, steps in [(1, 1, 1), (4, 3, 1), (4, 3, 2), (2, 6, 3)]:
+        prompt = torch.randint(0, 4, (3, prompt_length), generator=torch.Generator().manual_seed(seed + k))
+        want = ar_generate(model, prompt, 11, torch.Generator(), temperature=0)
+        got = speculative_generate(model, prompt, 11, torch.Generator(), draft_len=k, draft_steps=steps, temperature=0)
+        assert torch.equal(got.tokens, want.tokens), (prompt_length, k, steps)
+        drafted, accepted = drafted + got.drafted, accepted + got.accepted
+    assert 0 < accepted < drafted  # both the accept and the reject paths ran
+
+
+def test_nfe_counts_every_network_call_and_rows_finish_exactly():
+    model = sharp_model(4, 0)
+    calls = []
+    handle = model.embedding.register_forward_pre_hook(lambda _, args: calls.append(1))
+    try:
+        result = speculative_generate(model, torch.zeros(5, 3, dtype=torch.long), 9, torch.Generator().manual_seed(1),
+                                      draft_len=3, draft_steps=2)
+    finally:
+        handle.remove()
+    assert result.nfe == len(calls) and result.tokens.shape == (5, 12)
+    assert result.row_rounds >= 5 * 9 / 4 and 1 <= result.tokens_per_round <= 4
+
+
+def exact_joint(model, n, temperature=1.0, top_p=1.0):
+    """AR's joint distribution over all V^n continuations of the prompt [0] (float64 [V^n])."""
+    vocab = model.config.vocab_size
+    seqs = torch.tensor(list(itertools.product(range(vocab), repeat=n)))
+    with torch.no_grad():
+        logits = model(torch.cat((torch.zeros(len(seqs), 1, dtype=torch.long), seqs), dim=1), mode="ar")
+    probs = clean_distribution(logits[:, :-1], model.mask_token_id, temperature, 0, top_p)
+    return probs.gather(-1, seqs[..., None]).squeeze(-1).prod(1)
+
+
+def chi_square(model, n, samples, **knobs):
+    joint = exact_joint(model, n, knobs.get("temperature", 1.0), knobs.get("top_p", 1.0))
+    result = speculative_generate(model, torch.zeros(samples, 1, dtype=torch.long), n,
+                                  torch.Generator().manual_seed(0), draft_len=2, **knobs)
+    vocab = model.config.vocab_size
+    index = (result.tokens[:, 1:] * vocab ** torch.arange(n - 1, -1, -1)).sum(1)
+    counts = torch.bincount(index, minlength=vocab ** n).double()
+    expected = joint * samples
+    support = expected > 0
+    assert counts[~support].sum() == 0, "a continuation AR gives probability 0 was sampled"
+    return float(((counts - expected)[support] ** 2 / expected[support]).sum()), result
+
+
+@pytest.mark.parametrize("knobs", [{}, {"temperature": 0.8, "top_p": 0.9}])
+def test_sampled_continuations_follow_the_exact_ar_joint(knobs):
+    model = sharp_model(4, 1)
+    statistic, result = chi_square(model, 3, 3000, **knobs)
+    assert statistic < CHI2_LIMIT
+    assert 0.2 < result.acceptance_rate < 0.95  # drafts are both kept and rejected
+
+
+def test_the_test_rejects_a_wrong_rule(monkeypatch):
+    """Redrawing a rejected token from p instead of norm(max(0, p - q)) biases towards the draft."""
+    monkeypatch.setattr(speculative, "_residual", lambda p, q: p)
+    statistic, _ = chi_square(sharp_model(4, 1), 3, 3000)
+    assert statistic > CHI2_LIMIT
+
+
+def test_bad_draft_settings_are_user_errors():
+    model = sharp_model(4, 0)
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    with pytest.raises(UserError, match="--draft-len must be >= 1"):
+        speculative_generate(model, prompt, 4, torch.Generator(), draft_len=0)
+    with pytest.raises(UserError, match="--draft-steps must be in"):
+        speculative_generate(model, prompt, 4, torch.Generator(), draft_len=2, draft_steps=3)
