@@ -51,17 +51,6 @@ def block_systems(checkpoints: Sequence[str], block_sizes: Optional[Sequence[int
     return systems
 
 
-def add_block_eval_arguments(parser, parts: tuple) -> None:
-    """``--block``, ``--block-sizes`` (and ``--contexts`` with the speed part) for ``diffmamba eval``."""
-    g = parser.add_argument_group("block diffusion (the L' dial)")
-    g.add_argument("--block", nargs="+", default=None, metavar="CKPT",
-                   help="block-diffusion checkpoints (one per L', trained with --objective block_diffusion)")
-    g.add_argument("--block-sizes", nargs="+", type=int, default=None, metavar="N",
-                   help="evaluate every --block checkpoint at these L' (default: each one's trained size)")
-    if "speed" in parts:
-        g.add_argument("--contexts", nargs="+", type=int, default=None, metavar="N",
-                       help="speed vs context: prompt lengths before generating --length tokens (batch 1), "
-                            "e.g. 64 1024 4096")
 
 
 def apply_block_options(args, opts) -> None:

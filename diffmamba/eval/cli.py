@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 
 from diffmamba.core.errors import UserError
-from diffmamba.eval.bd3lm_options import add_block_eval_arguments, apply_block_options
-from diffmamba.eval.trunks import add_trunk_arguments, apply_trunk_options
-from diffmamba.eval.decoding_options import add_decoding_eval_arguments, apply_decoding_options
+from diffmamba.eval.options import add_block_eval_arguments, add_decoding_eval_arguments, add_trunk_arguments
 
 SUBCOMMANDS = {
     "compare": ("all four evaluations and one report", ("likelihood", "generate", "infill", "speed")),
@@ -116,6 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace):
     from diffmamba.eval.compare import EvalOptions, command_line  # lazy: `diffmamba eval --help` without torch
+    from diffmamba.eval.bd3lm_options import apply_block_options  # lazy: same
+    from diffmamba.eval.decoding_options import apply_decoding_options  # lazy: same
+    from diffmamba.eval.trunks import apply_trunk_options  # lazy: same
 
     diffusion, ar = args.diffusion, args.ar
     if args.checkpoint:

@@ -31,13 +31,6 @@ def dual_systems(checkpoint: str, draft_lens=None) -> list:
                for k in lens])
 
 
-def add_decoding_eval_arguments(parser, parts: tuple) -> None:
-    g = parser.add_argument_group("dual checkpoint (AR, block on AR states, speculative)")
-    g.add_argument("--dual", default=None, metavar="CKPT",
-                   help="a checkpoint trained with --objective dual: adds its AR mode, block diffusion on its AR "
-                        "prefix states and self-speculative decoding to the comparison")
-    g.add_argument("--draft-lens", nargs="+", type=int, default=None, metavar="K",
-                   help="--dual: speculative draft lengths (default: the checkpoint's block size - 1)")
 
 
 def apply_decoding_options(args, opts) -> None:

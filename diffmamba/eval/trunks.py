@@ -71,11 +71,6 @@ def trunk_systems(checkpoints: Sequence[str]) -> list:
                    {"trunk": name, "layers": kinds}) for path, name, kinds in described]
 
 
-def add_trunk_arguments(parser, parts: tuple) -> None:
-    parser.add_argument("--trunks", nargs="+", default=None, metavar="CKPT",
-                        help="diffusion checkpoints of different trunks (Mamba-3, attention, hybrid), compared side "
-                             "by side in diffusion mode; with --contexts also sampling speed and decode-cache bytes "
-                             "against the context length")
 
 
 def apply_trunk_options(args, opts) -> None:

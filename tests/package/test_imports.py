@@ -155,3 +155,21 @@ def test_repo_paths_point_at_the_checkout():
     assert os.path.isfile(os.path.join(REPO_ROOT, "pyproject.toml"))
     assert os.path.isfile(smoke.DEFAULT_CONFIG)
     assert os.path.isfile(quickstart.resolve_config_path("configs/tiny.yaml"))
+
+
+def test_help_of_the_commands_that_promise_it_loads_no_torch():
+    """`diffmamba train|eval|data|tokenizer|quickstart|bench --help` answer at once: no torch import."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from diffmamba.cli import main\n"
+        "for command in ('train', 'eval', 'data', 'tokenizer', 'quickstart', 'bench'):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main([command, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    assert 'torch' not in sys.modules, command + ' --help imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr[-2000:]
