@@ -41,7 +41,7 @@ def test_parallel_sampler_plain_and_in_blocks(checkpoints, capsys, tmp_path):
     assert record["sampler"] == "parallel" and record["threshold"] == 0.5 and record["steps"] is None
     assert 1 <= record["nfe"] <= record["generated_tokens"] and record["text"].startswith("The cat")
     code, out, err = sample(capsys, "--checkpoint", checkpoints["dual"], "--mode", "block", "--sampler", "parallel",
-                            "--prompt", "The cat", "--length", "24", "--output", str(output))
+                            "--prompt", "The cat", "--length", "24", "--output", str(output), "--overwrite")
     assert code == 0 and "note" not in err, err
     assert records(output)[0]["block_size"] == 8
 
