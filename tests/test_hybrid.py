@@ -16,19 +16,10 @@ from diffmamba.objectives.bd3lm import block_diffusion_loss
 from diffmamba.objectives.schedule import make_schedule
 from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.bd3lm import block_sample
-from stream_helpers import sequential_prefix_states
+from stream_helpers import sequential_prefix_states, single_thread  # noqa: F401  (autouse fixture)
 
 V = 11  # tokenizer vocabulary; the mask token is id 11
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "allm_v1")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors on a shared machine: intra-op threads only add contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny(pattern: str, n_layers: int = 2, seed: int = 0, **overrides) -> DiffMamba:
