@@ -82,3 +82,10 @@ def test_shipped_model_configs_load_and_round_trip():
         assert config_from_dict(ModelConfig, to_dict(cfg)) == cfg
     small = load_config(ModelConfig, SMALL)
     assert (small.d_model, small.n_layers, small.headdim, small.d_state, small.vocab_size) == (768, 12, 64, 128, 50257)
+
+
+def test_an_infinite_or_nan_integer_override_is_a_config_error():
+    """`.inf` / `1e999` parse as float infinity, which int() cannot take (found by the override fuzzer)."""
+    for value in (".inf", "1e999", ".nan"):
+        with pytest.raises(ConfigError, match="train.max_steps: expected an integer"):
+            load_config(RunConfig, None, [f"train.max_steps={value}"])
