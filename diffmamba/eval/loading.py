@@ -21,6 +21,7 @@ import torch
 from diffmamba.config import RunConfig, load_config
 from diffmamba.core.device import resolve_device
 from diffmamba.core.errors import UserError
+from diffmamba.core.stepdirs import LATEST, list_checkpoints
 from diffmamba.data.tokenizer import load_tokenizer
 from diffmamba.model import DiffMamba
 
@@ -78,15 +79,12 @@ def _has_model(folder: str) -> bool:
 def find_model_dir(path: str, must_exist: bool = True) -> Optional[str]:
     """The folder with the weights: ``path`` itself, ``path/final``, or the newest ``path/checkpoints/step_*``."""
     candidates = [path, os.path.join(path, "final")]
-    latest = os.path.join(path, "checkpoints", "latest")
+    latest = os.path.join(path, "checkpoints", LATEST)
     if os.path.isfile(latest):
         with open(latest, encoding="utf-8", errors="replace") as f:
             candidates.append(os.path.join(path, "checkpoints", os.path.basename(f.read().strip())))
-    # A dangling or damaged `latest` falls back to the newest step_<N> folder holding a model (the names
-    # train/checkpoint.py gives; importing it here would load the whole training stack for `sample`).
-    root = os.path.join(path, "checkpoints")
-    steps = [e for e in os.listdir(root) if e.startswith("step_") and e[5:].isdigit()] if os.path.isdir(root) else []
-    candidates += [os.path.join(root, e) for e in sorted(steps, key=lambda e: int(e[5:]), reverse=True)]
+    # A dangling or damaged `latest` falls back to the newest step_<N> folder holding a model.
+    candidates += [folder for _, folder in reversed(list_checkpoints(os.path.join(path, "checkpoints")))]
     for c in candidates:
         if os.path.isdir(c) and _has_model(c):
             return c

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -38,14 +37,13 @@ from safetensors import safe_open
 from diffmamba.core import statefile
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import replace_tree, write_json, write_text
+from diffmamba.core.stepdirs import LATEST, list_checkpoints, step_dir_name  # noqa: F401  (re-exported)
 
 try:  # what numpy arrays in an older version's pickles are rebuilt with (see _load_legacy_pickle)
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-STEP_DIR = re.compile(r"^step_(\d{7,})$")
-LATEST = "latest"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state"  # statefile name: rng_state.json + rng_state.safetensors
@@ -57,9 +55,6 @@ RUN_CONFIG = "run_config.yaml"
 REQUIRED = (MODEL_WEIGHTS, "config.json", "tokenizer.json", RUN_CONFIG, TRAINER_STATE)
 STATES = (OPTIMIZER, RNG_STATE)  # each: the statefile pair, or (older checkpoints) its legacy pickle
 
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
 
 
 # ------------------------------------------------------------------------------------------ RNG
@@ -114,17 +109,6 @@ def save_checkpoint(root: str, step: int, write_files: Callable[[str], None], ke
 def write_latest_pointer(root: str, name: str) -> None:
     write_text(os.path.join(root, LATEST), name + "\n", durable=True)
 
-
-def list_checkpoints(root: str) -> list[tuple[int, str]]:
-    """(step, path) of every ``step_*`` folder under root, oldest first (validity not checked)."""
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for entry in os.listdir(root):
-        match = STEP_DIR.match(entry)
-        if match and os.path.isdir(os.path.join(root, entry)):
-            found.append((int(match.group(1)), os.path.join(root, entry)))
-    return sorted(found)
 
 
 def prune_checkpoints(root: str, keep_last: int, keep: str) -> None:
