@@ -48,9 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=None,
                         help="tokens per optimizer step = batch x length, the same for every trunk and length "
                              "(default: 16384 on GPU, 2048 on CPU); must be a multiple of every length")
-    parser.add_argument("--objective", choices=("diffusion", "ar", "block_diffusion"), default="diffusion",
+    parser.add_argument("--objective", choices=("diffusion", "ar", "block_diffusion", "dual"), default="diffusion",
                         help="training loss (default diffusion)")
-    parser.add_argument("--block-size", type=int, default=16, help="L' for --objective block_diffusion (default 16)")
+    parser.add_argument("--block-size", type=int, default=16, help="L' for --objective block_diffusion or dual (default 16)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default 5)")
@@ -99,9 +99,9 @@ def bench_one(cfg, length: int, batch: int, args, device, amp_dtype) -> dict:
     torch.manual_seed(0)
     model = DiffMamba(cfg).to(device).train()
     optimizer = build_optimizer(model, TrainConfig())
-    objective = ObjectiveConfig(name=args.objective, block_size=args.block_size if args.objective == "block_diffusion"
-                                else 0)
-    if objective.name == "block_diffusion" and length % objective.block_size:
+    blocked = args.objective in ("block_diffusion", "dual")
+    objective = ObjectiveConfig(name=args.objective, block_size=args.block_size if blocked else 0)
+    if blocked and length % objective.block_size:
         raise UserError(f"--block-size {objective.block_size} does not divide the length {length}")
     generator = torch.Generator(device=device).manual_seed(0)
 

@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parallel sampler: per step, commit every masked position whose confidence exceeds C "
                              "(and always the most confident one); in (0, 1], 1 = one token per step")
     parser.add_argument("--stop-at-eos", action="store_true",
-                        help="cut each sample's text at its first generated EOS (ar: also stops decoding)")
+                        help="cut each sample's text at its first generated EOS (ar, block, speculative: also stop decoding there)")
     parser.add_argument("--stats", action="store_true", help="print NFE, tokens/s and wall time")
     parser.add_argument("--output", default=None, metavar="FILE.jsonl",
                         help="also write one JSON line per sample (text, ids, NFE, settings); checked before "

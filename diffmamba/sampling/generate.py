@@ -40,7 +40,7 @@ def generate(model, mode: str, canvas: Tensor, fixed: Optional[Tensor], options:
 
     sampler: the diffusion sampler (``diffusion`` and ``block``); block_size: L' (``block``);
     start_id: the token unconditional AR (and speculative) decoding starts from; stop_id: stop a row
-    at its first generated ``stop_id`` (``ar`` and ``block``; None = fixed length); ar_prefix:
+    at its first generated ``stop_id`` (``ar``, ``block``, ``speculative``; None = fixed length); ar_prefix:
     ``block`` conditions on AR-mode prefix states; draft_len / draft_steps: ``speculative``'s k and
     denoiser calls per draft (its result is a ``SpeculativeResult`` with acceptance counts).
     """
@@ -62,7 +62,7 @@ def generate(model, mode: str, canvas: Tensor, fixed: Optional[Tensor], options:
         start, given = _prefix(canvas, fixed, start_id, mode)
         result = speculative_generate(model, start, canvas.shape[1] - given, generator, draft_len=draft_len,
                                       draft_steps=draft_steps, temperature=options.temperature, top_k=options.top_k,
-                                      top_p=options.top_p, progress=options.progress,
+                                      top_p=options.top_p, eos_id=stop_id, progress=options.progress,
                                       progress_desc=options.progress_desc)
         return dataclasses.replace(result, tokens=result.tokens if given else result.tokens[:, 1:])
     raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

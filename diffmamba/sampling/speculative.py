@@ -26,12 +26,14 @@ token but the last, and that last token c (committed, not yet scanned). One roun
    token becomes the new c.
 
 Rows are independent: each accepts its own j, and a row leaves the batch once it has its
-``max_new_tokens`` (extra tokens of its last round are cut, which keeps the law exact). NFE counts
+``max_new_tokens`` (extra tokens of its last round are cut, which keeps the law exact) or, with
+``eos_id``, once it has emitted EOS (padded with EOS after it, as ``ar_generate`` pads). NFE counts
 every network call (drafts, scores, rescans, prompt prefill).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -113,17 +115,29 @@ def _residual(p: Tensor, q: Tensor) -> Tensor:
     return torch.where(total > 0, rest / total.clamp(min=1e-300), p)
 
 
+def _stop_at_eos(out: Tensor, length: Tensor, active: Tensor, emitted: Tensor, write: Tensor, eos_id: int,
+                 max_new_tokens: int) -> None:
+    """Rows of this round that emitted EOS: EOS from there to the end of ``out``, and a length that
+    leaves no room, so the row leaves the batch (in place)."""
+    hit = write & (emitted == eos_id)
+    for r in hit.any(dim=1).nonzero().flatten().tolist():
+        row = int(active[r])
+        out[row, int(length[row]) + int(hit[r].long().argmax()):] = eos_id
+        length[row] = max_new_tokens  # done: the caller's ``+= accepted + 1`` keeps it past the end
+
+
 @torch.no_grad()
 def speculative_generate(
     model, prompt: Tensor, max_new_tokens: int, generator: torch.Generator, *, draft_len: int,
     draft_steps: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-    prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "speculative",
+    eos_id: Optional[int] = None, prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "speculative",
 ) -> SpeculativeResult:
     """Sample ``max_new_tokens`` after ``prompt`` [B, P] (P >= 1), with AR decoding's exact law.
 
     draft_len: k, draft tokens per round (the draft block is k + 1 tokens: the last committed token
         and k masks; ``k + 1 = objective.block_size`` matches training). draft_steps: denoiser calls
-        per draft, 1..k. Other arguments as ``diffmamba.sampling.ar.ar_generate``.
+        per draft, 1..k. eos_id: a row stops at its first emitted EOS and is padded with EOS after
+        it; decoding ends once every row has stopped. Other arguments as ``ar_generate``.
 
     Returns SpeculativeResult(tokens [B, P + max_new_tokens], nfe, steps = rounds, acceptance stats).
     """
@@ -179,6 +193,8 @@ def speculative_generate(
             write = columns[None] <= accepted[:, None]  # the j accepted drafts, then ``final``
             target_rows = active[:, None].expand(-1, k + 1)[write]
             out[target_rows, (length[active][:, None] + columns[None]).expand_as(write)[write]] = emitted[write]
+            if eos_id is not None:  # cut at the first EOS: the tokens before it follow AR's law
+                _stop_at_eos(out, length, active, emitted, write, eos_id, max_new_tokens)
             length[active] += accepted + 1
             result.row_rounds += active.numel()
             result.drafted += k * active.numel()

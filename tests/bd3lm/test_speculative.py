@@ -95,3 +95,18 @@ def test_bad_draft_settings_are_user_errors():
         speculative_generate(model, prompt, 4, torch.Generator(), draft_len=0)
     with pytest.raises(UserError, match="--draft-steps must be in"):
         speculative_generate(model, prompt, 4, torch.Generator(), draft_len=2, draft_steps=3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_greedy_speculative_stops_at_eos_as_ar_does(seed):
+    model = sharp_model(4, seed)
+    prompt = torch.randint(0, 4, (4, 2), generator=torch.Generator().manual_seed(seed))
+    stopped = 0
+    for eos in range(4):
+        want = ar_generate(model, prompt, 12, torch.Generator(), temperature=0, eos_id=eos)
+        got = speculative_generate(model, prompt, 12, torch.Generator(), draft_len=3, temperature=0, eos_id=eos)
+        width = want.tokens.shape[1]  # AR ends early once every row stopped; both pad with EOS after it
+        assert torch.equal(got.tokens[:, :width], want.tokens), eos
+        assert (got.tokens[:, width:] == eos).all()
+        stopped += int((want.tokens[:, 2:] == eos).any(1).sum())
+    assert stopped, "the test needs rows that stop early"
