@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 EXTRAS=${EXTRAS:-test,judge} bash scripts/install.sh
 VENV=${VENV:-.venv}
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# Most tests run on one core (the Triton interpreter, one-thread fixtures), so one pytest worker per
+# core (pytest-xdist) roughly divides the wall time by the core count; WORKERS=0 runs in-process.
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${WORKERS:-auto}" "$@"

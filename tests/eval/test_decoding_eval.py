@@ -9,7 +9,7 @@ from checkpoint_helpers import write_run
 from diffmamba.cli import main
 from diffmamba.core.errors import UserError
 from diffmamba.eval.decoding import split_sampler
-from diffmamba.eval.report.plots import pareto_points
+from diffmamba.eval.report.pareto import pareto_points
 
 
 @pytest.fixture(scope="module")

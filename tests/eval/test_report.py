@@ -4,7 +4,7 @@ import math
 import os
 
 from diffmamba.eval import report
-from diffmamba.eval.report import plots
+from diffmamba.eval.report import pareto
 
 
 def _results(ar_gen=20.0, diff_gen=(60.0, 30.0, 15.0), ar_entropy=4.0, diff_entropy=4.1):
@@ -82,5 +82,25 @@ def test_unstable_timings_are_flagged():
 def test_pareto_front_hand_case():
     pts = [{"tokens_per_s": 10, "gen_ppl": 5}, {"tokens_per_s": 20, "gen_ppl": 6},
            {"tokens_per_s": 5, "gen_ppl": 7}, {"tokens_per_s": 20, "gen_ppl": 9}]
-    front = plots.pareto_front(pts)
+    front = pareto.pareto_front(pts)
     assert front == [pts[0], pts[1]]
+
+
+def test_pareto_section_has_a_table_per_batch_size_and_a_plain_goal_verdict():
+    lines = "\n".join(pareto.pareto_section(_results()))
+    assert "Batch 1:" in lines and "Batch 8:" in lines
+    assert lines.count("**not met**") == 2  # ancestral NFE 16 is faster but 1.5x AR's gen-PPL
+    assert "ancestral: gen-PPL 30.0 (1.50× AR's)" in lines
+    met = "\n".join(pareto.pareto_section(_results(diff_gen=(60.0, 21.0, 15.0))))
+    assert met.count("**met** by diffusion ancestral (2.00× the tokens/s, gen-PPL 21.0") == 2
+    # the same point at a different entropy is not a match: part of its gen-PPL could be blander text
+    blander = "\n".join(pareto.pareto_section(_results(diff_gen=(60.0, 21.0, 15.0), diff_entropy=3.5)))
+    assert "**met**" not in blander and blander.count("**not met**") == 2
+
+
+def test_pareto_points_per_batch_size():
+    res = _results()
+    assert {p["batch_size"] for p in pareto.pareto_points(res)} == {8}  # default: the largest batch
+    ones = pareto.pareto_points(res, 1)
+    assert len(ones) == 4 and {p["batch_size"] for p in ones} == {1}
+    assert [p["tokens_per_s"] for p in pareto.pareto_front(ones)] == [50.0, 100.0, 200.0, 800.0]  # each trades speed for quality

@@ -23,12 +23,12 @@ from typing import Optional
 
 from diffmamba.core.io import write_json, write_text
 from diffmamba.eval.report.bd3lm import dial_section, plot_dial
-from diffmamba.eval.report.plots import plot_gen_ppl_vs_nfe, plot_likelihood, plot_pareto, plot_speed
-from diffmamba.eval.report.tables import (finite, fmt, generation_table, infill_table, likelihood_table,
-                                          speed_table)
+from diffmamba.eval.report.pareto import pareto_section, plot_pareto
+from diffmamba.eval.report.plots import plot_gen_ppl_vs_nfe, plot_likelihood, plot_speed
+from diffmamba.eval.report.tables import (ENTROPY_TOLERANCE, finite, fmt, generation_table, infill_table,
+                                          likelihood_table, speed_table)
 from diffmamba.eval.report.trunks import plot_trunks, trunk_section
 
-ENTROPY_TOLERANCE = 0.3  # nats; larger gaps make a gen-PPL comparison suspect (docs/masked-diffusion.md §3.3)
 UNSTABLE_TIMING = 1.5  # slowest / fastest timed repeat above this marks a speed comparison as noisy
 
 
@@ -217,7 +217,7 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
                   "with unigram entropy (nats, per sample, mean) and distinct-n (unique/total n-grams within a "
                   "sample; corpus = pooled over samples) of the model's token ids. Compare gen-PPL only at matched "
                   "top-p and similar entropy.", "", generation_table(results["generation"]), ""]
-        lines += _plot_line(plots, "gen_ppl_vs_nfe") + _plot_line(plots, "pareto")
+        lines += _plot_line(plots, "gen_ppl_vs_nfe")
     if results.get("infill"):
         lines += ["## Infilling", "", "Middle spans of validation rows are masked. Diffusion sees both sides; AR "
                   "sees the left context only. Accuracy of the generated fill against the original tokens.", "",
@@ -229,6 +229,7 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
                   "tokens/s = batch × generated length / latency.", ""]
         lines += [f"Memory: {lbl}." for lbl in labels if lbl] + ["", speed_table(results["speed"]), ""]
         lines += _plot_line(plots, "speed")
+    lines += pareto_section(results, os.path.basename(plots["pareto"]) if plots.get("pareto") else None)
     lines += dial_section(results, os.path.basename(plots["block_dial"]) if plots.get("block_dial") else None)
     lines += trunk_section(results, os.path.basename(plots["trunks"]) if plots.get("trunks") else None)
     if results.get("notes"):

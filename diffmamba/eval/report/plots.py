@@ -2,7 +2,7 @@
 
 - ``gen_ppl_vs_nfe.png``: gen-PPL against NFE, one line per diffusion sampler (and system), the AR
   gen-PPL as a horizontal line, one panel per (task, top-p); the judge is named in the title.
-- ``pareto.png``: quality-speed trade-off, gen-PPL against tokens/s, with the Pareto front.
+- ``pareto.png``: drawn by ``diffmamba.eval.report.pareto`` with its table.
 - ``likelihood.png``: perplexity bars; bounds drawn hatched, labelled "≤", with ±std error bars.
 - ``speed.png``: tokens/s against batch size per system/sampler/NFE, one panel per length.
 """
@@ -79,67 +79,6 @@ def plot_gen_ppl_vs_nfe(results: dict, path: str):
                          "generative perplexity (lower is better; H = entropy, nats)", f"{task}, top-p {top_p}",
                          legend_fontsize=7)
     fig.suptitle(f"gen-PPL vs NFE, judge: {_judge_name(results)}", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def pareto_points(results: dict) -> list[dict]:
-    """Join unconditional generation rows with speed rows of the same system, sampler and steps at the
-    generation length, taking the largest batch measured; one point per generation row that has one."""
-    speed = results.get("speed", [])
-    points = []
-    for r in results.get("generation", []):
-        if r.get("mode") == "reference" or r.get("task") != "unconditional" or not finite(r.get("gen_ppl")):
-            continue
-        match = [s for s in speed if s["system"] == r["system"] and s.get("sampler") == r.get("sampler")
-                 and s.get("steps") == r.get("steps") and s.get("threshold") == r.get("threshold")
-                 and s["length"] == r.get("length")]
-        if not match:
-            continue
-        s = max(match, key=lambda s: s["batch_size"])
-        points.append({"system": r["system"], "mode": r.get("mode"), "sampler": r.get("sampler"), "nfe": r.get("nfe"),
-                       "entropy": r.get("entropy"),
-                       "top_p": r.get("top_p"), "gen_ppl": r["gen_ppl"], "tokens_per_s": s["tokens_per_s"],
-                       "batch_size": s["batch_size"], "length": s["length"]})
-    return points
-
-
-def pareto_front(points: list[dict]) -> list[dict]:
-    """Points not dominated by another that is at least as fast and at least as good (and better in one)."""
-    front = []
-    for p in points:
-        dominated = any(q is not p and q["tokens_per_s"] >= p["tokens_per_s"] and q["gen_ppl"] <= p["gen_ppl"]
-                        and (q["tokens_per_s"] > p["tokens_per_s"] or q["gen_ppl"] < p["gen_ppl"]) for q in points)
-        if not dominated:
-            front.append(p)
-    return sorted(front, key=lambda p: p["tokens_per_s"])
-
-
-def plot_pareto(results: dict, path: str):
-    points = pareto_points(results)
-    if not points:
-        return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    groups = sorted({(p["system"], p["sampler"]) for p in points})
-    for i, (system, sampler) in enumerate(groups):
-        g = [p for p in points if (p["system"], p["sampler"]) == (system, sampler)]
-        ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
-                   s=40, label=f"{system}: {sampler}")
-        for p in g:
-            label = (f"NFE {p['nfe']:g}" if finite(p.get("nfe")) else "") + \
-                (f", H {p['entropy']:.2f}" if finite(p.get("entropy")) else "")
-            ax.annotate(label, (p["tokens_per_s"], p["gen_ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(points)
-    ax.plot([p["tokens_per_s"] for p in front], [p["gen_ppl"] for p in front], color="gray", linewidth=1,
-            linestyle="-", label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"tokens/s (batch {max(p['batch_size'] for p in points)}, unconditional; higher is better)")
-    ax.set_ylabel("gen-PPL (lower is better)")
-    ax.set_title(f"quality vs speed (H = unigram entropy, nats)\njudge: {_judge_name(results)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+ENTROPY_TOLERANCE = 0.3  # nats; larger gaps make a gen-PPL comparison suspect (docs/masked-diffusion.md §3.3)
+
 
 def finite(x) -> bool:
     """A real, finite number (rows hold None or nan where a measurement is missing)."""
