@@ -77,8 +77,9 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
                    generator: torch.Generator, prompt: Optional[torch.Tensor] = None,
                    eos_id: Optional[int] = None, progress: bool = False):
-    """One batch: returns (tokens [B, P + length] including the prompt, nfe). Block diffusion steps
-    are per block (None = one per block token); every mode generates exactly ``length`` tokens."""
+    """One batch: returns (tokens [B, P + length] including the prompt, nfe, stats). Block diffusion
+    steps are per block (None = one per block token); every mode generates exactly ``length`` tokens.
+    stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty."""
     block_size = system.settings.get("block_size")
     block_size = None if block_size is None else int(block_size)
     default_steps = block_size if system.mode == "block" else length
@@ -91,7 +92,10 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     result = generate_tokens(model, system.mode, canvas, fixed, options, generator, sampler=setting.sampler,
                              block_size=block_size, start_id=eos_id, ar_prefix=bool(settings.get("ar_prefix")),
                              draft_len=settings.get("draft_len"), draft_steps=int(settings.get("draft_steps", 1)))
-    return result.tokens, result.nfe
+    stats = {}
+    if hasattr(result, "acceptance_rate"):  # a SpeculativeResult
+        stats = {"acceptance": result.acceptance_rate, "tokens_per_round": result.tokens_per_round}
+    return result.tokens, result.nfe, stats
 
 
 def generate(model, system: System, setting: GenSetting, num_samples: int, length: int, batch_size: int,
@@ -104,7 +108,7 @@ def generate(model, system: System, setting: GenSetting, num_samples: int, lengt
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b)
         prompt = prompts[start:start + n].to(device) if prompts is not None else None
         with amp() if amp else contextlib.nullcontext():
-            tokens, nfe = generate_batch(model, system, setting, n, length, gen, prompt, eos_id)
+            tokens, nfe, _ = generate_batch(model, system, setting, n, length, gen, prompt, eos_id)
         P = 0 if prompt is None else prompt.shape[1]
         out.tokens += [row[P:].tolist() for row in tokens.cpu()]
         out.nfe.append(nfe)

@@ -186,7 +186,7 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
 
         timing = measure(run, device, warmup=warmup, repeats=repeats)
         extra = {"system": system.name, "mode": system.mode, **setting.as_dict(), "nfe": float(timing.result[1]),
-                 "prompt_length": prompt_len, **system.settings}
+                 "prompt_length": prompt_len, **system.settings, **timing.result[2]}
         if system.is_ar and prompt is not None:
             def prefill():
                 with amp() if amp else contextlib.nullcontext(), torch.no_grad():

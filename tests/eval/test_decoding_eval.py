@@ -41,6 +41,11 @@ def test_compare_with_a_dual_checkpoint(tiny_ckpts, dual_run, tiny_hf_judge, tmp
     assert ("speculative k=3 (dual)", "speculative", None, 2) in speed
     assert ("block L'=8 (dual)", "parallel", 0.5, 1) in speed
     assert all(r["nfe"] >= 1 for r in results["speed"])
+    for r in results["speed"]:  # speculative rows carry their acceptance, the others none
+        spec = r["mode"] == "speculative"
+        assert ("acceptance" in r) == spec and ("tokens_per_round" in r) == spec
+        if spec:
+            assert 0 <= r["acceptance"] <= 1 and 1 <= r["tokens_per_round"] <= 4  # k = 3: at most 3 drafts + 1
     points = {(p["system"], p["sampler"]) for p in pareto_points(results)}
     assert ("speculative k=3 (dual)", "speculative") in points and ("block L'=8 (dual)", "parallel") in points
     assert os.path.getsize(os.path.join(out, "pareto.png")) > 1000

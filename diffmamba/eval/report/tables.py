@@ -88,9 +88,16 @@ def speed_table(rows: list[dict]) -> str:
     for r in rows:
         body.append([r["system"], r.get("sampler", "-"), fmt(r.get("steps")), fmt(r.get("nfe")), r["batch_size"],
                      r["length"], fmt(r["tokens_per_s"]), fmt(r["latency_s"]), fmt(r.get("prefill_s")),
-                     fmt(r["peak_mem_mib"]), r.get("repeats", "-")])
+                     fmt(r["peak_mem_mib"]), r.get("repeats", "-"), _acceptance(r)])
     return table(["system", "sampler", "steps", "NFE", "batch", "length", "tokens/s", "latency/seq (s, median)",
-                  "prefill (s)", "peak mem (MiB)", "repeats"], body)
+                  "prefill (s)", "peak mem (MiB)", "repeats", "tokens/round (acceptance)"], body)
+
+
+def _acceptance(r: dict) -> str:
+    """Speculative decoding's mean tokens per round and draft acceptance rate; '-' for other modes."""
+    if "tokens_per_round" not in r:
+        return "-"
+    return f"{fmt(r['tokens_per_round'])} ({fmt(r.get('acceptance'))})"
 
 
 # ---------------------------------------------------------------------------------- summary
