@@ -32,6 +32,7 @@ from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.canvas import prompt_canvas
 from diffmamba.sampling.generate import generate as generate_tokens
 from diffmamba.sampling.registry import UNSTEPPED
+from diffmamba.sampling.speculative import SpeculativeResult
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
                              block_size=block_size, start_id=eos_id, ar_prefix=bool(settings.get("ar_prefix")),
                              draft_len=settings.get("draft_len"), draft_steps=int(settings.get("draft_steps", 1)))
     stats = {}
-    if hasattr(result, "acceptance_rate"):  # a SpeculativeResult
+    if isinstance(result, SpeculativeResult):
         stats = {"acceptance": result.acceptance_rate, "tokens_per_round": result.tokens_per_round}
     return result.tokens, result.nfe, stats
 

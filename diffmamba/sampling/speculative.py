@@ -100,7 +100,7 @@ def _draft(model, last: Tensor, state, k: int, draft_steps: int, options: Sample
         probs = clean_distribution(logits, mask_id, options.temperature, options.top_k, options.top_p)
         q = probs if q is None else torch.cat((q, probs), dim=1)
         block = block.clone()
-        block[:, columns] = gumbel_argmax(probs, generator) if options.temperature > 0 else probs.argmax(-1)
+        block[:, columns] = _sample(probs, options, generator)
     return block[:, 1:], q, len(groups)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from diffmamba.eval.report.plots import MARKERS, pyplot, save_figure
+from diffmamba.eval.report.plots import MARKERS, judge_name, pyplot, save_figure
 from diffmamba.eval.report.tables import ENTROPY_TOLERANCE, finite, fmt, table
 
 GOAL_PPL_SLACK = 0.10  # gen-PPL within 10% of AR's
@@ -22,24 +22,31 @@ _SAME_SETTING = ("system", "sampler", "steps", "threshold")
 
 
 def pareto_points(results: dict, batch_size: Optional[int] = None) -> list[dict]:
-    """One point per (unconditional generation row, batch size with a matching speed row); only the
-    largest batch measured when ``batch_size`` is None."""
+    """One point per (unconditional generation row, speed row of that batch size); only the largest
+    batch measured when ``batch_size`` is None."""
     speed = results.get("speed", [])
     points = []
     for r in results.get("generation", []):
         if r.get("mode") == "reference" or r.get("task") != "unconditional" or not finite(r.get("gen_ppl")):
             continue
-        match = [s for s in speed if all(s.get(k) == r.get(k) for k in _SAME_SETTING) and s["length"] == r.get("length")]
-        if batch_size is None and match:
+        match = [s for s in speed
+                 if all(s.get(k) == r.get(k) for k in _SAME_SETTING) and s["length"] == r.get("length")]
+        if batch_size is not None:
+            match = [s for s in match if s["batch_size"] == batch_size]
+        elif match:
             match = [max(match, key=lambda s: s["batch_size"])]
-        for s in match:
-            if batch_size is not None and s["batch_size"] != batch_size:
-                continue
-            points.append({"system": r["system"], "mode": r.get("mode"), "sampler": r.get("sampler"),
-                           "nfe": r.get("nfe"), "entropy": r.get("entropy"), "top_p": r.get("top_p"),
-                           "threshold": r.get("threshold"), "gen_ppl": r["gen_ppl"],
-                           "tokens_per_s": s["tokens_per_s"], "batch_size": s["batch_size"], "length": s["length"]})
+        points += [{"system": r["system"], "mode": r.get("mode"), "sampler": r.get("sampler"), "nfe": r.get("nfe"),
+                    "entropy": r.get("entropy"), "top_p": r.get("top_p"), "threshold": r.get("threshold"),
+                    "gen_ppl": r["gen_ppl"], "tokens_per_s": s["tokens_per_s"], "batch_size": s["batch_size"],
+                    "length": s["length"]} for s in match]
     return points
+
+
+def points_by_batch(results: dict) -> dict[int, list[dict]]:
+    """{batch size: its points}, ascending, for the batch sizes that have any."""
+    sizes = sorted({s["batch_size"] for s in results.get("speed", [])})
+    by_batch = {b: pareto_points(results, b) for b in sizes}
+    return {b: points for b, points in by_batch.items() if points}
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
@@ -51,15 +58,6 @@ def pareto_front(points: list[dict]) -> list[dict]:
         if not dominated:
             front.append(p)
     return sorted(front, key=lambda p: p["tokens_per_s"])
-
-
-def _batch_sizes(results: dict) -> list[int]:
-    return sorted({p["batch_size"] for p in _all_points(results)})
-
-
-def _all_points(results: dict) -> list[dict]:
-    sizes = sorted({s["batch_size"] for s in results.get("speed", [])})
-    return [p for b in sizes for p in pareto_points(results, b)]
 
 
 def _setting(p: dict) -> str:
@@ -100,8 +98,8 @@ def goal_lines(points: list[dict]) -> list[str]:
 
 def pareto_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
     """Markdown lines: per batch size, the points sorted by tokens/s with the front marked, then the goal check."""
-    sizes = _batch_sizes(results)
-    if not sizes:
+    by_batch = points_by_batch(results)
+    if not by_batch:
         return []
     lines = ["## Quality vs speed (Pareto)", "",
              "Each unconditional generation setting joined with its decoding speed at each batch size (same "
@@ -110,8 +108,7 @@ def pareto_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
              f"system's tokens/s with gen-PPL within {round(100 * GOAL_PPL_SLACK)}% of that AR's, at the same top-p "
              f"and entropy within {ENTROPY_TOLERANCE} nats.", ""]
     verdicts = []
-    for b in sizes:
-        points = pareto_points(results, b)
+    for b, points in by_batch.items():
         front = pareto_front(points)
         rows = [["★" if p in front else "", p["system"], _setting(p), fmt(p.get("nfe")), fmt(p.get("top_p")),
                  fmt(p["gen_ppl"]), fmt(p.get("entropy")), fmt(p["tokens_per_s"])]
@@ -127,14 +124,12 @@ def pareto_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
 
 def plot_pareto(results: dict, path: str):
     """gen-PPL against tokens/s, one panel per batch size, the front drawn through each."""
-    sizes = _batch_sizes(results)
-    if not sizes:
+    by_batch = points_by_batch(results)
+    if not by_batch:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.0 * len(sizes), 4.6), squeeze=False)
-    judge = (results.get("judge") or {}).get("name", "?")
-    for ax, b in zip(axes[0], sizes):
-        points = pareto_points(results, b)
+    fig, axes = plt.subplots(1, len(by_batch), figsize=(6.0 * len(by_batch), 4.6), squeeze=False)
+    for ax, (b, points) in zip(axes[0], by_batch.items()):
         groups = sorted({(p["system"], _setting(p)) for p in points})
         for i, (system, setting) in enumerate(groups):
             g = [p for p in points if (p["system"], _setting(p)) == (system, setting)]
@@ -152,7 +147,8 @@ def plot_pareto(results: dict, path: str):
         ax.set_yscale("log")
         ax.set_xlabel("tokens/s (unconditional; higher is better)")
         ax.set_ylabel("gen-PPL (lower is better)")
-        ax.set_title(f"batch {b}: quality vs speed (H = unigram entropy, nats)\njudge: {judge}", fontsize=9)
+        ax.set_title(f"batch {b}: quality vs speed (H = unigram entropy, nats)\njudge: {judge_name(results)}",
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()

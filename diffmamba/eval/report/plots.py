@@ -31,7 +31,7 @@ def save_figure(fig, path: str) -> str:
     return path
 
 
-def _judge_name(results: dict) -> str:
+def judge_name(results: dict) -> str:
     judge = results.get("judge") or {}
     return judge.get("name", "?")
 
@@ -78,7 +78,7 @@ def plot_gen_ppl_vs_nfe(results: dict, path: str):
         _style_log_panel(ax, "NFE (network evaluations per sample)",
                          "generative perplexity (lower is better; H = entropy, nats)", f"{task}, top-p {top_p}",
                          legend_fontsize=7)
-    fig.suptitle(f"gen-PPL vs NFE, judge: {_judge_name(results)}", fontsize=10)
+    fig.suptitle(f"gen-PPL vs NFE, judge: {judge_name(results)}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
