@@ -115,7 +115,7 @@ class DiffMamba(nn.Module):
         valid_mask: Optional[torch.Tensor] = None,
         return_hidden: bool = False,
         fwd_states: Optional[list[Mamba3State]] = None,
-        return_fwd_states: bool = False,
+        return_fwd_states: bool | str = False,
         block_size: Optional[int] = None,
         noisy: Optional[torch.Tensor] = None,
     ):
@@ -126,9 +126,10 @@ class DiffMamba(nn.Module):
         return_hidden: return [B, T, D] after the final norm instead of logits (chunked losses;
         ``model.logits(hidden)`` applies the head).
         fwd_states / return_fwd_states: per-layer forward-direction states in and out (block
-        diffusion and prefill); the reverse direction always starts from zero. An attention layer
-        (``layer_pattern`` "A") takes and returns a ``KVCache`` instead: the new tokens attend to
-        all of it, and it comes back grown by them.
+        diffusion and prefill); the reverse direction always starts from zero. With mode="ar",
+        return_fwd_states="every" gives the state after every token (``prefill(every_token=True)``).
+        An attention layer (``layer_pattern`` "A") takes and returns a ``KVCache`` instead: the new
+        tokens attend to all of it, and it comes back grown by them.
 
         block_size / noisy: block diffusion training (``diffmamba.modules.two_stream``): ``tokens`` is
         the clean stream (block-causal), ``noisy`` [B, T] the noisy stream, whose output is
@@ -173,10 +174,12 @@ class DiffMamba(nn.Module):
         weight = self.embedding.weight
         return [block.mixer.init_state(batch_size, device or weight.device, weight.dtype) for block in self.blocks]
 
-    def prefill(self, tokens: torch.Tensor, state: Optional[list[Mamba3State]] = None):
+    def prefill(self, tokens: torch.Tensor, state: Optional[list[Mamba3State]] = None, every_token: bool = False):
         """AR pass over tokens [B, T] (chunked scan), continuing from ``state`` if given.
-        Returns (logits [B, T, V + 1], per-layer states after the last token)."""
-        return self(tokens, mode="ar", fwd_states=state, return_fwd_states=True)
+        Returns (logits [B, T, V + 1], per-layer states after the last token). With ``every_token``
+        (Mamba-3 layers only) each layer's state has a T axis after B: entry t is the state after
+        tokens[:, :t + 1], as a prefill of that prefix would return it."""
+        return self(tokens, mode="ar", fwd_states=state, return_fwd_states="every" if every_token else True)
 
     def step(self, token_t: torch.Tensor, state: Optional[list[Mamba3State]]):
         """One AR token: token_t [B] -> (logits_t [B, V + 1], new per-layer states).

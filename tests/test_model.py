@@ -94,6 +94,23 @@ def test_step_and_prefill_reproduce_ar_forward(tie, rank):
     finite_close(rest, expected[:, 4:], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("tie,rank", [("partial", 1), ("none", 1), ("partial", 2)])
+def test_prefill_every_token_states_equal_prefix_prefills(tie, rank):
+    """Speculative decoding continues from the state after any prefix of its verification scan."""
+    model = tiny_model(tie=tie, mimo_rank=rank)
+    x = tokens(length=9)
+    _, start = model.prefill(x[:, :3])  # a resumed scan: k_prev, v_prev and the phase matter
+    logits, every = model.prefill(x[:, 3:], start, every_token=True)
+    finite_close(logits, model.prefill(x[:, 3:], start)[0], rtol=0, atol=0)
+    for t in range(6):
+        _, want = model.prefill(x[:, 3:4 + t], start)
+        for layer_every, layer_want in zip(every, want):
+            for got_field, want_field in zip(layer_every, layer_want):
+                finite_close(got_field[:, t], want_field, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="forward"):
+        tiny_model().blocks[0].mixer.fwd.scan(None, None, reverse=True, return_final_state="every")
+
+
 def test_mimo_model_runs_in_both_modes():
     model = tiny_model(torch.float32, mimo_rank=2)
     x = tokens()

@@ -148,6 +148,8 @@ class Attention(nn.Module):
         if valid_mask is not None and (valid_mask.shape != u.shape[:2] or valid_mask.dtype != torch.bool):
             raise ValueError(f"valid_mask must be a bool tensor of shape [B, T] = {list(u.shape[:2])}, "
                              f"got {valid_mask.dtype} {list(valid_mask.shape)}")
+        if return_fwd_state == "every":
+            raise ValueError("per-token states are for Mamba-3 layers; an attention layer's state is its KV cache")
         prefix = fwd_initial_state if fwd_initial_state is not None and fwd_initial_state.length else None
         q, k, v = self.project(u, 0 if prefix is None else prefix.length)
         mask, is_causal = attention_mask(prefix, valid_mask, u.shape[1], causal, u.device)

@@ -94,7 +94,7 @@ class BiMixer(nn.Module):
         u: torch.Tensor,
         causal: bool = False,
         fwd_initial_state: Optional[Mamba3State] = None,
-        return_fwd_state: bool = False,
+        return_fwd_state: bool | str = False,
         valid_mask: Optional[torch.Tensor] = None,
     ):
         """u: [B, T, D]; valid_mask: [B, T] bool (False at right padding) or None.

@@ -32,6 +32,7 @@ from torch import nn
 from .norms import RMSNorm
 from diffmamba.config import ModelConfig
 from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_step
+from diffmamba.ops.boundary import prefix_states
 
 
 def ssm_proj_width(cfg: ModelConfig) -> int:
@@ -157,15 +158,25 @@ class Mamba3Direction(nn.Module):
         ssm_proj: torch.Tensor,
         reverse: bool = False,
         initial_state: Optional[Mamba3State] = None,
-        return_final_state: bool = False,
+        return_final_state: bool | str = False,
     ):
         """The ungated scan output: x [B, T, H*P], ssm_proj [B, T, ssm_proj_width] ->
         (y [B, T, H, P] (MIMO [B, T, H, R, P]), final Mamba3State or None).
-        ``reverse`` scans anti-causally (no flips here: the op handles it)."""
-        return mamba3_scan(
-            **self.scan_inputs(x, ssm_proj), D=self.D, reverse=reverse, initial_state=initial_state,
-            return_final_state=return_final_state, chunk_size=self.chunk_size,
+        ``reverse`` scans anti-causally (no flips here: the op handles it).
+
+        ``return_final_state="every"`` (forward only) returns instead the continuation state after
+        *each* token, a Mamba3State with a T axis after B: speculative decoding verifies a draft in
+        one scan and continues from the state after the accepted part, with no second scan.
+        """
+        every = return_final_state == "every"
+        if every and reverse:
+            raise ValueError("per-token states exist for the forward (causal) direction only")
+        inputs = self.scan_inputs(x, ssm_proj)
+        y, state = mamba3_scan(
+            **inputs, D=self.D, reverse=reverse, initial_state=initial_state,
+            return_final_state=bool(return_final_state) and not every, chunk_size=self.chunk_size,
         )
+        return y, (prefix_states(**inputs, initial_state=initial_state) if every else state)
 
     def forward(
         self,
@@ -174,7 +185,7 @@ class Mamba3Direction(nn.Module):
         ssm_proj: torch.Tensor,
         reverse: bool = False,
         initial_state: Optional[Mamba3State] = None,
-        return_final_state: bool = False,
+        return_final_state: bool | str = False,
     ):
         """x, z: [B, T, H*P]; ssm_proj: [B, T, ssm_proj_width]. Returns (gated y [B, T, H*P],
         final Mamba3State or None)."""
@@ -223,7 +234,7 @@ class Mamba3Mixer(nn.Module):
         u: torch.Tensor,
         reverse: bool = False,
         initial_state: Optional[Mamba3State] = None,
-        return_final_state: bool = False,
+        return_final_state: bool | str = False,
         valid_mask: Optional[torch.Tensor] = None,
     ):
         """u: [B, T, D]; valid_mask: [B, T] bool (False = right padding) or None.

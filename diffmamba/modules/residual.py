@@ -52,7 +52,7 @@ class ResidualBlock(nn.Module):
         causal: bool = False,
         valid_mask: Optional[torch.Tensor] = None,
         fwd_initial_state: Optional[Mamba3State] = None,
-        return_fwd_state: bool = False,
+        return_fwd_state: bool | str = False,
     ):
         """Returns x [B, T, D], or (x, forward-direction final state) with ``return_fwd_state``."""
         mixed = self.mixer(self.mixer_norm(x), causal=causal, fwd_initial_state=fwd_initial_state,

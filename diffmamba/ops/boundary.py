@@ -149,6 +149,15 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
     return BoundaryStates(entering, final)
 
 
+def prefix_states(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, dt: Tensor, trap: Tensor, dphase: Tensor,
+                  initial_state: Optional[Mamba3State] = None, **_unused) -> Mamba3State:
+    """The continuation state after each token: a Mamba3State with a T axis after B, whose entry t
+    equals the final state of ``mamba3_scan`` over tokens [0, t] (the block boundaries of L' = 1)."""
+    states = block_boundary_states(q, k, v, log_decay, dt, trap, dphase, 1, initial_state)
+    return Mamba3State(*(torch.cat((entering[:, 1:], final.unsqueeze(1)), dim=1)
+                         for entering, final in zip(states.entering, states.final)))
+
+
 def flatten_blocks(state: Mamba3State) -> Mamba3State:
     """[B, nb, ...] per field -> [B * nb, ...]: one state per block row of a [B * nb, L'] batch."""
     return Mamba3State(*(x.flatten(0, 1) for x in state))

@@ -20,15 +20,16 @@ token but the last, and that last token c (committed, not yet scanned). One roun
    p_{k+1}. Every emitted token is therefore distributed exactly as AR decoding would draw it
    (with greedy decoding: accepted iff it is AR's argmax, so the output equals greedy AR token for
    token).
-4. **Advance** exactly: the new S is the AR state after c, d_1..d_j (j accepted). When all k were
-   accepted it is the scoring scan's final state (free); otherwise the rows that accepted j are
-   rescanned from the old S over their j + 1 tokens (one call per distinct j). The emitted last
-   token becomes the new c.
+4. **Advance** exactly: the new S is the AR state after c, d_1..d_j (j accepted). The scoring
+   scan returns the state after every one of its tokens (``prefill(every_token=True)``, computed
+   from the same scan inputs), so each row just takes its entry j: no second call. The emitted
+   last token becomes the new c. This needs a pure Mamba-3 trunk: an attention layer's state is a
+   KV cache, whose rows would then need different lengths (refused with a UserError).
 
 Rows are independent: each accepts its own j, and a row leaves the batch once it has its
 ``max_new_tokens`` (extra tokens of its last round are cut, which keeps the law exact) or, with
 ``eos_id``, once it has emitted EOS (padded with EOS after it, as ``ar_generate`` pads). NFE counts
-every network call (drafts, scores, rescans, prompt prefill).
+every network call (drafts, scores, prompt prefill).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 
 from diffmamba.core.errors import UserError
+from diffmamba.modules.attention import is_attention
 from diffmamba.sampling.base import SampleResult, SamplerOptions, progress_bar
 from diffmamba.sampling.bd3lm import block_denoiser, commit_block
 from diffmamba.sampling.categorical import clean_distribution, gumbel_argmax
@@ -68,19 +70,6 @@ class SpeculativeResult(SampleResult):
 def _take(state: list, rows: Tensor) -> list:
     """The per-layer states of batch rows ``rows`` (states are NamedTuples of batch-first tensors)."""
     return [type(s)(*(x[rows] for x in s)) for s in state]
-
-
-def _put(state: list, rows: Tensor, part: list) -> list:
-    """``state`` with the batch rows ``rows`` replaced by ``part`` (new tensors; inputs untouched)."""
-    out = []
-    for s, p in zip(state, part):
-        fields = []
-        for x, y in zip(s, p):
-            x = x.clone()
-            x[rows] = y.to(x.dtype)
-            fields.append(x)
-        out.append(type(s)(*fields))
-    return out
 
 
 # ------------------------------------------------------------------------------------- rounds
@@ -147,6 +136,10 @@ def speculative_generate(
         raise UserError(f"--draft-len must be >= 1, got {draft_len}; e.g. --draft-len 7")
     if not 1 <= draft_steps <= draft_len:
         raise UserError(f"--draft-steps must be in [1, --draft-len = {draft_len}], got {draft_steps}")
+    if any(is_attention(block) for block in model.blocks):
+        raise UserError(f"speculative decoding needs a pure Mamba-3 trunk (layer_pattern "
+                        f"{model.config.layer_pattern!r} has attention layers, whose KV caches cannot rewind rows "
+                        "by different amounts); decode this checkpoint with --mode ar or --mode block")
     if max_new_tokens < 0 or prefill_chunk < 1:
         raise ValueError("max_new_tokens must be >= 0 and prefill_chunk >= 1")
     options = SamplerOptions(temperature=temperature, top_k=top_k, top_p=top_p)  # validates the knobs
@@ -171,7 +164,7 @@ def speculative_generate(
                 result.nfe += calls
             else:
                 draft = last.new_empty(last.shape[0], 0)
-            logits, full_state = model.prefill(torch.cat((last[:, None], draft), dim=1), state)
+            logits, scored_states = model.prefill(torch.cat((last[:, None], draft), dim=1), state, every_token=True)
             result.nfe += 1
             p = clean_distribution(logits, mask_id, temperature, top_k, top_p)  # [a, k + 1, V + 1]
             rows = torch.arange(active.numel(), device=device)
@@ -200,16 +193,8 @@ def speculative_generate(
             result.drafted += k * active.numel()
             result.accepted += int(accepted.sum())
             result.steps += 1
-            # Advance: full acceptance keeps the scan's final state; other rows rescan [c, d_1..d_j].
-            scanned = torch.cat((last[:, None], draft), dim=1)
-            new_state = full_state
-            for j in accepted[accepted < k].unique().tolist():
-                group = (accepted == j).nonzero().flatten()
-                new_state = _put(new_state, group, commit_block(model, scanned[group, : j + 1],
-                                                                None if state is None else _take(state, group),
-                                                                ar_prefix=True))
-                result.nfe += 1
-            state, last = new_state, final
+            # Advance: row r continues from the state after its scored token accepted[r].
+            state, last = [type(s)(*(x[rows, accepted] for x in s)) for s in scored_states], final
             running = length[active] < max_new_tokens
             bar.update(int(length.clamp(max=max_new_tokens).min()) - bar.n)
             if not running.all():

@@ -50,6 +50,23 @@ def test_nfe_counts_every_network_call_and_rows_finish_exactly():
     assert result.row_rounds >= 5 * 9 / 4 and 1 <= result.tokens_per_round <= 4
 
 
+def test_a_round_is_one_draft_and_one_scoring_scan():
+    """The scoring scan's per-token states replace the rescan of rows that rejected part of a draft."""
+    model = sharp_model(4, 0)
+    result = speculative_generate(model, torch.zeros(5, 3, dtype=torch.long), 9, torch.Generator().manual_seed(1),
+                                  draft_len=3)
+    assert result.accepted < result.drafted  # rejections happened, and still no rescans:
+    # prompt prefill, then a draft and a score per round (none drafted when every row needs one token)
+    assert result.nfe in (2 * result.steps, 2 * result.steps + 1)
+
+
+def test_attention_trunks_are_refused_with_one_line():
+    """A KV cache cannot rewind rows by different amounts: a hybrid checkpoint gets a UserError."""
+    model = tiny_model(vocab_size=4, seed=0, layer_pattern="MA", attn_headdim=8)
+    with pytest.raises(UserError, match="pure Mamba-3 trunk"):
+        speculative_generate(model, torch.zeros(1, 2, dtype=torch.long), 4, torch.Generator(), draft_len=3)
+
+
 def exact_joint(model, n, temperature=1.0, top_p=1.0):
     """AR's joint distribution over all V^n continuations of the prompt [0] (float64 [V^n])."""
     vocab = model.config.vocab_size
