@@ -5,6 +5,7 @@
     diffmamba bench block [--contexts 64 1024]           # block sampling vs full diffusion vs AR over context length
     diffmamba bench resources [--arch 90]                # compile the kernels for sm_90 here: registers, spills, smem
     diffmamba bench train [--lengths 1024 4096]          # training tokens/s + memory: Mamba-3 vs attention vs hybrid
+    diffmamba bench speculative [--checkpoint DUAL]      # speculative rounds: call costs, break-even, tokens/s vs AR
 
 Sampler and decoding speed on trained checkpoints: `diffmamba eval speed`. Each subcommand's own
 options: `diffmamba bench SUBCOMMAND --help`.
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "block": "diffmamba.bench.bd3lm",
     "resources": "diffmamba.bench.resources",
     "train": "diffmamba.bench.train",
+    "speculative": "diffmamba.bench.speculative",
 }
 
 

@@ -78,3 +78,24 @@ def test_speculative_refuses_a_checkpoint_that_cannot_draft(checkpoints, capsys)
     code, _, err = sample(capsys, "--checkpoint", checkpoints["diffusion"], "--mode", "speculative", "--length", "12")
     assert code == 2 and "needs a checkpoint trained with --objective dual" in err
     assert "objective 'diffusion'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_speculative_prints_break_even_and_both_decoders(checkpoints, capsys):
+    """`diffmamba bench speculative`: call costs, the break-even tokens per round, and (on a dual
+    checkpoint) measured acceptance with speculative and AR tokens/s from the same run."""
+    assert main(["bench", "speculative", "--checkpoint", checkpoints["dual"], "--draft-lens", "1", "3",
+                 "--batch-sizes", "2", "--length", "6", "--context", "4", "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 2 |")]
+    assert [r[1].strip() for r in rows] == ["1", "3"] and all(len(r) == 11 for r in rows), out
+    for r in rows:
+        step, draft, score, even = (float(r[i].split()[0]) for i in (2, 3, 4, 5))
+        assert abs(even - (draft + score) / step) < 0.02 * even + 0.01
+        assert 1.0 <= float(r[6]) <= int(r[1]) + 1 and r[10].strip().endswith("x")
+    assert "torch=" in out
+    assert main(["bench", "speculative", "--checkpoint", checkpoints["diffusion"], "--device", "cpu"]) == 2
+    assert "only a dual checkpoint" in capsys.readouterr().err
+    assert main(["bench", "speculative", "--d-model", "16", "--n-layers", "1", "--headdim", "8", "--vocab-size", "20",
+                 "--batch-sizes", "1", "--draft-lens", "2", "--repeats", "1", "--context", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "fresh model" in out and "speculative tok/s" not in out
