@@ -51,6 +51,17 @@ def _rank_form(x: Tensor, is_siso: bool, axis: int) -> Tensor:
     return x.unsqueeze(axis) if is_siso else x
 
 
+def _rank_form_state(state: Optional[Mamba3State], k: Tensor, v: Tensor, dphase: Tensor, is_siso: bool,
+                     dtype: torch.dtype) -> Mamba3State:
+    """``state`` (zeros when None) in rank form and the compute dtype; k, v already in rank form."""
+    if state is None:
+        batch, _, heads, rank, N = k.shape
+        state = Mamba3State.zeros(batch, heads, v.shape[-1], N, dphase.shape[-1], R=None if is_siso else rank,
+                                  dtype=dtype, device=k.device)
+    return Mamba3State(state.ssm.to(dtype), _rank_form(state.k_prev, is_siso, 2).to(dtype),
+                       _rank_form(state.v_prev, is_siso, 2).to(dtype), state.phase.to(dtype))
+
+
 def block_boundary_states(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, dt: Tensor, trap: Tensor, dphase: Tensor,
     block_size: int, initial_state: Optional[Mamba3State] = None, **_unused,
@@ -85,16 +96,7 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
     is_siso = k.dim() == 4
     k = _rank_form(k, is_siso, 3).to(dtype)  # [B, T, H, R, N]
     v = _rank_form(v, is_siso, 3).to(dtype)  # [B, T, H, R, P]
-    rank, N, P, S = k.shape[3], k.shape[-1], v.shape[-1], dphase.shape[-1]
-    if initial_state is None:
-        initial_state = Mamba3State.zeros(batch, heads, P, N, S, R=None if is_siso else rank,
-                                          dtype=dtype, device=k.device)
-    init = Mamba3State(
-        initial_state.ssm.to(dtype),
-        _rank_form(initial_state.k_prev, is_siso, 2).to(dtype),
-        _rank_form(initial_state.v_prev, is_siso, 2).to(dtype),
-        initial_state.phase.to(dtype),
-    )
+    init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
 
     # Global cumulative phase, summed in float64 and reduced mod 2 pi as the scan op does.
     phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
@@ -152,10 +154,36 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
 def prefix_states(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, dt: Tensor, trap: Tensor, dphase: Tensor,
                   initial_state: Optional[Mamba3State] = None, **_unused) -> Mamba3State:
     """The continuation state after each token: a Mamba3State with a T axis after B, whose entry t
-    equals the final state of ``mamba3_scan`` over tokens [0, t] (the block boundaries of L' = 1)."""
-    states = block_boundary_states(q, k, v, log_decay, dt, trap, dphase, 1, initial_state)
-    return Mamba3State(*(torch.cat((entering[:, 1:], final.unsqueeze(1)), dim=1)
-                         for entering, final in zip(states.entering, states.final)))
+    equals the final state of ``mamba3_scan`` over tokens [0, t] (the boundaries of L' = 1).
+
+    For the short scans of speculative decoding: the per-token update
+    alpha_t beta_t v_{t-1} kr_{t-1}^T + gamma_t v_t kr_t^T is batched over T, and only
+    h_t = alpha_t h_{t-1} + update_t runs token by token (two elementwise ops each).
+    """
+    with torch.autocast(device_type=k.device.type, enabled=False):  # accumulate as the scan does
+        return _prefix_states(k, v, log_decay, dt, trap, dphase, initial_state)
+
+
+def _prefix_states(k, v, log_decay, dt, trap, dphase, initial_state) -> Mamba3State:
+    dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
+    out_k, out_v = k.dtype, v.dtype
+    is_siso = k.dim() == 4
+    k = _rank_form(k, is_siso, 3).to(dtype)  # [B, T, H, R, N]
+    v = _rank_form(v, is_siso, 3).to(dtype)  # [B, T, H, R, P]
+    init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
+    phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
+    k_rotated = rotate(k, phase.unsqueeze(3))
+    outer = torch.einsum("bthrp,bthrn->bthpn", v, k_rotated)  # v_t kr_t^T summed over ranks
+    previous = torch.cat((torch.einsum("bhrp,bhrn->bhpn", init.v_prev, init.k_prev).unsqueeze(1), outer[:, :-1]), 1)
+    log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))
+    alpha = log_decay.clamp(max=0.0).exp()[..., None, None]  # [B, T, H, 1, 1]
+    update = alpha * ((1.0 - trap) * dt)[..., None, None] * previous + (trap * dt)[..., None, None] * outer
+    ssm, states = init.ssm, []
+    for alpha_t, update_t in zip(alpha.unbind(1), update.unbind(1)):
+        ssm = alpha_t * ssm + update_t
+        states.append(ssm)
+    squeeze = (lambda x: x.squeeze(-2)) if is_siso else (lambda x: x)
+    return Mamba3State(torch.stack(states, dim=1), squeeze(k_rotated).to(out_k), squeeze(v).to(out_v), phase)
 
 
 def flatten_blocks(state: Mamba3State) -> Mamba3State:
