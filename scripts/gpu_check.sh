@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: versions, the kernel tests at realistic shapes, the kernel benchmark.
+# One command for a GPU machine: versions, the kernel tests at realistic shapes, the kernel benchmark,
+# and the cost of speculative decoding's calls against an AR step (decode).
 #
 #   bash scripts/gpu_check.sh                 # everything, logs under ./gpu-check/
 #   OUT=/some/dir bash scripts/gpu_check.sh   # logs there (the device tool's $OUT comes back)
-#   PARTS="env tests" bash scripts/gpu_check.sh; PARTS=bench bash scripts/gpu_check.sh
+#   PARTS="env tests" bash scripts/gpu_check.sh; PARTS="bench decode" bash scripts/gpu_check.sh
 #                                             # the same in two calls (a 10-minute command limit)
 #
 # Works in an installed checkout (scripts/install.sh) and on a bare GPU image that already has
@@ -15,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
-PARTS=${PARTS:-env tests bench}
+PARTS=${PARTS:-env tests bench decode}
 TESTS_S=${TESTS_S:-200}
 BENCH_S=${BENCH_S:-240}
 if [ -z "${PY:-}" ]; then
@@ -67,7 +68,13 @@ for part in $PARTS; do
             --ops fwd bi fwdbwd bibwd bwdparts step --rep 50 --warmup 10 --json "$OUT/bench.json" \
             2>&1 | tee "$OUT/bench.txt"
         rc=${PIPESTATUS[0]}; echo "bench exit $rc" | tee -a "$OUT/bench.txt"; [ "$rc" = 0 ] || status=1 ;;
-    *) echo "unknown part '$part' (PARTS takes: env tests bench)" >&2; exit 2 ;;
+    decode)
+        # Speculative decoding on the GPU: what a draft and a scoring call cost against an AR step
+        # (the break-even tokens per round), on the demo model's shape (call costs need no training).
+        timeout "$BENCH_S" "$PY" -m diffmamba.bench.speculative --device cuda --batch-sizes 1 8 64 \
+            2>&1 | tee "$OUT/decode.txt"
+        rc=${PIPESTATUS[0]}; echo "decode exit $rc" | tee -a "$OUT/decode.txt"; [ "$rc" = 0 ] || status=1 ;;
+    *) echo "unknown part '$part' (PARTS takes: env tests bench decode)" >&2; exit 2 ;;
     esac
 done
 exit $status
