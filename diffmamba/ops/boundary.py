@@ -88,19 +88,37 @@ def block_boundary_states(
         return _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state)
 
 
-def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state) -> BoundaryStates:
-    batch, length, heads = k.shape[:3]
-    num_blocks = length // block_size
+class _Prepared(NamedTuple):
+    """Scan inputs in rank form and the compute dtype, with the keys rotated by the global phase."""
+
+    k: Tensor  # [B, T, H, R, N]
+    v: Tensor  # [B, T, H, R, P]
+    k_rotated: Tensor  # [B, T, H, R, N]
+    phase: Tensor  # [B, T, H, S]: cumulative phase after each token
+    init: Mamba3State  # the initial state (zeros when None), rank form
+    dtype: torch.dtype
+    out_k: torch.dtype
+    out_v: torch.dtype
+    is_siso: bool
+
+
+def _prepare(k, v, log_decay, dt, trap, dphase, initial_state) -> _Prepared:
     dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
     out_k, out_v = k.dtype, v.dtype
     is_siso = k.dim() == 4
-    k = _rank_form(k, is_siso, 3).to(dtype)  # [B, T, H, R, N]
-    v = _rank_form(v, is_siso, 3).to(dtype)  # [B, T, H, R, P]
+    k = _rank_form(k, is_siso, 3).to(dtype)
+    v = _rank_form(v, is_siso, 3).to(dtype)
     init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
-
     # Global cumulative phase, summed in float64 and reduced mod 2 pi as the scan op does.
     phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
-    k_rotated = rotate(k, phase.unsqueeze(3))  # [B, T, H, R, N]
+    return _Prepared(k, v, rotate(k, phase.unsqueeze(3)), phase, init, dtype, out_k, out_v, is_siso)
+
+
+def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state) -> BoundaryStates:
+    batch, length, heads = k.shape[:3]
+    num_blocks = length // block_size
+    k, v, k_rotated, phase, init, dtype, out_k, out_v, is_siso = _prepare(
+        k, v, log_decay, dt, trap, dphase, initial_state)
 
     log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))
     gamma = trap * dt
@@ -165,14 +183,8 @@ def prefix_states(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, dt: Tensor
 
 
 def _prefix_states(k, v, log_decay, dt, trap, dphase, initial_state) -> Mamba3State:
-    dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
-    out_k, out_v = k.dtype, v.dtype
-    is_siso = k.dim() == 4
-    k = _rank_form(k, is_siso, 3).to(dtype)  # [B, T, H, R, N]
-    v = _rank_form(v, is_siso, 3).to(dtype)  # [B, T, H, R, P]
-    init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
-    phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
-    k_rotated = rotate(k, phase.unsqueeze(3))
+    k, v, k_rotated, phase, init, dtype, out_k, out_v, is_siso = _prepare(
+        k, v, log_decay, dt, trap, dphase, initial_state)
     outer = torch.einsum("bthrp,bthrn->bthpn", v, k_rotated)  # v_t kr_t^T summed over ranks
     previous = torch.cat((torch.einsum("bhrp,bhrn->bhpn", init.v_prev, init.k_prev).unsqueeze(1), outer[:, :-1]), 1)
     log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))
