@@ -133,8 +133,9 @@ def plot_pareto(results: dict, path: str):
         groups = sorted({(p["system"], _setting(p)) for p in points})
         for i, (system, setting) in enumerate(groups):
             g = [p for p in points if (p["system"], _setting(p)) == (system, setting)]
+            # 20 colours against 10 markers: the 11th setting no longer looks like the 1st
             ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
-                       s=40, label=f"{system}: {setting}")
+                       color=plt.cm.tab20(i % 20), s=40, label=f"{system}: {setting}")
             for p in g:
                 label = (f"NFE {p['nfe']:g}" if finite(p.get("nfe")) else "") + \
                     (f", H {p['entropy']:.2f}" if finite(p.get("entropy")) else "")
