@@ -67,9 +67,11 @@ class SpeculativeResult(SampleResult):
 # --------------------------------------------------------------------------- per-row states
 
 
-def _take(state: list, rows: Tensor) -> list:
-    """The per-layer states of batch rows ``rows`` (states are NamedTuples of batch-first tensors)."""
-    return [type(s)(*(x[rows] for x in s)) for s in state]
+def _take(state: list, *index: Tensor) -> list:
+    """The per-layer states indexed along their leading axes (states are NamedTuples of batch-first
+    tensors): ``_take(state, rows)`` keeps batch rows, ``_take(states, rows, t)`` picks per row a
+    position of per-token states."""
+    return [type(s)(*(x[index] for x in s)) for s in state]
 
 
 # ------------------------------------------------------------------------------------- rounds
@@ -194,7 +196,7 @@ def speculative_generate(
             result.accepted += int(accepted.sum())
             result.steps += 1
             # Advance: row r continues from the state after its scored token accepted[r].
-            state, last = [type(s)(*(x[rows, accepted] for x in s)) for s in scored_states], final
+            state, last = _take(scored_states, rows, accepted), final
             running = length[active] < max_new_tokens
             bar.update(int(length.clamp(max=max_new_tokens).min()) - bar.n)
             if not running.all():
