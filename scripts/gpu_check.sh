@@ -71,7 +71,7 @@ for part in $PARTS; do
     decode)
         # Speculative decoding on the GPU: what a draft and a scoring call cost against an AR step
         # (the break-even tokens per round), on the demo model's shape (call costs need no training).
-        timeout "$BENCH_S" "$PY" -m diffmamba.bench.speculative --device cuda --batch-sizes 1 8 64 \
+        timeout "$BENCH_S" "$PY" -m diffmamba.cli bench speculative --device cuda --batch-sizes 1 8 64 \
             2>&1 | tee "$OUT/decode.txt"
         rc=${PIPESTATUS[0]}; echo "decode exit $rc" | tee -a "$OUT/decode.txt"; [ "$rc" = 0 ] || status=1 ;;
     *) echo "unknown part '$part' (PARTS takes: env tests bench decode)" >&2; exit 2 ;;

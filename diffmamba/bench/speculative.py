@@ -19,7 +19,6 @@ acceptance means nothing, so it is not decoded.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -136,13 +135,6 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as error:
-        print(f"diffmamba bench speculative: error: {error}", file=sys.stderr)
-        return 2
+    """``diffmamba bench speculative``; a UserError becomes the CLI's one-line error and exit 2."""
+    run(parse_args(argv))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
