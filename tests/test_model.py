@@ -101,7 +101,7 @@ def test_prefill_every_token_states_equal_prefix_prefills(tie, rank):
     x = tokens(length=9)
     _, start = model.prefill(x[:, :3])  # a resumed scan: k_prev, v_prev and the phase matter
     logits, every = model.prefill(x[:, 3:], start, every_token=True)
-    finite_close(logits, model.prefill(x[:, 3:], start)[0], rtol=0, atol=0)
+    finite_close(logits, model.prefill(x[:, 3:], start)[0], rtol=1e-10, atol=1e-12)  # states vs chunked form
     for t in range(6):
         _, want = model.prefill(x[:, 3:4 + t], start)
         for layer_every, layer_want in zip(every, want):

@@ -31,8 +31,7 @@ from torch import nn
 
 from .norms import RMSNorm
 from diffmamba.config import ModelConfig
-from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_step
-from diffmamba.ops.boundary import prefix_states
+from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_scan_states, mamba3_step
 
 
 def ssm_proj_width(cfg: ModelConfig) -> int:
@@ -172,11 +171,12 @@ class Mamba3Direction(nn.Module):
         if every and reverse:
             raise ValueError("per-token states exist for the forward (causal) direction only")
         inputs = self.scan_inputs(x, ssm_proj)
-        y, state = mamba3_scan(
+        if every:
+            return mamba3_scan_states(**inputs, D=self.D, initial_state=initial_state)
+        return mamba3_scan(
             **inputs, D=self.D, reverse=reverse, initial_state=initial_state,
-            return_final_state=bool(return_final_state) and not every, chunk_size=self.chunk_size,
+            return_final_state=bool(return_final_state), chunk_size=self.chunk_size,
         )
-        return y, (prefix_states(**inputs, initial_state=initial_state) if every else state)
 
     def forward(
         self,

@@ -88,21 +88,9 @@ def block_boundary_states(
         return _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state)
 
 
-class _Prepared(NamedTuple):
-    """Scan inputs in rank form and the compute dtype, with the keys rotated by the global phase."""
-
-    k: Tensor  # [B, T, H, R, N]
-    v: Tensor  # [B, T, H, R, P]
-    k_rotated: Tensor  # [B, T, H, R, N]
-    phase: Tensor  # [B, T, H, S]: cumulative phase after each token
-    init: Mamba3State  # the initial state (zeros when None), rank form
-    dtype: torch.dtype
-    out_k: torch.dtype
-    out_v: torch.dtype
-    is_siso: bool
-
-
-def _prepare(k, v, log_decay, dt, trap, dphase, initial_state) -> _Prepared:
+def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state) -> BoundaryStates:
+    batch, length, heads = k.shape[:3]
+    num_blocks = length // block_size
     dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
     out_k, out_v = k.dtype, v.dtype
     is_siso = k.dim() == 4
@@ -111,14 +99,7 @@ def _prepare(k, v, log_decay, dt, trap, dphase, initial_state) -> _Prepared:
     init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
     # Global cumulative phase, summed in float64 and reduced mod 2 pi as the scan op does.
     phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
-    return _Prepared(k, v, rotate(k, phase.unsqueeze(3)), phase, init, dtype, out_k, out_v, is_siso)
-
-
-def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_state) -> BoundaryStates:
-    batch, length, heads = k.shape[:3]
-    num_blocks = length // block_size
-    k, v, k_rotated, phase, init, dtype, out_k, out_v, is_siso = _prepare(
-        k, v, log_decay, dt, trap, dphase, initial_state)
+    k_rotated = rotate(k, phase.unsqueeze(3))
 
     log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))
     gamma = trap * dt
@@ -167,35 +148,6 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
     final = Mamba3State(ssm, squeeze(last_key[:, -1]).to(out_k), squeeze(last_value[:, -1]).to(out_v),
                         last_phase[:, -1])
     return BoundaryStates(entering, final)
-
-
-def prefix_states(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, dt: Tensor, trap: Tensor, dphase: Tensor,
-                  initial_state: Optional[Mamba3State] = None, **_unused) -> Mamba3State:
-    """The continuation state after each token: a Mamba3State with a T axis after B, whose entry t
-    equals the final state of ``mamba3_scan`` over tokens [0, t] (the boundaries of L' = 1).
-
-    For the short scans of speculative decoding: the per-token update
-    alpha_t beta_t v_{t-1} kr_{t-1}^T + gamma_t v_t kr_t^T is batched over T, and only
-    h_t = alpha_t h_{t-1} + update_t runs token by token (two elementwise ops each).
-    """
-    with torch.autocast(device_type=k.device.type, enabled=False):  # accumulate as the scan does
-        return _prefix_states(k, v, log_decay, dt, trap, dphase, initial_state)
-
-
-def _prefix_states(k, v, log_decay, dt, trap, dphase, initial_state) -> Mamba3State:
-    k, v, k_rotated, phase, init, dtype, out_k, out_v, is_siso = _prepare(
-        k, v, log_decay, dt, trap, dphase, initial_state)
-    outer = torch.einsum("bthrp,bthrn->bthpn", v, k_rotated)  # v_t kr_t^T summed over ranks
-    previous = torch.cat((torch.einsum("bhrp,bhrn->bhpn", init.v_prev, init.k_prev).unsqueeze(1), outer[:, :-1]), 1)
-    log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))
-    alpha = log_decay.clamp(max=0.0).exp()[..., None, None]  # [B, T, H, 1, 1]
-    update = alpha * ((1.0 - trap) * dt)[..., None, None] * previous + (trap * dt)[..., None, None] * outer
-    ssm, states = init.ssm, []
-    for alpha_t, update_t in zip(alpha.unbind(1), update.unbind(1)):
-        ssm = alpha_t * ssm + update_t
-        states.append(ssm)
-    squeeze = (lambda x: x.squeeze(-2)) if is_siso else (lambda x: x)
-    return Mamba3State(torch.stack(states, dim=1), squeeze(k_rotated).to(out_k), squeeze(v).to(out_v), phase)
 
 
 def flatten_blocks(state: Mamba3State) -> Mamba3State:

@@ -244,6 +244,66 @@ def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# every-token states (short scans)
+
+
+def scan_states_ref(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None):
+    """The recurrence with its per-token work batched over T; returns y and the state after *each* token.
+
+    Only h_t = alpha_t h_{t-1} + u_t runs token by token (two elementwise ops per token); the
+    updates u_t = alpha_t beta_t v_{t-1} kr_{t-1}^T + gamma_t v_t kr_t^T and the readout
+    y_t = h_t^T qr_t + D v_t are one batched op each. It holds T states ([B, T, H, P, N]), so it is
+    the form for *short* scans: a speculative draft or its scoring (T = k + 1 tokens), an AR prompt
+    of a few tokens, where it runs half the chunked form's ops (decoding on a CPU is bound by
+    the number of ops, not by FLOPs).
+
+    Shapes as ``scan_recurrent_ref``. Returns y (v's shape and dtype) and a Mamba3State with a T
+    axis after B whose entry t is the final state of the scan over the first t + 1 tokens *in scan
+    order* (for ``reverse``: the last t + 1 tokens); entry T - 1 is the scan's final state.
+    """
+    if reverse:
+        y, states = scan_states_ref(*_flip_time(q, k, v, log_decay, dt, trap, dphase), D=D,
+                                    initial_state=initial_state)
+        return y.flip(1), states
+    with torch.autocast(device_type=q.device.type, enabled=False):  # the einsums accumulate in fp32/fp64
+        return _scan_states(q, k, v, log_decay, dt, trap, dphase, D, initial_state)
+
+
+def _scan_states(q, k, v, log_decay, dt, trap, dphase, D, initial_state):
+    dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
+    out_dtypes = (k.dtype, v.dtype)
+    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    batch, T, heads, rank, N = q.shape
+    state = _state_in_compute_dtype(state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device)
+    q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
+    # Cumulative phase summed in float64 and reduced mod 2 pi, as the chunked form does.
+    phase = torch.remainder(state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
+    qr, kr = rotate(q, phase.unsqueeze(3)), rotate(k, phase.unsqueeze(3))
+    current = torch.einsum("bthrp,bthrn->bthpn", v, kr)  # v_t kr_t^T, summed over ranks
+    previous = torch.cat((torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev).unsqueeze(1),
+                          current[:, :-1]), dim=1)
+    alpha = log_decay.clamp(max=0.0).exp()[..., None, None]  # [B, T, H, 1, 1]
+    update = alpha * ((1.0 - trap) * dt)[..., None, None] * previous + (trap * dt)[..., None, None] * current
+    ssm, states = state.ssm, []
+    for alpha_t, update_t in zip(alpha.unbind(1), update.unbind(1)):
+        ssm = alpha_t * ssm + update_t
+        states.append(ssm)
+    ssm = torch.stack(states, dim=1)  # [B, T, H, P, N]
+    y = torch.einsum("bthpn,bthrn->bthrp", ssm, qr)
+    if D is not None:
+        y = y + D.to(dtype)[:, None, None] * v
+    every = Mamba3State(ssm, kr.to(out_dtypes[0]), v.to(out_dtypes[1]), phase)
+    if is_siso:
+        y, every = y.squeeze(3), every._replace(k_prev=every.k_prev.squeeze(3), v_prev=every.v_prev.squeeze(3))
+    return y.to(out_dtypes[1]), every
+
+
+def last_state(every: Mamba3State) -> Mamba3State:
+    """The final state of a ``scan_states_ref`` result (its entry T - 1)."""
+    return Mamba3State(*(x[:, -1] for x in every))
+
+
+# ----------------------------------------------------------------------------------------------
 # chunked (SSD-style) form
 
 

@@ -6,8 +6,16 @@ Validates shapes and dtypes (``ValueError`` naming the expected shape), then dis
   lazily; an import failure is an error when asked for explicitly);
 - ``impl="reference"``: the chunked pure-PyTorch form (``reference.scan_chunked_ref``);
 - ``impl="recurrent"``: the per-token loop (``reference.scan_recurrent_ref``), for tests;
+- ``impl="states"``: the recurrence batched over T, holding every per-token state
+  (``reference.scan_states_ref``): fewest ops for a few tokens, memory T x state;
 - ``impl=None`` (auto): ``$DIFFMAMBA_SCAN_IMPL`` if set, else Triton for CUDA tensors when the
-  kernels import, else the chunked reference.
+  kernels import, else the states form for short scans without autograd (T <= ``SHORT_SCAN``: the
+  drafts, scorings and short prompts of decoding, where a CPU is bound by op count), else the
+  chunked reference.
+
+``mamba3_scan_states`` is the forward scan that returns the state after *every* token (speculative
+decoding continues from the state after the accepted part of a draft); it always runs the states
+form.
 
 The Triton entries are called with the same arguments as these functions (minus ``impl``) and
 must return ``(y, state_or_None)``.
@@ -26,7 +34,10 @@ from . import reference
 from .state import Mamba3State
 
 IMPL_ENV_VAR = "DIFFMAMBA_SCAN_IMPL"
-IMPLS = ("reference", "recurrent", "triton")
+IMPLS = ("reference", "recurrent", "states", "triton")
+# Auto picks the states form up to this many tokens (inference only): on a CPU a 4-token scan
+# costs ~80 ops per direction that way against ~170 in the chunked form.
+SHORT_SCAN = 16
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SCALAR_DTYPES = (torch.float32, torch.float64)
 
@@ -195,18 +206,32 @@ def mamba3_scan(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
             initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk_size,
         )
+    if impl is None and chosen == "reference" and not os.environ.get(IMPL_ENV_VAR) and _is_short(
+            q.shape[1], (q, k, v, log_decay, dt, trap, dphase, D, *(initial_state or ()))):
+        chosen = "states"
     return _reference_scan(
-        q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state, return_final_state, chunk_size,
-        recurrent=chosen == "recurrent",
+        q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state, return_final_state, chunk_size, chosen,
     )
 
 
+def _is_short(length: int, tensors) -> bool:
+    """A few tokens and nothing to differentiate: the states form's T x state memory stays small and
+    autograd saves none of it."""
+    return length <= SHORT_SCAN and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 def _reference_scan(q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state,
-                    return_final_state, chunk_size, recurrent: bool):
-    if recurrent:
+                    return_final_state, chunk_size, impl: str):
+    if impl == "recurrent":
         y, state = reference.scan_recurrent_ref(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse, initial_state=initial_state
         )
+    elif impl == "states":
+        y, every = reference.scan_states_ref(
+            q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse, initial_state=initial_state
+        )
+        state = reference.last_state(every)
     else:
         y, state = reference.scan_chunked_ref(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
@@ -219,13 +244,23 @@ def mamba3_scan_ref(
     q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None,
     return_final_state=False, chunk_size=64, impl: str = "reference",
 ):
-    """``mamba3_scan`` pinned to a pure-PyTorch form: impl "reference" (chunked) or "recurrent"."""
-    if impl not in ("reference", "recurrent"):
-        raise ValueError(f"mamba3_scan_ref impl must be 'reference' or 'recurrent', got {impl!r}")
+    """``mamba3_scan`` pinned to a pure-PyTorch form: impl "reference" (chunked), "recurrent" or "states"."""
+    if impl not in ("reference", "recurrent", "states"):
+        raise ValueError(f"mamba3_scan_ref impl must be 'reference', 'recurrent' or 'states', got {impl!r}")
     return mamba3_scan(
         q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse, initial_state=initial_state,
         return_final_state=return_final_state, chunk_size=chunk_size, impl=impl,
     )
+
+
+def mamba3_scan_states(q, k, v, log_decay, dt, trap, dphase, D=None, initial_state=None):
+    """The forward scan, returning y and the continuation state after *each* token: a Mamba3State
+    with a T axis after B whose entry t equals ``mamba3_scan(tokens [0, t], return_final_state=True)``'s
+    state. Arguments as ``mamba3_scan``; pure PyTorch on any device (it is meant for a few tokens)."""
+    _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, initial_state, time_axis=True)
+    if initial_state is not None:
+        initial_state = Mamba3State(*initial_state)
+    return reference.scan_states_ref(q, k, v, log_decay, dt, trap, dphase, D=D, initial_state=initial_state)
 
 
 def mamba3_step(

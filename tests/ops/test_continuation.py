@@ -3,11 +3,18 @@
 import pytest
 import torch
 
-from diffmamba.ops.reference import scan_chunked_ref, scan_recurrent_ref, scan_step_ref
+from diffmamba.ops.reference import last_state, scan_chunked_ref, scan_recurrent_ref, scan_states_ref, scan_step_ref
 
 T = 29
 CHUNK = 8
 TOL = 1e-12
+
+
+def _final_state_only(states_form):
+    def run(*args, **kwargs):
+        y, every = states_form(*args, **kwargs)
+        return y, last_state(every)
+    return run
 
 
 def _concat(first, second):
@@ -16,8 +23,11 @@ def _concat(first, second):
 
 @pytest.mark.parametrize("split", [1, 5, CHUNK, 17, T - 1])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("scan", [scan_chunked_ref, scan_recurrent_ref], ids=["chunked", "recurrent"])
+@pytest.mark.parametrize("scan", [scan_chunked_ref, scan_recurrent_ref, scan_states_ref],
+                         ids=["chunked", "recurrent", "states"])
 def test_split_and_resume_equals_one_pass(scan_tools, split, reverse, scan):
+    if scan is scan_states_ref:  # its state comes per token; the last entry continues the scan
+        scan = _final_state_only(scan_states_ref)
     inputs = scan_tools.make_inputs(T=T, seed=20)
     start_state = scan_tools.random_state()  # the whole thing may itself be a continuation
     kwargs = {"chunk_size": CHUNK} if scan is scan_chunked_ref else {}
