@@ -54,7 +54,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
     g.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="matmul precision (weights stay float32); auto = bfloat16 autocast on CUDA, float32 on CPU")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the samplers and of the bound's noise")
     g.add_argument("--batch-size", type=_positive, default=8, help="rows / samples per forward pass")
     if set(parts) & {"likelihood", "generate", "infill"}:
         d = p.add_argument_group("validation data")
@@ -71,7 +71,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
                             "sampler's threshold C, e.g. parallel:0.7 parallel:0.9")
         s.add_argument("--steps", nargs="+", type=_positive, default=[8, 16, 32, 64], help="diffusion step counts")
         s.add_argument("--top-p", nargs="+", type=_top_p, default=[0.9], help="nucleus p, matched across modes")
-        s.add_argument("--temperature", type=float, default=1.0)
+        s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
         s.add_argument("--length", type=_positive, default=64, help="generated tokens per sample")
     if "generate" in parts:
         s.add_argument("--judge", default="smollm2", help="smollm2 | HF folder or Hub name | diffmamba AR checkpoint"
@@ -90,7 +90,7 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--speed-samplers", nargs="+", default=None,
                        help="samplers to time (default: --samplers plus ancestral-nocache)")
         t.add_argument("--speed-steps", nargs="+", type=_positive, default=None, help="default: --steps")
-        t.add_argument("--batch-sizes", nargs="+", type=_positive, default=[1, 8, 64])
+        t.add_argument("--batch-sizes", nargs="+", type=_positive, default=[1, 8, 64], help="samples decoded together")
         t.add_argument("--lengths", nargs="+", type=_positive, default=None,
                        help="generated lengths (default: --length on CPU, 128 1024 on CUDA)")
         t.add_argument("--speed-prompt-len", type=int, default=0, help="prompt tokens before generation (0 = none)")
@@ -101,10 +101,22 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
     add_decoding_eval_arguments(p, parts)
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says it or there is none."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or action.required or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        shown = " ".join(str(x) for x in default) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown})".strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
     for name, (help_line, parts) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_line, description=help_line)
+        p = sub.add_parser(name, help=help_line, description=help_line, formatter_class=_ShowDefaults)
         add_common(p, parts)
         p.set_defaults(eval_parts=parts)
     p = sub.add_parser("report", help="rewrite report.md and the plots from DIR/results.json (no evaluation)")

@@ -112,3 +112,11 @@ def test_bad_inputs_exit_2_with_one_line(tiny_ckpts, tmp_path, capsys):
     rc = main(["eval", "likelihood", "--diffusion", str(tmp_path / "nope"), "--out", out])
     line = _error_line(capsys)
     assert rc == 2 and "does not exist" in line
+
+
+def test_compare_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: 8 16 32 64)", "(default: 1 8 64)", "(default: smollm2)", "(default: 0)"):
+        assert shown in text
