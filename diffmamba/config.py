@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from diffmamba.core.errors import ConfigError
+from diffmamba.core.errors import ConfigError, UserError
 
 
 def _check(cond: bool, field_name: str, problem: str) -> None:
@@ -189,6 +189,18 @@ class ObjectiveConfig:
         _check(0 <= self.ar_weight <= 1, "objective.ar_weight", "must be in [0, 1] (the AR share of the dual loss)")
         if self.name in ("block_diffusion", "dual"):
             _check(self.block_size >= 1, "objective.block_size", f"{self.name} needs block_size >= 1")
+
+
+# Speculative decoding's scoring scan keeps the state after each token of its k + 1 token draft
+# block (n_layers x d_inner x d_state floats apiece), so the draft length k is bounded.
+MAX_DRAFT_LEN = 64
+
+
+def check_draft_len(k: int, flag: str = "--draft-len") -> None:
+    """A one-line UserError unless 1 <= k <= MAX_DRAFT_LEN."""
+    if not 1 <= k <= MAX_DRAFT_LEN:
+        raise UserError(f"{flag} must be in [1, {MAX_DRAFT_LEN}] (a round's scoring scan keeps one state per draft "
+                        f"token), got {k}; e.g. {flag} 7")
 
 
 @dataclass

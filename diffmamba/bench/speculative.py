@@ -22,7 +22,7 @@ import argparse
 
 import torch
 
-from diffmamba.config import ModelConfig
+from diffmamba.config import ModelConfig, check_draft_len
 from diffmamba.core.device import resolve_device
 from diffmamba.core.errors import UserError
 from diffmamba.eval.speed import environment, format_environment, measure
@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if min(args.draft_lens) < 1 or min(args.batch_sizes) < 1 or args.length < 1 or args.context < 1 or args.repeats < 1:
         raise UserError("--draft-lens, --batch-sizes, --length, --context and --repeats must be >= 1")
+    for k in args.draft_lens:
+        check_draft_len(k, "--draft-lens")
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         raise UserError("--top-p must be in (0, 1] and --temperature >= 0")
     return args

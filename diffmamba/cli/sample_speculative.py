@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffmamba.config import check_draft_len
 from diffmamba.core.errors import UserError
 
 
@@ -37,8 +38,8 @@ def check_speculative_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"--draft-len / --draft-steps apply to --mode speculative; drop them or pass "
                             f"--mode speculative (got --mode {args.mode})")
         return
-    if args.draft_len is not None and args.draft_len < 1:
-        raise UserError(f"--draft-len must be >= 1, got {args.draft_len}; e.g. --draft-len 7")
+    if args.draft_len is not None:
+        check_draft_len(args.draft_len)
     if args.draft_steps < 1 or (args.draft_len is not None and args.draft_steps > args.draft_len):
         raise UserError(f"--draft-steps must be in [1, --draft-len], got {args.draft_steps}")
 

@@ -8,6 +8,7 @@ its parser from these before anything heavy loads).
 """
 from __future__ import annotations
 
+from diffmamba.config import check_draft_len
 from diffmamba.core.errors import UserError
 from diffmamba.eval.bd3lm_options import trained_objective
 from diffmamba.eval.systems import System
@@ -21,16 +22,14 @@ def dual_systems(checkpoint: str, draft_lens=None) -> list:
         raise UserError(f"--dual {checkpoint} {trained}; --dual takes a checkpoint trained with --objective dual "
                         "(pass others with --ar / --diffusion / --block)")
     lens = list(draft_lens) if draft_lens else [max(objective.block_size - 1, 1)]
-    if min(lens) < 1:
-        raise UserError(f"--draft-lens must be >= 1, got {min(lens)}")
+    for k in lens:
+        check_draft_len(int(k), "--draft-lens")
     size = objective.block_size
     return ([System("AR (dual)", "ar", checkpoint),
              System(f"block L'={size} (dual)", "block", checkpoint,
                     {"block_size": size, "trained_block_size": size, "ar_prefix": True})]
             + [System(f"speculative k={k} (dual)", "speculative", checkpoint, {"draft_len": int(k), "draft_steps": 1})
                for k in lens])
-
-
 
 
 def apply_decoding_options(args, opts) -> None:

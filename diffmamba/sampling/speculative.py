@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from diffmamba.config import check_draft_len
 from diffmamba.core.errors import UserError
 from diffmamba.modules.attention import is_attention
 from diffmamba.sampling.base import SampleResult, SamplerOptions, progress_bar
@@ -134,8 +135,7 @@ def speculative_generate(
     """
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be [B, P] with P >= 1 (e.g. a single EOS token), got {tuple(prompt.shape)}")
-    if draft_len < 1:
-        raise UserError(f"--draft-len must be >= 1, got {draft_len}; e.g. --draft-len 7")
+    check_draft_len(draft_len)
     if not 1 <= draft_steps <= draft_len:
         raise UserError(f"--draft-steps must be in [1, --draft-len = {draft_len}], got {draft_steps}")
     if any(is_attention(block) for block in model.blocks):

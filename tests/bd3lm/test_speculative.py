@@ -7,6 +7,7 @@ import torch
 
 import diffmamba.sampling.speculative as speculative
 from block_helpers import tiny_model
+from diffmamba.config import MAX_DRAFT_LEN
 from diffmamba.core.errors import UserError
 from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.categorical import clean_distribution
@@ -108,8 +109,9 @@ def test_the_test_rejects_a_wrong_rule(monkeypatch):
 def test_bad_draft_settings_are_user_errors():
     model = sharp_model(4, 0)
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    with pytest.raises(UserError, match="--draft-len must be >= 1"):
-        speculative_generate(model, prompt, 4, torch.Generator(), draft_len=0)
+    for bad in (0, MAX_DRAFT_LEN + 1):  # a round holds one state per draft token: bounded
+        with pytest.raises(UserError, match=r"--draft-len must be in \[1, 64\]"):
+            speculative_generate(model, prompt, 4, torch.Generator(), draft_len=bad)
     with pytest.raises(UserError, match="--draft-steps must be in"):
         speculative_generate(model, prompt, 4, torch.Generator(), draft_len=2, draft_steps=3)
 

@@ -53,7 +53,7 @@ def test_compare_with_a_dual_checkpoint(tiny_ckpts, dual_run, tiny_hf_judge, tmp
     assert {r["system"] for r in results["infill"]} <= {"AR (dual)"}
 
 
-def test_bad_specs_and_flags(tiny_ckpts, tmp_path, capsys):
+def test_bad_specs_and_flags(tiny_ckpts, dual_run, tmp_path, capsys):
     assert split_sampler("parallel:0.7") == ("parallel", {"threshold": 0.7})
     assert split_sampler("ancestral") == ("ancestral", {})
     for bad in ("parallel:2", "parallel:x", "ancestral:0.5"):
@@ -64,3 +64,5 @@ def test_bad_specs_and_flags(tiny_ckpts, tmp_path, capsys):
     assert "--dual takes a checkpoint trained with --objective dual" in capsys.readouterr().err
     assert main([*base, "--ar", tiny_ckpts["ar"], "--draft-lens", "3"]) == 2
     assert "--draft-lens applies to a --dual checkpoint" in capsys.readouterr().err
+    assert main([*base, "--dual", dual_run, "--draft-lens", "3", "65"]) == 2  # refused before any evaluation
+    assert "--draft-lens must be in [1, 64]" in capsys.readouterr().err
