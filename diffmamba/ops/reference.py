@@ -252,10 +252,11 @@ def scan_states_ref(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False,
 
     Only h_t = alpha_t h_{t-1} + u_t runs token by token (two elementwise ops per token); the
     updates u_t = alpha_t beta_t v_{t-1} kr_{t-1}^T + gamma_t v_t kr_t^T and the readout
-    y_t = h_t^T qr_t + D v_t are one batched op each. It holds T states ([B, T, H, P, N]), so it is
-    the form for *short* scans: a speculative draft or its scoring (T = k + 1 tokens), an AR prompt
-    of a few tokens, where it runs half the chunked form's ops (decoding on a CPU is bound by
-    the number of ops, not by FLOPs).
+    y_t = h_t^T qr_t + D v_t are one batched op each. It writes all B*T states ([B, T, H, P, N]), so
+    it is the form for *small* scans: a speculative draft or its scoring (T = k + 1 tokens) at batch
+    1, an AR prompt of a few tokens, where it runs half the chunked form's ops (decoding on a CPU is
+    then bound by the number of ops, not by FLOPs); past ~2^18 state floats its memory traffic makes
+    it slower than the chunked form (docs/mamba3.md §2.5).
 
     Shapes as ``scan_recurrent_ref``. Returns y (v's shape and dtype) and a Mamba3State with a T
     axis after B whose entry t is the final state of the scan over the first t + 1 tokens *in scan

@@ -9,9 +9,9 @@ Validates shapes and dtypes (``ValueError`` naming the expected shape), then dis
 - ``impl="states"``: the recurrence batched over T, holding every per-token state
   (``reference.scan_states_ref``): fewest ops for a few tokens, memory T x state;
 - ``impl=None`` (auto): ``$DIFFMAMBA_SCAN_IMPL`` if set, else Triton for CUDA tensors when the
-  kernels import, else the states form for short scans without autograd (T <= ``SHORT_SCAN``: the
-  drafts, scorings and short prompts of decoding, where a CPU is bound by op count), else the
-  chunked reference.
+  kernels import, else the states form for small scans without autograd (B*T per-token states of
+  at most ``STATES_FORM_MAX_ELEMENTS`` floats: the drafts, scorings and short prompts of batch-1
+  decoding, where a CPU is bound by op count), else the chunked reference.
 
 ``mamba3_scan_states`` is the forward scan that returns the state after *every* token (speculative
 decoding continues from the state after the accepted part of a draft); it always runs the states
@@ -35,9 +35,12 @@ from .state import Mamba3State
 
 IMPL_ENV_VAR = "DIFFMAMBA_SCAN_IMPL"
 IMPLS = ("reference", "recurrent", "states", "triton")
-# Auto picks the states form up to this many tokens (inference only): on a CPU a 4-token scan
-# costs ~80 ops per direction that way against ~170 in the chunked form.
-SHORT_SCAN = 16
+# Auto picks the states form (inference only) while its per-token states, B*T*H*P*N floats, stay
+# under this: a 4-token scan then costs ~80 ops per direction against ~170 in the chunked form, but
+# the states form's arithmetic grows with every state it writes. Measured on the 2-core CPU (demo
+# model, both directions of a block-denoiser call): 15% faster at 98K elements, even at ~390K,
+# 15% slower at 790K.
+STATES_FORM_MAX_ELEMENTS = 1 << 18
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SCALAR_DTYPES = (torch.float32, torch.float64)
 
@@ -206,18 +209,18 @@ def mamba3_scan(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
             initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk_size,
         )
-    if impl is None and chosen == "reference" and not os.environ.get(IMPL_ENV_VAR) and _is_short(
-            q.shape[1], (q, k, v, log_decay, dt, trap, dphase, D, *(initial_state or ()))):
+    if impl is None and chosen == "reference" and not os.environ.get(IMPL_ENV_VAR) and _states_form_fits(
+            q, v, (q, k, v, log_decay, dt, trap, dphase, D, *(initial_state or ()))):
         chosen = "states"
     return _reference_scan(
         q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state, return_final_state, chunk_size, chosen,
     )
 
 
-def _is_short(length: int, tensors) -> bool:
-    """A few tokens and nothing to differentiate: the states form's T x state memory stays small and
-    autograd saves none of it."""
-    return length <= SHORT_SCAN and not (
+def _states_form_fits(q: torch.Tensor, v: torch.Tensor, tensors) -> bool:
+    """Few per-token states (B*T*H*P*N) and nothing to differentiate (autograd would save them all)."""
+    states = v.shape[:3].numel() * v.shape[-1] * q.shape[-1]
+    return states <= STATES_FORM_MAX_ELEMENTS and not (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 

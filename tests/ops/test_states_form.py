@@ -65,21 +65,22 @@ def test_scan_states_entry_matches_the_chunked_scan_in_float32(scan_tools):
         mamba3_scan_states(**{**inputs, "k": inputs["k"][:, :3]})
 
 
-def test_auto_takes_the_states_form_for_short_scans_without_autograd(scan_tools, monkeypatch):
+def test_auto_takes_the_states_form_for_small_scans_without_autograd(scan_tools, monkeypatch):
     calls = []
     original = reference.scan_states_ref
     monkeypatch.setattr(reference, "scan_states_ref", lambda *a, **k: calls.append(a[0].shape[1]) or original(*a, **k))
-    short, long = scan_tools.make_inputs(T=scan.SHORT_SCAN, seed=46), scan_tools.make_inputs(T=scan.SHORT_SCAN + 1, seed=46)
-    y_auto, s_auto = mamba3_scan(**short, return_final_state=True)
-    assert calls == [scan.SHORT_SCAN]
-    y_chunked, s_chunked = mamba3_scan(**short, return_final_state=True, impl="reference")
+    small = scan_tools.make_inputs(T=16, seed=46)  # B*T*H*P*N = 2 * 16 * 3 * 4 * 8 = 3072 states
+    monkeypatch.setattr(scan, "STATES_FORM_MAX_ELEMENTS", 3072)
+    y_auto, s_auto = mamba3_scan(**small, return_final_state=True)
+    assert calls == [16]
+    y_chunked, s_chunked = mamba3_scan(**small, return_final_state=True, impl="reference")
     scan_tools.assert_close("auto vs chunked y", y_auto, y_chunked, TOL)
     scan_tools.assert_states_close("auto vs chunked", s_auto, s_chunked, TOL)
-    mamba3_scan(**long)  # too long: chunked
-    trained = {**short, "v": short["v"].clone().requires_grad_(True)}
-    mamba3_scan(**trained)  # autograd would save T states: chunked
+    mamba3_scan(**scan_tools.make_inputs(T=17, seed=46))  # one token more: chunked
+    trained = {**small, "v": small["v"].clone().requires_grad_(True)}
+    mamba3_scan(**trained)  # autograd would save every state: chunked
     with torch.no_grad():
         mamba3_scan(**trained)
     monkeypatch.setenv(scan.IMPL_ENV_VAR, "reference")  # a pinned implementation is obeyed
-    mamba3_scan(**short)
-    assert calls == [scan.SHORT_SCAN, scan.SHORT_SCAN]
+    mamba3_scan(**small)
+    assert calls == [16, 16]
