@@ -6,7 +6,7 @@ sampler's threshold in a sampler spec, and speculative systems.
 - ``System(mode="speculative", settings={"draft_len": k, "draft_steps": s})`` on a dual checkpoint
   (``decoding_options.dual_systems``): ``eval.sampling`` decodes it through ``sampling.generate``
   (``sampling.speculative``, AR's exact distribution, so its likelihood row is the AR NLL); NFE
-  counts drafts, verifications and rescans.
+  counts draft and verification calls (one verification per round: no rescans).
 """
 from __future__ import annotations
 

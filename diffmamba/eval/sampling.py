@@ -13,7 +13,7 @@
   (a dual checkpoint): the cache holds AR-mode states.
 - Speculative (``mode="speculative"``, settings ``{"draft_len": k, "draft_steps": s}``, a dual
   checkpoint): the block denoiser drafts, AR mode verifies; AR's exact distribution, started as AR
-  is. NFE counts drafts, verifications and rescans.
+  is. NFE counts draft and verification calls (one verification per round: no rescans).
 
 All randomness comes from one generator seeded per (setting, batch); top-p and temperature apply to
 the clean-token distribution in float64 in both modes.
