@@ -27,16 +27,13 @@ by the *global* cumulative phase, so every state is in the frame the continuing 
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from diffmamba.ops import Mamba3State
-from diffmamba.ops.reference import compute_dtype, rotate
-
-TWO_PI = 2.0 * math.pi
+from diffmamba.ops.reference import compute_dtype, cumulative_phase, rotate
 
 
 class BoundaryStates(NamedTuple):
@@ -97,8 +94,7 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
     k = _rank_form(k, is_siso, 3).to(dtype)
     v = _rank_form(v, is_siso, 3).to(dtype)
     init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
-    # Global cumulative phase, summed in float64 and reduced mod 2 pi as the scan op does.
-    phase = torch.remainder(init.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
+    phase = cumulative_phase(init.phase, dphase, dtype)  # global, as the scan op computes it
     k_rotated = rotate(k, phase.unsqueeze(3))
 
     log_decay, dt, trap = (x.to(dtype) for x in (log_decay, dt, trap))

@@ -73,6 +73,15 @@ def _rotate_by_complex_product(x: torch.Tensor, factor: torch.Tensor) -> torch.T
     return torch.view_as_real(torch.view_as_complex(pairs) * factor).flatten(-2)
 
 
+def cumulative_phase(start: torch.Tensor, dphase: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Phi_t = start + sum_{s<=t} dphase_s, mod 2 pi: [B, T, H, S] from start [B, H, S].
+
+    The running sum is taken in float64 so fp32 angles do not drift over long T, and reduced mod
+    2 pi before any cos / sin (docs/mamba3.md §6.3); the result comes back in ``dtype``.
+    """
+    return torch.remainder(start.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
+
+
 def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     """float64 if any input is float64, else float32 (low-precision inputs accumulate in fp32)."""
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
@@ -277,8 +286,7 @@ def _scan_states(q, k, v, log_decay, dt, trap, dphase, D, initial_state):
     batch, T, heads, rank, N = q.shape
     state = _state_in_compute_dtype(state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device)
     q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
-    # Cumulative phase summed in float64 and reduced mod 2 pi, as the chunked form does.
-    phase = torch.remainder(state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI).to(dtype)
+    phase = cumulative_phase(state.phase, dphase, dtype)
     qr, kr = rotate(q, phase.unsqueeze(3)), rotate(k, phase.unsqueeze(3))
     current = torch.einsum("bthrp,bthrn->bthpn", v, kr)  # v_t kr_t^T, summed over ranks
     previous = torch.cat((torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev).unsqueeze(1),
@@ -370,11 +378,7 @@ def scan_chunked_ref(
     # <= 0 -- cumsums of non-positive numbers are monotone even in floating point.
     log_decay = log_decay.clamp(max=0.0)
 
-    # Cumulative phase: the running sum is taken in float64 so fp32 angles do not drift over long
-    # T, then reduced mod 2*pi before cos/sin (docs/mamba3.md §6.3).
-    phase = torch.remainder(
-        state.phase.double().unsqueeze(1) + dphase.double().cumsum(dim=1), TWO_PI
-    ).to(dtype)
+    phase = cumulative_phase(state.phase, dphase, dtype)
 
     # A resumed scan owes the first token's beta term to the cached previous token; the decay of
     # chunk 0 supplies its exp(a_0) factor.
