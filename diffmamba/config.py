@@ -230,6 +230,10 @@ class TrainConfig:
     compile: bool = False
     num_workers: int = 0  # DataLoader worker processes per rank (0 = load in the training process)
     final_weights: str = "ema"  # weights exported to DIR/final: "ema" (if train.ema > 0) | "raw"
+    # Warm start: the weights of another run (its final/), a final/ or a checkpoints/step_* folder,
+    # with the same architecture and tokenizer; optimizer, EMA, step and data order start fresh.
+    # E.g. a diffusion run adapted from an AR run. --resume ignores it (the checkpoint has the weights).
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "eval_batches", "log_every", "keep_last"):

@@ -11,7 +11,8 @@ import yaml
 from diffmamba.core import budget
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import read_json
-from diffmamba.eval.loading import find_model_dir, find_run_config
+from diffmamba.eval.loading import find_run_config
+from diffmamba.model_folder import find_model_dir
 from diffmamba.sampling.canvas import parse_pattern
 
 

@@ -5,6 +5,7 @@
     accelerate launch scripts/train.py --config configs/small.yaml --out runs/small   # all GPUs of a node
     accelerate launch --config_file configs/accelerate/multi_node.yaml scripts/train.py ...  # several nodes
     diffmamba train --out runs/tiny --resume train.max_steps=4000             # continue where it stopped
+    diffmamba train --config configs/tiny.yaml --out runs/tiny-adapted train.init_from=runs/tiny-ar  # start from AR weights
 
 Config values come from ``--config`` and dotted overrides (``train.lr=1e-3`` or ``--train.lr 1e-3``);
 the resolved config is written to ``OUT/config.yaml``. Outputs: ``OUT/metrics.jsonl`` (one JSON object
@@ -16,6 +17,11 @@ With ``--resume`` the run continues from the newest complete checkpoint in OUT, 
 trajectory equals the uninterrupted run's bit for bit: the data order is a function of (seed, epoch)
 and the checkpoint's position, the noise of step ``s`` comes from generators seeded by (seed, s, rank),
 and the optimizer, EMA and global RNG states are restored.
+
+``train.init_from=DIR`` starts from another run's weights (its final/, or a step folder) of the same
+architecture and tokenizer, e.g. masked diffusion adapted from an AR run, as DiffuLLaMA and Dream
+adapt AR LMs. Only the weights come along; ``--resume`` then continues from the new run's own
+checkpoints.
 """
 from __future__ import annotations
 

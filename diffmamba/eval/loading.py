@@ -21,11 +21,9 @@ import torch
 from diffmamba.config import RunConfig, load_config
 from diffmamba.core.device import resolve_device
 from diffmamba.core.errors import UserError
-from diffmamba.core.stepdirs import LATEST, list_checkpoints
 from diffmamba.data.tokenizer import load_tokenizer
-from diffmamba.model import DiffMamba
+from diffmamba.model_folder import find_model_dir, load_model_folder
 
-MODEL_FILES = ("config.json", "model.safetensors")
 RUN_CONFIG_NAMES = ("run_config.yaml", "config.yaml")
 _CACHE: dict[tuple, "Checkpoint"] = {}
 
@@ -72,31 +70,6 @@ class Checkpoint:
                               "mask_id": self.tokenizer.mask_id, "fingerprint": self.tokenizer.fingerprint}}
 
 
-def _has_model(folder: str) -> bool:
-    return all(os.path.isfile(os.path.join(folder, f)) for f in MODEL_FILES)
-
-
-def find_model_dir(path: str, must_exist: bool = True) -> Optional[str]:
-    """The folder with the weights: ``path`` itself, ``path/final``, or the newest ``path/checkpoints/step_*``."""
-    candidates = [path, os.path.join(path, "final")]
-    latest = os.path.join(path, "checkpoints", LATEST)
-    if os.path.isfile(latest):
-        with open(latest, encoding="utf-8", errors="replace") as f:
-            candidates.append(os.path.join(path, "checkpoints", os.path.basename(f.read().strip())))
-    # A dangling or damaged `latest` falls back to the newest step_<N> folder holding a model.
-    candidates += [folder for _, folder in reversed(list_checkpoints(os.path.join(path, "checkpoints")))]
-    for c in candidates:
-        if os.path.isdir(c) and _has_model(c):
-            return c
-    if not must_exist:
-        return None
-    if not os.path.exists(path):
-        raise UserError(f"checkpoint {path} does not exist; pass a run folder from `diffmamba train` "
-                        "(its final/ is used) or a folder holding config.json + model.safetensors")
-    raise UserError(f"no model in {path} (looked for {' + '.join(MODEL_FILES)} there, in final/ and in "
-                    "checkpoints/latest); pass a run folder or a folder written by save_pretrained")
-
-
 def find_run_config(model_dir: str) -> Optional[str]:
     for folder in (model_dir, os.path.dirname(os.path.abspath(model_dir)),
                    os.path.dirname(os.path.dirname(os.path.abspath(model_dir)))):
@@ -118,7 +91,7 @@ def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
     if not os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
         raise UserError(f"{model_dir} has no tokenizer.json; evaluation needs the checkpoint's tokenizer "
                         "(every checkpoint `diffmamba train` writes has one: copy it in with tokenizer.save(dir))")
-    model = _load_model(model_dir).to(device=dev, dtype=torch.float32).eval()
+    model = load_model_folder(model_dir).to(device=dev, dtype=torch.float32).eval()
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(f"{model_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
@@ -128,19 +101,6 @@ def load_checkpoint(path: str, device: Optional[str] = None) -> Checkpoint:
     ckpt = Checkpoint(path, model_dir, model, tokenizer, run_config, cfg_path)
     _CACHE[key] = ckpt
     return ckpt
-
-
-def _load_model(model_dir: str):
-    """DiffMamba.from_pretrained, with damaged files reported as one line naming them."""
-    try:
-        return DiffMamba.from_pretrained(model_dir)
-    except UserError:
-        raise
-    except Exception as e:  # safetensors / json / shape errors of a truncated, empty or foreign file
-        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UserError(f"cannot load the model in {model_dir} ({type(e).__name__}: {detail}); its "
-                        "model.safetensors / config.json are damaged or from another program: use an intact "
-                        "checkpoint (e.g. another checkpoints/step_* folder of the run)") from None
 
 
 def require_same_tokenizer(ckpts: Sequence[Checkpoint], what: str) -> None:

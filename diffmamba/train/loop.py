@@ -41,6 +41,7 @@ from diffmamba.train.debug import DebugLog
 from diffmamba.train.log import MetricsLog, device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import EMA, build_optimizer, lr_at, set_lr
 from diffmamba.train.runfolder import prepare_run_folder
+from diffmamba.train.warm_start import warm_start
 
 # Streams of derived seeds, so that no two uses of train.seed ever share random numbers.
 SEED_TIMES, SEED_NOISE, SEED_EVAL = 1, 2, 3
@@ -192,6 +193,8 @@ class Trainer:
         model = DiffMamba(cfg.model)
         if resumable:
             model.load_state_dict(load_file(os.path.join(resumable.path, ckpt.MODEL_WEIGHTS)))
+        elif cfg.train.init_from:
+            self.init_source = warm_start(model, cfg.train.init_from, self.tokenizer)
         model.to(acc.device)
         optimizer = build_optimizer(model, cfg.train)
         self.prepared, self.optimizer = acc.prepare(model, optimizer)
@@ -206,6 +209,8 @@ class Trainer:
                   f"layers {cfg.model.layer_kinds} (M = Mamba-3, A = attention), vocab {cfg.model.vocab_size}, "
                   f"objective {cfg.objective.name}, {self.world_size} process(es) on {acc.device.type}, "
                   f"mixed precision {acc.mixed_precision}")
+            if cfg.train.init_from:
+                print(f"weights from {self.init_source} (train.init_from); optimizer, EMA and data order start fresh")
 
     def _restore(self, resumable: ckpt.Resumable) -> None:
 

@@ -13,7 +13,7 @@ PACKAGE = os.path.join(ROOT, "diffmamba")
 
 # Lower number = lower layer; a module may import only from its own layer or below.
 LAYERS = {
-    "core": 0, "config": 1, "kernels": 2, "ops": 2, "modules": 3, "model": 4, "data": 4,
+    "core": 0, "config": 1, "kernels": 2, "ops": 2, "modules": 3, "model": 4, "model_folder": 4, "data": 4,
     "objectives": 5, "sampling": 6, "train": 7, "eval": 7, "bench": 8, "cli": 9,
 }
 

@@ -81,7 +81,7 @@ def test_fresh_deletes_the_run_and_starts_over(run_copy, micro_data, capsys):
 
 
 def test_a_dangling_latest_falls_back_to_the_newest_step_folder(run_copy):
-    from diffmamba.eval.loading import find_model_dir
+    from diffmamba.model_folder import find_model_dir
 
     shutil.rmtree(os.path.join(run_copy, "final"))
     with open(os.path.join(run_copy, "checkpoints", "latest"), "w") as f:
