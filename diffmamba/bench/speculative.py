@@ -48,10 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, default in (("vocab-size", 4096), ("d-model", 192), ("n-layers", 4), ("headdim", 48)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"fresh model shape (default {default})")
     args = p.parse_args(argv)
-    if min(args.draft_lens) < 1 or min(args.batch_sizes) < 1 or args.length < 1 or args.context < 1 or args.repeats < 1:
-        raise UserError("--draft-lens, --batch-sizes, --length, --context and --repeats must be >= 1")
     for k in args.draft_lens:
         check_draft_len(k, "--draft-lens")
+    if min(args.batch_sizes) < 1 or args.length < 1 or args.context < 1 or args.repeats < 1:
+        raise UserError("--batch-sizes, --length, --context and --repeats must be >= 1")
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         raise UserError("--top-p must be in (0, 1] and --temperature >= 0")
     return args

@@ -96,6 +96,10 @@ def test_bench_speculative_prints_break_even_and_both_decoders(checkpoints, caps
     assert "torch=" in out
     assert main(["bench", "speculative", "--checkpoint", checkpoints["diffusion"], "--device", "cpu"]) == 2
     assert "only a dual checkpoint" in capsys.readouterr().err
+    assert main(["bench", "speculative", "--draft-lens", "0", "--device", "cpu"]) == 2
+    assert "--draft-lens must be in [1, 64]" in capsys.readouterr().err
+    assert main(["bench", "speculative", "--batch-sizes", "0", "--device", "cpu"]) == 2
+    assert "--batch-sizes, --length, --context and --repeats must be >= 1" in capsys.readouterr().err
     assert main(["bench", "speculative", "--d-model", "16", "--n-layers", "1", "--headdim", "8", "--vocab-size", "20",
                  "--batch-sizes", "1", "--draft-lens", "2", "--repeats", "1", "--context", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
