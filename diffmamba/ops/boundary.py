@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from diffmamba.ops import Mamba3State
-from diffmamba.ops.reference import compute_dtype, cumulative_phase, rotate
+from diffmamba.ops.reference import (compute_dtype, cumulative_phase, rotate, state_in_compute_dtype,
+                                      to_rank_form)
 
 
 class BoundaryStates(NamedTuple):
@@ -42,21 +43,6 @@ class BoundaryStates(NamedTuple):
 
     entering: Mamba3State
     final: Mamba3State
-
-
-def _rank_form(x: Tensor, is_siso: bool, axis: int) -> Tensor:
-    return x.unsqueeze(axis) if is_siso else x
-
-
-def _rank_form_state(state: Optional[Mamba3State], k: Tensor, v: Tensor, dphase: Tensor, is_siso: bool,
-                     dtype: torch.dtype) -> Mamba3State:
-    """``state`` (zeros when None) in rank form and the compute dtype; k, v already in rank form."""
-    if state is None:
-        batch, _, heads, rank, N = k.shape
-        state = Mamba3State.zeros(batch, heads, v.shape[-1], N, dphase.shape[-1], R=None if is_siso else rank,
-                                  dtype=dtype, device=k.device)
-    return Mamba3State(state.ssm.to(dtype), _rank_form(state.k_prev, is_siso, 2).to(dtype),
-                       _rank_form(state.v_prev, is_siso, 2).to(dtype), state.phase.to(dtype))
 
 
 def block_boundary_states(
@@ -90,10 +76,11 @@ def _boundary_states(k, v, log_decay, dt, trap, dphase, block_size, initial_stat
     num_blocks = length // block_size
     dtype = compute_dtype(k, v, log_decay, dt, trap, dphase)
     out_k, out_v = k.dtype, v.dtype
-    is_siso = k.dim() == 4
-    k = _rank_form(k, is_siso, 3).to(dtype)
-    v = _rank_form(v, is_siso, 3).to(dtype)
-    init = _rank_form_state(initial_state, k, v, dphase, is_siso, dtype)
+    # The scan's own rank-form helpers; q plays no part in states, so k stands in for it.
+    is_siso, _, k, v, init = to_rank_form(k, k, v, initial_state, time_axis=True)
+    k, v = k.to(dtype), v.to(dtype)
+    init = state_in_compute_dtype(init, batch, heads, k.shape[3], v.shape[-1], k.shape[-1], dphase.shape[-1],
+                                   dtype, k.device)
     phase = cumulative_phase(init.phase, dphase, dtype)  # global, as the scan op computes it
     k_rotated = rotate(k, phase.unsqueeze(3))
 

@@ -93,7 +93,7 @@ def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
 # rank form helpers
 
 
-def _to_rank_form(q, k, v, state: Optional[Mamba3State], time_axis: bool):
+def to_rank_form(q, k, v, state: Optional[Mamba3State], time_axis: bool):
     """Give SISO tensors a rank axis of size 1 (after H); MIMO tensors pass through."""
     rank_axis = 3 if time_axis else 2
     is_siso = q.dim() == rank_axis + 1
@@ -104,14 +104,14 @@ def _to_rank_form(q, k, v, state: Optional[Mamba3State], time_axis: bool):
     return is_siso, q, k, v, state
 
 
-def _from_rank_form(is_siso: bool, y: torch.Tensor, state: Mamba3State, time_axis: bool):
+def from_rank_form(is_siso: bool, y: torch.Tensor, state: Mamba3State, time_axis: bool):
     if not is_siso:
         return y, state
     y = y.squeeze(3 if time_axis else 2)
     return y, state._replace(k_prev=state.k_prev.squeeze(2), v_prev=state.v_prev.squeeze(2))
 
 
-def _state_in_compute_dtype(state, batch, heads, rank, P, N, S, dtype, device) -> Mamba3State:
+def state_in_compute_dtype(state, batch, heads, rank, P, N, S, dtype, device) -> Mamba3State:
     """The given rank-form state cast to the compute dtype, or a zero one (= no previous token)."""
     if state is None:
         zero = Mamba3State.zeros(batch, heads, P, N, S, R=rank, dtype=dtype, device=device)
@@ -165,15 +165,15 @@ def scan_step_ref(q, k, v, log_decay, dt, trap, dphase, D=None, state=None):
     Returns y (v's shape and dtype) and the new Mamba3State.
     """
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
-    is_siso, q, k, v, state = _to_rank_form(q, k, v, state, time_axis=False)
+    is_siso, q, k, v, state = to_rank_form(q, k, v, state, time_axis=False)
     batch, heads, rank, N = q.shape
-    state = _state_in_compute_dtype(
+    state = state_in_compute_dtype(
         state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device
     )
     cast = [t.to(dtype) for t in (q, k, v, log_decay, dt, trap, dphase)]
     y, new_state = _step_core(*cast, None if D is None else D.to(dtype), state)
     new_state = _state_out(new_state, k.dtype, v.dtype)
-    return _from_rank_form(is_siso, y.to(v.dtype), new_state, time_axis=False)
+    return from_rank_form(is_siso, y.to(v.dtype), new_state, time_axis=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,9 +195,9 @@ def scan_recurrent_ref(
         return y.flip(1), state
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
     out_dtypes = (k.dtype, v.dtype)
-    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    is_siso, q, k, v, state = to_rank_form(q, k, v, initial_state, time_axis=True)
     batch, T, heads, rank, N = q.shape
-    state = _state_in_compute_dtype(
+    state = state_in_compute_dtype(
         state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device
     )
     q, k, v, log_decay, dt, trap, dphase = (
@@ -211,7 +211,7 @@ def scan_recurrent_ref(
         )
         outputs.append(y_t)
     y = torch.stack(outputs, dim=1).to(out_dtypes[1])
-    return _from_rank_form(is_siso, y, _state_out(state, *out_dtypes), time_axis=True)
+    return from_rank_form(is_siso, y, _state_out(state, *out_dtypes), time_axis=True)
 
 
 def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
@@ -228,7 +228,7 @@ def scan_rotating_state_ref(q, k, v, log_decay, dt, trap, dphase, D=None):
     state h~_T [B, H, P, N] in the unrotated frame; the RoPE-frame state is R(Phi_T) applied to it.
     """
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
-    is_siso, q, k, v, _ = _to_rank_form(q, k, v, None, time_axis=True)
+    is_siso, q, k, v, _ = to_rank_form(q, k, v, None, time_axis=True)
     q, k, v, log_decay, dt, trap, dphase = (
         t.to(dtype) for t in (q, k, v, log_decay, dt, trap, dphase)
     )
@@ -282,9 +282,9 @@ def scan_states_ref(q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False,
 def _scan_states(q, k, v, log_decay, dt, trap, dphase, D, initial_state):
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
     out_dtypes = (k.dtype, v.dtype)
-    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    is_siso, q, k, v, state = to_rank_form(q, k, v, initial_state, time_axis=True)
     batch, T, heads, rank, N = q.shape
-    state = _state_in_compute_dtype(state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device)
+    state = state_in_compute_dtype(state, batch, heads, rank, v.shape[-1], N, dphase.shape[-1], dtype, q.device)
     q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
     phase = cumulative_phase(state.phase, dphase, dtype)
     qr, kr = rotate(q, phase.unsqueeze(3)), rotate(k, phase.unsqueeze(3))
@@ -369,10 +369,10 @@ def scan_chunked_ref(
         return y.flip(1), state
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
     out_dtypes = (k.dtype, v.dtype)
-    is_siso, q, k, v, state = _to_rank_form(q, k, v, initial_state, time_axis=True)
+    is_siso, q, k, v, state = to_rank_form(q, k, v, initial_state, time_axis=True)
     batch, T, heads, rank, N = q.shape
     P = v.shape[-1]
-    state = _state_in_compute_dtype(state, batch, heads, rank, P, N, dphase.shape[-1], dtype, q.device)
+    state = state_in_compute_dtype(state, batch, heads, rank, P, N, dphase.shape[-1], dtype, q.device)
     q, k, v, log_decay, dt, trap = (t.to(dtype) for t in (q, k, v, log_decay, dt, trap))
     # a <= 0 by contract; clamping it here (a [B, T, H] tensor) makes every decay exponent below
     # <= 0 -- cumsums of non-positive numbers are monotone even in floating point.
@@ -452,4 +452,4 @@ def scan_chunked_ref(
     y = y.to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
     last_chunk, last_position = divmod(T - 1, chunk)
     final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])
-    return _from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)
+    return from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)
