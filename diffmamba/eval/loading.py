@@ -66,6 +66,7 @@ class Checkpoint:
                 "trained_steps": export.get("step"), "weights": export.get("weights"),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "trained_objective": self.trained_objective, "run_config": self.run_config_path,
+                "init_from": self.run_config.train.init_from if self.run_config is not None else None,
                 "tokenizer": {"vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id,
                               "mask_id": self.tokenizer.mask_id, "fingerprint": self.tokenizer.fingerprint}}
 

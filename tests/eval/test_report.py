@@ -61,6 +61,16 @@ def test_report_files_and_generated_summary(tmp_path):
     assert set(loaded["plots"]) >= {"gen_ppl_vs_nfe", "pareto", "likelihood"}
 
 
+def test_the_header_names_where_a_warm_started_checkpoint_began():
+    results = _results()
+    results["checkpoints"] = {"d": {"parameters": 3e6, "trained_objective": "diffusion", "trained_steps": 300,
+                                    "init_from": "runs/demo-ar", "weights": "ema"},
+                              "a": {"parameters": 3e6, "trained_objective": "ar", "trained_steps": 300}}
+    md = report.render_markdown(results)
+    assert "checkpoint `d` (3.00M parameters, trained objective diffusion, 300 steps, started from `runs/demo-ar`" in md
+    assert "checkpoint `a` (3.00M parameters, trained objective ar, 300 steps)" in md
+
+
 def test_summary_follows_the_numbers():
     flipped = _results(ar_gen=100.0, diff_gen=(60.0, 30.0, 15.0), ar_entropy=4.0, diff_entropy=2.0)
     lines = report.generation_summary(flipped["generation"])

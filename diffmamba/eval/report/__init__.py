@@ -183,6 +183,7 @@ def render_markdown(results: dict, plots: Optional[dict] = None) -> str:
         facts = [f"{c['parameters'] / 1e6:.2f}M parameters" if c.get("parameters") else None,
                  f"trained objective {c['trained_objective']}" if c.get("trained_objective") else None,
                  f"{c['trained_steps']} steps" if c.get("trained_steps") is not None else None,
+                 f"started from `{c['init_from']}`" if c.get("init_from") else None,
                  f"{c['weights']} weights" if c.get("weights") else None]
         facts = ", ".join(f for f in facts if f)
         lines.append(f"- system **{s['name']}**: mode `{s['mode']}`, checkpoint `{s['checkpoint']}`"
