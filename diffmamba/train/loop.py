@@ -41,7 +41,7 @@ from diffmamba.train.debug import DebugLog
 from diffmamba.train.log import MetricsLog, device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import EMA, build_optimizer, lr_at, set_lr
 from diffmamba.train.runfolder import prepare_run_folder
-from diffmamba.train.warm_start import warm_start
+from diffmamba.train.warm_start import read_warm_start, warm_start
 
 # Streams of derived seeds, so that no two uses of train.seed ever share random numbers.
 SEED_TIMES, SEED_NOISE, SEED_EVAL = 1, 2, 3
@@ -121,6 +121,8 @@ class Trainer:
         self.ckpt_root = os.path.join(out_dir, "checkpoints")
         self.show_progress, self.debug_batches = show_progress, debug_batches
 
+        # A warm-start source is read before the folder is touched (--fresh may delete one inside it).
+        self.init_source = read_warm_start(cfg.train.init_from) if cfg.train.init_from and not resume else None
         resumable = prepare_run_folder(out_dir, resume, fresh, self.is_main)
         acc.wait_for_everyone()  # nobody writes into the folder before every process has looked at it
         self.tokenizer, self.train_set, self.val_set = self._load_data(cfg, resumable)
@@ -191,10 +193,12 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         set_seed(cfg.train.seed)  # model init is a function of the seed
         model = DiffMamba(cfg.model)
+        warm_from = None
         if resumable:
             model.load_state_dict(load_file(os.path.join(resumable.path, ckpt.MODEL_WEIGHTS)))
-        elif cfg.train.init_from:
-            self.init_source = warm_start(model, cfg.train.init_from, self.tokenizer)
+        elif self.init_source is not None:
+            warm_start(model, self.init_source, self.tokenizer)
+            warm_from, self.init_source = self.init_source.model_dir, None  # drop the source's copy
         model.to(acc.device)
         optimizer = build_optimizer(model, cfg.train)
         self.prepared, self.optimizer = acc.prepare(model, optimizer)
@@ -209,8 +213,8 @@ class Trainer:
                   f"layers {cfg.model.layer_kinds} (M = Mamba-3, A = attention), vocab {cfg.model.vocab_size}, "
                   f"objective {cfg.objective.name}, {self.world_size} process(es) on {acc.device.type}, "
                   f"mixed precision {acc.mixed_precision}")
-            if cfg.train.init_from:
-                print(f"weights from {self.init_source} (train.init_from); optimizer, EMA and data order start fresh")
+            if warm_from:
+                print(f"weights from {warm_from} (train.init_from); optimizer, EMA and data order start fresh")
 
     def _restore(self, resumable: ckpt.Resumable) -> None:
 

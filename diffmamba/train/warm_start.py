@@ -6,6 +6,7 @@ run is an ordinary run from then on (``--resume`` restores it from its own check
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -18,25 +19,35 @@ from diffmamba.model_folder import find_model_dir, load_model_folder
 WARM_START_FREE = ("chunk_size", "max_seq_len", "dt_min", "dt_max", "dt_init_floor", "init_std")
 
 
-def warm_start(model: torch.nn.Module, path: str, tokenizer) -> str:
-    """Load the weights of the model found at ``path`` into ``model``; returns the folder used.
+@dataclass
+class WarmStartSource:
+    model_dir: str
+    model: torch.nn.Module
+    tokenizer_fingerprint: str
 
-    The source must have this run's architecture and tokenizer (token ids index the embedding):
-    anything else is a one-line UserError naming the difference.
-    """
+
+def read_warm_start(path: str) -> WarmStartSource:
+    """The model found at ``path`` and its tokenizer's fingerprint, read before the run folder is
+    touched: ``--fresh`` may delete a source that lies inside it."""
     model_dir = find_model_dir(path)
-    source = load_model_folder(model_dir)
-    mine, theirs = to_dict(model.config), to_dict(source.config)
-    changed = [f"{k} {theirs.get(k)} vs {v}" for k, v in mine.items() if k not in WARM_START_FREE and theirs.get(k) != v]
-    if changed:
-        raise UserError(f"train.init_from: the model in {model_dir} has another architecture than model.* "
-                        f"({'; '.join(changed)}); train with that run's model config (e.g. its config.yaml)")
+    model = load_model_folder(model_dir)
     if not os.path.isfile(os.path.join(model_dir, "tokenizer.json")):
         raise UserError(f"train.init_from: {model_dir} has no tokenizer.json, so its token ids cannot be checked "
                         "against this run's tokenizer; point at a folder written by `diffmamba train`")
-    if load_tokenizer(model_dir).fingerprint != tokenizer.fingerprint:
-        raise UserError(f"train.init_from: {model_dir} was trained with another tokenizer than this run's "
+    return WarmStartSource(model_dir, model, load_tokenizer(model_dir).fingerprint)
+
+
+def warm_start(model: torch.nn.Module, source: WarmStartSource, tokenizer) -> None:
+    """Load the source's weights into ``model``. The source must have this run's architecture and
+    tokenizer (token ids index the embedding): anything else is a one-line UserError naming the
+    difference."""
+    mine, theirs = to_dict(model.config), to_dict(source.model.config)
+    changed = [f"{k} {theirs.get(k)} vs {v}" for k, v in mine.items() if k not in WARM_START_FREE and theirs.get(k) != v]
+    if changed:
+        raise UserError(f"train.init_from: the model in {source.model_dir} has another architecture than model.* "
+                        f"({'; '.join(changed)}); train with that run's model config (e.g. its config.yaml)")
+    if source.tokenizer_fingerprint != tokenizer.fingerprint:
+        raise UserError(f"train.init_from: {source.model_dir} was trained with another tokenizer than this run's "
                         "data.tokenizer (its token ids mean other tokens); use the same data.tokenizer and "
                         "data.tokenizer_vocab_size as that run")
-    model.load_state_dict(source.state_dict())
-    return model_dir
+    model.load_state_dict(source.model.state_dict())

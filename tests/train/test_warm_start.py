@@ -55,6 +55,18 @@ def test_a_diffusion_run_starts_from_the_ar_runs_final_weights(tiny_data, ar_run
     assert len(losses(out)) == 2
 
 
+def test_fresh_may_restart_a_run_from_its_own_weights(tiny_data, ar_run, tmp_path, capsys):
+    """The source is read before --fresh clears the folder it lies in."""
+    out = str(tmp_path / "again")
+    shutil.copytree(ar_run, out)
+    weights = DiffMamba.from_pretrained(os.path.join(out, "final")).state_dict()
+    overrides = micro_overrides(tiny_data, max_steps=1) + [f"train.init_from={out}"]
+    trainer = Trainer(load_config(RunConfig, TINY_CONFIG, overrides), out, fresh=True, show_progress=False)
+    assert not os.path.exists(os.path.join(out, "final"))  # cleared by --fresh, after the source was read
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
 def test_resume_continues_exactly_from_its_own_checkpoint_without_the_source(tiny_data, ar_run, tmp_path, capsys):
     source = str(tmp_path / "source")
     shutil.copytree(ar_run, source)
