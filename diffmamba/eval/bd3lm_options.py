@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 from diffmamba.config import ObjectiveConfig, RunConfig, load_config
 from diffmamba.core.errors import UserError
 from diffmamba.eval.loading import find_run_config
-from diffmamba.model_folder import find_model_dir
 from diffmamba.eval.systems import System
+from diffmamba.model_folder import find_model_dir
 
 
 # ------------------------------------------------------------------------------------ systems

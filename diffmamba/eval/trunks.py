@@ -22,8 +22,8 @@ import torch
 from diffmamba.config import ModelConfig, config_from_dict
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import read_json
-from diffmamba.model_folder import find_model_dir
 from diffmamba.eval.systems import System
+from diffmamba.model_folder import find_model_dir
 from diffmamba.modules.attention import KVCache
 
 

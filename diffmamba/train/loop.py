@@ -41,7 +41,7 @@ from diffmamba.train.debug import DebugLog
 from diffmamba.train.log import MetricsLog, device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import EMA, build_optimizer, lr_at, set_lr
 from diffmamba.train.runfolder import prepare_run_folder
-from diffmamba.train.warm_start import read_warm_start, warm_start
+from diffmamba.train.warm_start import WarmStartSource, read_warm_start, warm_start
 
 # Streams of derived seeds, so that no two uses of train.seed ever share random numbers.
 SEED_TIMES, SEED_NOISE, SEED_EVAL = 1, 2, 3
@@ -122,7 +122,7 @@ class Trainer:
         self.show_progress, self.debug_batches = show_progress, debug_batches
 
         # A warm-start source is read before the folder is touched (--fresh may delete one inside it).
-        self.init_source = read_warm_start(cfg.train.init_from) if cfg.train.init_from and not resume else None
+        init_source = read_warm_start(cfg.train.init_from) if cfg.train.init_from and not resume else None
         resumable = prepare_run_folder(out_dir, resume, fresh, self.is_main)
         acc.wait_for_everyone()  # nobody writes into the folder before every process has looked at it
         self.tokenizer, self.train_set, self.val_set = self._load_data(cfg, resumable)
@@ -131,7 +131,7 @@ class Trainer:
             os.makedirs(out_dir, exist_ok=True)
             write_yaml(os.path.join(out_dir, "config.yaml"), to_dict(cfg))
 
-        self._build_model(resumable)
+        self._build_model(resumable, init_source)
         state = resumable.trainer_state if resumable else {}
         self.step = int(state.get("step", 0))
         self.position = DataPosition(**state.get("data_position", {}))
@@ -187,18 +187,16 @@ class Trainer:
                                   "the continuation will not match the original run", stacklevel=2)
         return cfg
 
-    def _build_model(self, resumable: Optional[ckpt.Resumable]) -> None:
+    def _build_model(self, resumable: Optional[ckpt.Resumable], init_source: Optional[WarmStartSource]) -> None:
 
 
         acc, cfg = self.accelerator, self.cfg
         set_seed(cfg.train.seed)  # model init is a function of the seed
         model = DiffMamba(cfg.model)
-        warm_from = None
         if resumable:
             model.load_state_dict(load_file(os.path.join(resumable.path, ckpt.MODEL_WEIGHTS)))
-        elif self.init_source is not None:
-            warm_start(model, self.init_source, self.tokenizer)
-            warm_from, self.init_source = self.init_source.model_dir, None  # drop the source's copy
+        elif init_source is not None:
+            warm_start(model, init_source, self.tokenizer)
         model.to(acc.device)
         optimizer = build_optimizer(model, cfg.train)
         self.prepared, self.optimizer = acc.prepare(model, optimizer)
@@ -213,8 +211,9 @@ class Trainer:
                   f"layers {cfg.model.layer_kinds} (M = Mamba-3, A = attention), vocab {cfg.model.vocab_size}, "
                   f"objective {cfg.objective.name}, {self.world_size} process(es) on {acc.device.type}, "
                   f"mixed precision {acc.mixed_precision}")
-            if warm_from:
-                print(f"weights from {warm_from} (train.init_from); optimizer, EMA and data order start fresh")
+            if init_source is not None:
+                print(f"weights from {init_source.model_dir} (train.init_from); optimizer, EMA and data order "
+                      "start fresh")
 
     def _restore(self, resumable: ckpt.Resumable) -> None:
 
