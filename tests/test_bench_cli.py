@@ -28,7 +28,8 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
     for shape in ("cpu-micro", "cpu-micro-mimo"):
         rows = [line for line in out.splitlines() if line.startswith(shape)]
         for needle in ("fwdbwd  triton-recompute", "fwdbwd  triton ", "fwd     triton-split",
-                       "fwdbwd  triton-bwd-ieee", "bwd core", "bwd (whole)"):
+                       "fwdbwd  triton-bwd-ieee", "bwd core", "bwd (whole)", "pre-pass fwd",
+                       "pre-pass bwd", "glue (rest)"):
             assert any(needle in line for line in rows), (shape, needle, out)
     assert "recompute backward / with the Triton backward" in out
 

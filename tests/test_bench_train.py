@@ -32,6 +32,8 @@ def test_rows_for_every_trunk_and_length_with_ratios(tmp_path, capsys, objective
         (16, "mamba3", 4), (16, "attention", 4), (16, "hybrid (MA)", 4),
         (32, "mamba3", 2), (32, "attention", 2), (32, "hybrid (MA)", 2)]  # 32 > max_seq_len 16: raised for the run
     assert all(r["tokens_per_s"] > 0 and r["final_loss"] > 0 for r in rows)
+    # MFU needs a GPU's peak: n/a on CPU, but the FLOP count behind it is there
+    assert all(r["flops_per_token"] > 0 and r["mfu"] is None for r in rows) and "| MFU |" in printed
     assert printed.count("1.00x") == 2  # the attention rows are the reference
 
 

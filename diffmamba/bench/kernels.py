@@ -43,9 +43,10 @@ SHAPES = {
 }
 STEP_SHAPES = {"step-b1-h32": (1, 32, 128, 64, 32), "step-b128-h32": (128, 32, 128, 64, 32)}
 OPS = ["fwd", "rev", "bi", "fwdbwd", "bibwd"]
-# bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction)
-# and its core kernels alone (core.core_backward); the difference is the pre-pass
-# (Triton rotation / scale / diagonal kernels and their adjoint, autograd on [B, T, H] tensors).
+# bwdparts: the Triton backward alone (scan_bwd.scan_backward on saved inputs, one direction),
+# then its parts alone: the core kernels (core.core_backward), the pre-pass kernels forward and
+# adjoint (prepass.prepass_forward / prepass_backward), and what is left of the whole (the glue:
+# autograd on [B, T, H] tensors, the same-step block's products, casts).
 EXTRA_OPS = ["bwdparts"]
 
 
@@ -159,9 +160,10 @@ def _scan_fn(impl, xs, reverse, chunk, backward, seed_grads):
 
 
 def bench_bwd_parts(name, xs, seed, args):
-    """Time the Triton backward (whole, and its core kernels alone) on one direction."""
+    """Time the Triton backward of one direction: whole, then its parts alone (``EXTRA_OPS``)."""
     from diffmamba.kernels import scan_bwd  # lazy: optional dependency (triton); the reference runs without it
     from diffmamba.kernels.core import chunk_rows, core_backward  # lazy: optional dependency (triton); the reference runs without it
+    from diffmamba.kernels.prepass import phase_and_scales, prepass_backward, prepass_forward  # lazy: as above
     q, k, v, a, dt, lam, dph, D = xs
     rank_form = (lambda t: t.contiguous()) if q.dim() == 5 else (lambda t: t.unsqueeze(3).contiguous())  # noqa: E731
     q5, k5, v5, dy5 = (rank_form(t) for t in (q, k, v, seed))
@@ -172,11 +174,19 @@ def bench_bwd_parts(name, xs, seed, args):
     qr, kp = q5.float(), k5.float()
     core = lambda: core_backward(qr, kp, v5, a, None, dy5, None, reverse=False,  # noqa: E731
                                  chunk=chunk_rows(chunk, q5.shape[3]))
-    out = []
-    for part, fn in (("bwd (whole)", whole), ("bwd core", core)):
-        ms = time_ms(fn, q.device.type, args.warmup, args.rep)
+    phase, gamma, _, scale = (t.contiguous() for t in phase_and_scales(dt, lam, dph, None, False))
+    R = q5.shape[3]
+    dc = torch.zeros(*q5.shape[:4], R, device=q.device, dtype=torch.float32)
+    pre_fwd = lambda: prepass_forward(q5, k5, phase, scale)  # noqa: E731
+    pre_bwd = lambda: prepass_backward(q5, k5, phase, scale, gamma, qr, kp, dc)  # noqa: E731
+    out, ms_of = [], {}
+    for part, fn in (("bwd (whole)", whole), ("bwd core", core), ("pre-pass fwd", pre_fwd), ("pre-pass bwd", pre_bwd)):
+        ms_of[part] = ms = time_ms(fn, q.device.type, args.warmup, args.rep)
         out.append(dict(shape=name, op="bwdparts", impl=part, ms=ms))
         print(f"{name:18s} {'bwdpart':7s} {part:12s} {ms:9.3f} ms", flush=True)
+    glue = ms_of["bwd (whole)"] - sum(ms for part, ms in ms_of.items() if part != "bwd (whole)")
+    out.append(dict(shape=name, op="bwdparts", impl="glue (rest)", ms=glue))
+    print(f"{name:18s} {'bwdpart':7s} {'glue (rest)':12s} {glue:9.3f} ms  (whole minus the three parts)", flush=True)
     return out
 
 

@@ -8,8 +8,9 @@ One *full optimizer step* per timing: the training objective's loss (``--objecti
 function ``diffmamba train`` calls), backward, gradient clipping and the AdamW step, under bf16
 autocast on GPU (float32 on CPU). Every trunk sees the same number of tokens per batch
 (``--tokens`` = batch x length) at every length. Prints device, dtype, versions, shapes and
-parameter counts, then per length and trunk the median step time after warm-up, tokens/s, peak
-memory, and each trunk's tokens/s relative to the attention trunk's, from this one run.
+parameter counts, then per length and trunk the median step time after warm-up, tokens/s, MFU
+(the training loop's FLOP estimate over the GPU's dense bf16 peak; n/a on CPU), peak memory, and
+each trunk's tokens/s relative to the attention trunk's, from this one run.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from diffmamba.eval.speed import environment, format_environment, measure
 from diffmamba.eval.trunks import trunk_name
 from diffmamba.model import DiffMamba
 from diffmamba.objectives import OBJECTIVES, MicroBatch
+from diffmamba.train.log import device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import build_optimizer
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -110,10 +112,14 @@ def bench_one(cfg, length: int, batch: int, args, device, amp_dtype) -> dict:
 
     timing = measure(lambda: optimizer_step(model, optimizer, objective, tokens_of, device, amp_dtype), device,
                      warmup=args.warmup, repeats=args.repeats)
+    tokens_per_s = batch * length / timing.median_s
+    flops_per_token = model.estimate_flops_per_token(length, mode=OBJECTIVES[args.objective].model_mode)
     row = {"trunk": trunk_name(cfg), "layers": cfg.layer_kinds, "length": length, "batch": batch,
            "tokens_per_step": batch * length, "params": model.num_parameters(),
            "non_embedding_params": model.num_parameters(non_embedding=True), "step_s": timing.median_s,
-           "tokens_per_s": batch * length / timing.median_s, "peak_mem_mib": timing.peak_mem_mib,
+           "tokens_per_s": tokens_per_s, "flops_per_token": flops_per_token,
+           "mfu": model_flops_utilization(flops_per_token, tokens_per_s, device_peak_flops(device), 1),
+           "peak_mem_mib": timing.peak_mem_mib,
            "mem_label": timing.mem_label, "final_loss": float(timing.result)}
     del model, optimizer
     if device.type == "cuda":
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
             row["config"] = os.path.relpath(path)
             rows.append(row)
             print(f"  L={length:<5} {row['trunk']:<16} {row['step_s'] * 1e3:9.1f} ms/step "
-                  f"{row['tokens_per_s']:11,.0f} tokens/s", flush=True)
+                  f"{row['tokens_per_s']:11,.0f} tokens/s  MFU {format_mfu(row['mfu'])}", flush=True)
     print(table(rows))
     if args.json:
         write_json(args.json, {"environment": env, "objective": args.objective, "tokens_per_step": tokens,
@@ -155,15 +161,15 @@ def main(argv=None) -> int:
 def table(rows: list[dict]) -> str:
     """Markdown table; 'vs attention' = tokens/s over the all-attention trunk's at the same length."""
     reference = {r["length"]: r["tokens_per_s"] for r in rows if r["trunk"] == "attention"}
-    lines = ["| L | trunk | layers | params (non-emb.) | batch | ms/step | tokens/s | vs attention | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| L | trunk | layers | params (non-emb.) | batch | ms/step | tokens/s | MFU | vs attention | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['tokens_per_s'] / reference[r['length']]:.2f}x" if r["length"] in reference else "-"
         lines.append(f"| {r['length']} | {r['trunk']} | {r['layers']} | {r['params'] / 1e6:.2f}M "
                      f"({r['non_embedding_params'] / 1e6:.2f}M) | {r['batch']} | {r['step_s'] * 1e3:.1f} | "
-                     f"{r['tokens_per_s']:,.0f} | {ratio} | {r['peak_mem_mib']:.0f} |")
+                     f"{r['tokens_per_s']:,.0f} | {format_mfu(r['mfu'])} | {ratio} | {r['peak_mem_mib']:.0f} |")
     label = rows[0]["mem_label"] if rows else ""
-    return "\n".join(lines) + f"\npeak MiB: {label}"
+    return "\n".join(lines) + f"\npeak MiB: {label}; MFU: training FLOPs per token x tokens/s over the dense bf16 peak"
 
 
 if __name__ == "__main__":

@@ -173,3 +173,17 @@ def test_help_of_the_commands_that_promise_it_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_benchmarks_and_sampling_need_no_hugging_face_datasets():
+    """`diffmamba bench train | kernels | speculative` and sampling import no `datasets`: GPU images
+    often lack it (the H200 image of 2026-11-27 did), and a benchmark must run there as it is."""
+    code = (
+        "import sys\n"
+        "import diffmamba.bench.train, diffmamba.bench.kernels, diffmamba.bench.speculative, diffmamba.sampling\n"
+        "import diffmamba.train.optim\n"
+        "assert 'datasets' not in sys.modules, 'datasets was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr[-2000:]
