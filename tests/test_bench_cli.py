@@ -1,4 +1,6 @@
 """`diffmamba bench`: each benchmark runs from the CLI on tiny CPU shapes and prints its environment."""
+import json
+
 import pytest
 
 from diffmamba.cli import main
@@ -40,3 +42,35 @@ def test_bench_resources_refuses_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(SystemExit, match="unset TRITON_INTERPRET"):
         main(["bench", "resources", "--quick"])
+
+
+def test_bench_decode_on_cpu_times_eager_steps_over_context(capsys, tmp_path):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--batch-sizes", "1", "2",
+                 "--contexts", "8", "40", "--tokens", "2", "--repeats", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no CUDA device" in printed and "torch=" in printed and "| 2 | 40 | eager |" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["context"], r["impl"]) for r in rows] == [
+        (1, 8, "eager"), (1, 40, "eager"), (2, 8, "eager"), (2, 40, "eager")]
+    # the floor counts every weight and both state transfers, the same at every context
+    assert len({(r["weight_bytes"], r["state_bytes"]) for r in rows if r["batch"] == 1}) == 1
+    assert all(r["us_per_token"] > 0 and r["state_bytes"] > 0 for r in rows)
+
+
+def test_bench_decode_refuses_two_model_sources(capsys):
+    assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--checkpoint", "runs/x"]) == 2
+    assert capsys.readouterr().err.strip() == "diffmamba bench: error: pass --config or --checkpoint, not both"
+
+
+def test_bench_decode_times_a_saved_model(capsys, tmp_path):
+    import torch
+
+    from diffmamba.config import ModelConfig
+    from diffmamba.model import DiffMamba
+    torch.manual_seed(0)
+    DiffMamba(ModelConfig(vocab_size=20, d_model=16, n_layers=1, headdim=8, d_state=8, chunk_size=4)).save_pretrained(
+        str(tmp_path / "run" / "final"))
+    assert main(["bench", "decode", "--checkpoint", str(tmp_path / "run"), "--batch-sizes", "1", "--contexts", "4",
+                 "--tokens", "1", "--repeats", "1"]) == 0
+    assert "layers M;" in capsys.readouterr().out

@@ -6,6 +6,7 @@
     diffmamba bench resources [--arch 90]                # compile the kernels for sm_90 here: registers, spills, smem
     diffmamba bench train [--lengths 1024 4096]          # training tokens/s + memory: Mamba-3 vs attention vs hybrid
     diffmamba bench speculative [--checkpoint DUAL]      # speculative rounds: call costs, break-even, tokens/s vs AR
+    diffmamba bench decode [--contexts 512 8192]         # AR per-token latency: eager vs CUDA graph, over context
 
 Sampler and decoding speed on trained checkpoints: `diffmamba eval speed`. Each subcommand's own
 options: `diffmamba bench SUBCOMMAND --help`.
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "resources": "diffmamba.bench.resources",
     "train": "diffmamba.bench.train",
     "speculative": "diffmamba.bench.speculative",
+    "decode": "diffmamba.bench.decode",
 }
 
 

@@ -17,13 +17,14 @@ from torch import Tensor
 
 from diffmamba.sampling.base import SampleResult, SamplerOptions, progress_bar
 from diffmamba.sampling.categorical import sample_tokens
+from diffmamba.sampling.graphs import GraphedStep
 
 
 @torch.no_grad()
 def ar_generate(
     model, prompt: Tensor, max_new_tokens: int, generator: Optional[torch.Generator] = None, *,
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: Optional[int] = None,
-    prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "decoding",
+    prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "decoding", cuda_graph: bool = False,
 ) -> SampleResult:
     """Sample ``max_new_tokens`` after ``prompt``.
 
@@ -36,6 +37,9 @@ def ar_generate(
         eos_id: if given, a row stops at its first EOS and is padded with EOS after it; decoding
             ends early once every row has stopped.
         prefill_chunk: prompt tokens per prefill call.
+        cuda_graph: replay the step from a CUDA graph captured after the prefill
+            (``diffmamba.sampling.graphs``; CUDA, Mamba-3 layers only): the same tokens, less
+            host overhead per token at small batch.
 
     Returns:
         SampleResult(tokens [B, P + n] with n <= max_new_tokens, nfe = model calls
@@ -52,6 +56,9 @@ def ar_generate(
         logits, state = model.prefill(chunk, state=state)
         nfe += 1
     next_logits = logits[:, -1]
+    graphed = None
+    if cuda_graph and max_new_tokens > 1:
+        graphed = GraphedStep(model, state)
     out = torch.empty(prompt.shape[0], max_new_tokens, dtype=prompt.dtype, device=prompt.device)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     steps = 0
@@ -67,6 +74,9 @@ def ar_generate(
             bar.update(1)
             if i == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
                 break
-            next_logits, state = model.step(token, state)
+            if graphed is not None:
+                next_logits = graphed(token)  # a static buffer: sampled from before the next call
+            else:
+                next_logits, state = model.step(token, state)
             nfe += 1
     return SampleResult(torch.cat([prompt, out[:, :steps]], dim=1), nfe, steps)

@@ -49,6 +49,7 @@ class SamplerOptions:
     schedule, schedule_eps: noise schedule of the time grid (log-linear, eps = 1e-3, as trained).
     time_eps: last time of the grid linspace(1, time_eps, steps + 1).
     progress: show a tqdm bar over steps; progress_desc labels it.
+    cuda_graph: AR mode: replay the decode step from a CUDA graph (``diffmamba.sampling.graphs``).
     """
 
     steps: int = 128
@@ -63,6 +64,7 @@ class SamplerOptions:
     time_eps: float = 1e-5
     progress: bool = False
     progress_desc: str = "sampling"
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:

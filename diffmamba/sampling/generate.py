@@ -88,7 +88,7 @@ def _ar(model, canvas: Tensor, fixed: Tensor, options: SamplerOptions, generator
     start, given = _prefix(canvas, fixed, start_id, "ar")
     result = ar_generate(model, start, length - given, generator, temperature=options.temperature,
                          top_k=options.top_k, top_p=options.top_p, eos_id=stop_id, progress=options.progress,
-                         progress_desc=options.progress_desc)
+                         progress_desc=options.progress_desc, cuda_graph=options.cuda_graph)
     tokens = result.tokens if given else result.tokens[:, 1:]
     if tokens.shape[1] < length:  # stopped at stop_id: pad with it to the canvas length
         pad = torch.full((batch, length - tokens.shape[1]), stop_id, dtype=torch.long, device=tokens.device)

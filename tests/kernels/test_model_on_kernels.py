@@ -88,3 +88,28 @@ def test_decode_on_kernels_matches_ar_forward(rank, monkeypatch):
     got = torch.cat((logits, torch.stack(steps, 1)), 1)
     finite = torch.isfinite(ref)
     check("AR logits via prefill + steps", got[finite], ref[finite], torch.float32)
+
+
+@pytest.mark.skipif(not CUDA, reason="a CUDA graph needs a GPU (the protocol itself: tests/ar/test_graphs.py)")
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("rank", [1, 2], ids=["siso", "mimo2"])
+def test_cuda_graph_decode_matches_eager(rank, amp):
+    """AR decoding with the step replayed from a CUDA graph gives eager decoding's tokens and logits."""
+    from diffmamba.sampling.ar import ar_generate
+    from diffmamba.sampling.graphs import GraphedStep
+    model = make_model(rank).eval()
+    prompt = torch.randint(0, V, (4, 30), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cuda", enabled=False)
+    with torch.no_grad(), amp_ctx:
+        for knobs in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9)):
+            eager = ar_generate(model, prompt, 40, torch.Generator(DEVICE).manual_seed(0), **knobs)
+            graphed = ar_generate(model, prompt, 40, torch.Generator(DEVICE).manual_seed(0), cuda_graph=True, **knobs)
+            assert torch.equal(eager.tokens, graphed.tokens), knobs
+        _, state = model.prefill(prompt)
+        step = GraphedStep(model, state)
+        for t in range(10):
+            token = prompt[:, t]
+            logits, state = model.step(token, state)
+            got = step(token)
+            finite = torch.isfinite(logits)
+            check(f"graph logits step {t}", got[finite], logits[finite], torch.bfloat16 if amp else torch.float32)

@@ -1,0 +1,167 @@
+"""Per-token latency of AR decoding: eager steps against a CUDA-graph replay, over context length.
+
+    diffmamba bench decode                                   # GPU: small (130M), batch 1 and 64, context 512 and 8192
+    diffmamba bench decode --config configs/model/demo.yaml --batch-sizes 1 8
+    diffmamba bench decode --checkpoint runs/demo-ar          # a trained model's shape and weights
+
+After a prefill of ``--contexts`` random tokens, each measurement times ``--tokens`` consecutive
+decode steps (a fixed token fed back; no sampling, so only the model's step is timed): eager
+``model.step`` calls and, on CUDA, the step replayed from a CUDA graph
+(``diffmamba.sampling.graphs.GraphedStep``). Prints per-token microseconds, tokens/s, the graph's
+speed-up, each one's time at the longest context over its time at the shortest (a recurrent
+state is the same size at every context, so 1.0 is the ideal), and the memory-traffic floor of a
+step: every weight read once (bf16 under CUDA autocast, else the weights' dtype) plus the layers'
+states read and written, at ``--bw`` bytes/s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from diffmamba.config import ModelConfig, load_config
+from diffmamba.core.device import autocast, resolve_device
+from diffmamba.core.errors import UserError
+from diffmamba.core.io import write_json
+from diffmamba.eval.speed import environment, format_environment, measure
+from diffmamba.model import DiffMamba
+from diffmamba.sampling.graphs import GraphedStep
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "configs", "model")
+DEFAULT_VOCAB = 4096  # for configs that leave vocab_size to the tokenizer
+PREFILL_CHUNK = 1024  # prompt tokens per prefill call: bounded memory at long contexts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="diffmamba bench decode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="model config (default: configs/model/small.yaml on GPU, tiny.yaml on CPU); fresh weights")
+    p.add_argument("--checkpoint", default=None, metavar="DIR", help="a run folder or final/ instead of --config")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None, metavar="B",
+                   help="(default: 1 64 on GPU, 1 8 on CPU)")
+    p.add_argument("--contexts", nargs="+", type=int, default=None, metavar="T",
+                   help="prefilled tokens before the timed steps (default: 512 8192 on GPU, 64 512 on CPU)")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps per timing (default 64)")
+    p.add_argument("--repeats", type=int, default=5, help="timings per row; the median is printed (default 5)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--bw", type=float, default=3.0e12, help="memory ceiling, bytes/s (measured H100: 3.0e12)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows and environment here")
+    args = p.parse_args(argv)
+    if args.config is not None and args.checkpoint is not None:
+        raise UserError("pass --config or --checkpoint, not both")
+    for name in ("batch_sizes", "contexts"):
+        if getattr(args, name) is not None and min(getattr(args, name)) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must all be >= 1")
+    if args.tokens < 1 or args.repeats < 1 or args.bw <= 0:
+        raise UserError("--tokens and --repeats must be >= 1 and --bw > 0")
+    return args
+
+
+def load_model(args, device: torch.device) -> DiffMamba:
+    if args.checkpoint is not None:
+        from diffmamba.model_folder import find_model_dir, load_model_folder  # lazy: only with --checkpoint
+        return load_model_folder(find_model_dir(args.checkpoint)).to(device).eval()
+    path = args.config or os.path.join(CONFIG_DIR, "small.yaml" if device.type == "cuda" else "tiny.yaml")
+    if not os.path.isfile(path):
+        raise UserError(f"model config {path} does not exist; pass one such as configs/model/tiny.yaml")
+    cfg = load_config(ModelConfig, path)
+    if cfg.vocab_size is None:
+        cfg = load_config(ModelConfig, path, [f"vocab_size={DEFAULT_VOCAB}"])
+    torch.manual_seed(0)
+    return DiffMamba(cfg).to(device).eval()
+
+
+def traffic_floor_bytes(model: DiffMamba, state: list, amp: bool) -> tuple[int, int]:
+    """(bytes of weights one step reads, bytes of state it reads and writes)."""
+    weight_bytes = sum(p.numel() * (2 if amp else p.element_size()) for p in model.parameters())
+    state_bytes = 2 * sum(t.numel() * t.element_size() for layer in state for t in layer)
+    return weight_bytes, state_bytes
+
+
+@torch.no_grad()
+def bench_row(model, batch: int, context: int, args, device, amp_dtype) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(device)
+    token = prompt[:, -1].clone()
+    with autocast(device, amp_dtype):
+        state = None
+        for chunk in prompt.split(PREFILL_CHUNK, dim=1):
+            _, state = model.prefill(chunk, state=state)
+
+        def eager():
+            s = state
+            for _ in range(args.tokens):
+                _, s = model.step(token, s)
+
+        rows = [("eager", measure(eager, device, warmup=1, repeats=args.repeats))]
+        if device.type == "cuda":
+            graphed = GraphedStep(model, state)
+
+            def replay():
+                for _ in range(args.tokens):
+                    graphed(token)
+
+            rows.append(("cuda-graph", measure(replay, device, warmup=1, repeats=args.repeats)))
+    weights, states = traffic_floor_bytes(model, state, amp_dtype != torch.float32)
+    floor_us = (weights + states) / args.bw * 1e6 if device.type == "cuda" else None  # --bw is a GPU's
+    out = []
+    for impl, timing in rows:
+        per_token = timing.median_s / args.tokens
+        out.append({"impl": impl, "batch": batch, "context": context, "us_per_token": per_token * 1e6,
+                    "tokens_per_s": batch / per_token, "floor_us": floor_us,
+                    "weight_bytes": weights, "state_bytes": states})
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    batches = args.batch_sizes or ([1, 64] if on_gpu else [1, 8])
+    contexts = args.contexts or ([512, 8192] if on_gpu else [64, 512])
+    amp_dtype = torch.bfloat16 if on_gpu else torch.float32
+    model = load_model(args, device)
+    if not on_gpu:
+        print("no CUDA device: timing eager steps only (a CUDA graph needs a GPU)")
+    env = environment(device, amp_dtype)
+    print(f"diffmamba bench decode: {format_environment(env)}")
+    floor = f"; floor = weights + states at {args.bw / 1e12:.2f} TB/s" if on_gpu else ""
+    print(f"{model.num_parameters() / 1e6:.2f}M parameters, layers {model.config.layer_kinds}; {args.tokens} steps "
+          f"per timing, median of {args.repeats}{floor}")
+    rows = []
+    for batch in batches:
+        for context in contexts:
+            for row in bench_row(model, batch, context, args, device, amp_dtype):
+                rows.append(row)
+                floor = "" if row["floor_us"] is None else f"  floor {row['floor_us']:.1f} us"
+                print(f"  batch {batch:<4} context {context:<6} {row['impl']:<10} {row['us_per_token']:10.1f} us/token "
+                      f"{row['tokens_per_s']:12,.0f} tokens/s{floor}", flush=True)
+    print(table(rows))
+    if args.json:
+        write_json(args.json, {"environment": env, "tokens": args.tokens, "rows": rows})
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per row the graph's speed-up over eager, and t(context) / t(shortest context)."""
+    eager = {(r["batch"], r["context"]): r["us_per_token"] for r in rows if r["impl"] == "eager"}
+    shortest = {}
+    for r in rows:
+        key = (r["impl"], r["batch"])
+        shortest[key] = min(shortest.get(key, (r["context"], r["us_per_token"])), (r["context"], r["us_per_token"]))
+    lines = ["| batch | context | impl | us/token | tokens/s | vs eager | t / t(shortest context) | % of floor-speed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        speedup = eager[(r["batch"], r["context"])] / r["us_per_token"]
+        flat = r["us_per_token"] / shortest[(r["impl"], r["batch"])][1]
+        of_floor = "-" if r["floor_us"] is None else f"{100 * r['floor_us'] / r['us_per_token']:.1f}"
+        lines.append(f"| {r['batch']} | {r['context']} | {r['impl']} | {r['us_per_token']:.1f} | "
+                     f"{r['tokens_per_s']:,.0f} | {speedup:.2f}x | {flat:.2f} | {of_floor} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
