@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: versions, the kernel tests at realistic shapes, the kernel benchmark,
-# and the cost of speculative decoding's calls against an AR step (decode).
+# the training step of the small trunks (train), and decoding (decode): the AR step eager against
+# its CUDA-graph replay, and the cost of speculative decoding's calls against an AR step.
 #
 #   bash scripts/gpu_check.sh                 # everything, logs under ./gpu-check/
 #   OUT=/some/dir bash scripts/gpu_check.sh   # logs there (the device tool's $OUT comes back)
 #   PARTS="env tests" bash scripts/gpu_check.sh; PARTS="bench decode" bash scripts/gpu_check.sh
 #                                             # the same in two calls (a 10-minute command limit)
+#   PARTS=train bash scripts/gpu_check.sh      # small (130M) trunks, one optimizer step, L = 1024
 #
 # Works in an installed checkout (scripts/install.sh) and on a bare GPU image that already has
 # torch + triton but cannot pip-install: then diffmamba.kernels is linked to kernels/ (what
 # pyproject.toml's package mapping does) for the run, and the link is removed at exit.
 # Kernel failures must not hide behind the backward's compile-failure fallback, so the run sets
 # DIFFMAMBA_SCAN_BWD=triton. Each pytest run and the benchmark have their own time limit
-# (TESTS_S, BENCH_S seconds), so a slow compile still leaves the other logs.
+# (TESTS_S, BENCH_S, TRAIN_S seconds), so a slow compile still leaves the other logs. Kernel compiles
+# dominate the tests, so with pytest-xdist at hand they run in WORKERS processes (default 4: each
+# test's float64 oracle takes up to ~6 GB of GPU memory; 8-12 workers with the earlier batch of
+# 8192 sequences at T = 1 ran an H200 out of memory and failed tests for that reason alone).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
-PARTS=${PARTS:-env tests bench decode}
+PARTS=${PARTS:-env tests bench train decode}
 TESTS_S=${TESTS_S:-200}
 BENCH_S=${BENCH_S:-240}
+TRAIN_S=${TRAIN_S:-240}
+WORKERS=${WORKERS:-4}
+BENCH_SHAPES=${BENCH_SHAPES:-bt16k-h16 mimo4-bt16k-h16}
 if [ -z "${PY:-}" ]; then
     PY=python3
     [ -x .venv/bin/python ] && PY=.venv/bin/python
@@ -35,15 +43,31 @@ if ! "$PY" -c "import diffmamba.kernels" 2>/dev/null; then
 fi
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 DIFFMAMBA_SCAN_BWD=triton
 status=0
+parallel=()
+"$PY" -c "import xdist" 2>/dev/null && [ "$WORKERS" -gt 1 ] && parallel=(-n "$WORKERS")
 
 tests() {  # tests <log name> <pytest arguments...>: one pytest process under its own time limit
+    # -v: each test's result is in the log as it ends, so a run stopped by its time limit still
+    # says what passed and what failed (pytest's failure summary comes only at the end).
     local name=$1
     shift
-    DIFFMAMBA_AUTOTUNE=0 timeout "$TESTS_S" "$PY" -m pytest -q -x -p no:cacheprovider "$@" 2>&1 \
-        | tail -30 | tee "$OUT/$name.txt"
-    local rc=${PIPESTATUS[0]}
-    echo "$name exit $rc" | tee -a "$OUT/$name.txt"
+    DIFFMAMBA_AUTOTUNE=0 timeout "$TESTS_S" "$PY" -m pytest -v --tb=line -rf --maxfail=5 -p no:cacheprovider \
+        -p no:benchmark "${parallel[@]}" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    grep -E "FAILED|ERROR|Error|[0-9]+ (passed|failed)" "$OUT/$name.txt" | tail -30
+    echo "$name: $(grep -c PASSED "$OUT/$name.txt") passed, $(grep -c FAILED "$OUT/$name.txt") failed lines; exit $rc" \
+        | tee -a "$OUT/$name.txt"
     [ "$rc" = 0 ] || status=1
+}
+
+test_group() {  # the kernel tests in three pytest processes, in this order
+    case $1 in
+    tests-backward) tests tests-backward tests/kernels/test_backward_core.py tests/kernels/test_scan.py \
+            -k "backward or resume or test_awkward_shapes or core or prepass or switch or tf32 or compile" ;;
+    tests-rest) tests tests-rest tests/kernels/test_model_on_kernels.py tests/kernels/test_scan.py \
+            tests/kernels/test_step_and_configs.py -k "not (backward or resume or test_awkward_shapes or split_p)" ;;
+    tests-split-p) tests tests-split-p tests/kernels/test_step_and_configs.py -k split_p ;;
+    esac
 }
 
 for part in $PARTS; do
@@ -53,28 +77,38 @@ for part in $PARTS; do
           "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
         } 2>&1 | tee "$OUT/env.txt" ;;
     tests)
-        # The backward first (never yet run on a GPU), then the rest (the forward matrix passed on
-        # an H100 before, docs/benchmarks.md); the forced split-value-dim forward config goes last
+        # The backward first (its first GPU run, on an H200, was cut short by memory; docs/benchmarks.md),
+        # then the rest; the forced split-value-dim forward config goes last
         # in its own process: its config family once raised an illegal memory access on the H100,
         # which would poison the CUDA context of every test after it.
         # DIFFMAMBA_AUTOTUNE=0: one config per kernel (test_step_and_configs still launches each).
-        tests tests-backward tests/kernels/test_backward_core.py tests/kernels/test_scan.py \
-            -k "backward or resume or test_awkward_shapes or core or prepass or switch or tf32 or compile"
-        tests tests-rest tests/kernels/test_model_on_kernels.py tests/kernels/test_scan.py \
-            tests/kernels/test_step_and_configs.py -k "not (backward or resume or test_awkward_shapes or split_p)"
-        tests tests-split-p tests/kernels/test_step_and_configs.py -k split_p ;;
+        # Each of the three is also a part of its own (PARTS="tests-backward", ...).
+        for group in tests-backward tests-rest tests-split-p; do test_group $group; done ;;
+    tests-backward|tests-rest|tests-split-p) test_group "$part" ;;
     bench)
-        timeout "$BENCH_S" "$PY" scripts/bench_kernels.py --shapes bt16k-h16 mimo4-bt16k-h16 \
+        timeout "$BENCH_S" "$PY" scripts/bench_kernels.py --shapes $BENCH_SHAPES \
             --ops fwd bi fwdbwd bibwd bwdparts step --rep 50 --warmup 10 --json "$OUT/bench.json" \
             2>&1 | tee "$OUT/bench.txt"
         rc=${PIPESTATUS[0]}; echo "bench exit $rc" | tee -a "$OUT/bench.txt"; [ "$rc" = 0 ] || status=1 ;;
+    train)
+        # One full optimizer step of the small (130M) Mamba-3, attention and hybrid trunks, bf16
+        # autocast, 16k tokens per step at L = 1024: diffusion then AR objective (tokens/s, MFU).
+        for objective in diffusion ar; do
+            timeout "$TRAIN_S" "$PY" -m diffmamba.cli bench train --size small --lengths 1024 --objective "$objective" \
+                --warmup 2 --repeats 5 --json "$OUT/train-$objective.json" 2>&1 | tee "$OUT/train-$objective.txt"
+            rc=${PIPESTATUS[0]}; echo "train $objective exit $rc" | tee -a "$OUT/train-$objective.txt"
+            [ "$rc" = 0 ] || status=1
+        done ;;
     decode)
-        # Speculative decoding on the GPU: what a draft and a scoring call cost against an AR step
-        # (the break-even tokens per round), on the demo model's shape (call costs need no training).
+        # AR per-token latency of the small model, eager steps against the CUDA-graph replay, at
+        # context 512 and 8192, batch 1 and 64; then what speculative decoding's calls cost against
+        # an AR step (the break-even tokens per round), on the demo model's shape (no training needed).
+        timeout "$BENCH_S" "$PY" -m diffmamba.cli bench decode --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.txt"
+        rc=${PIPESTATUS[0]}; echo "bench decode exit $rc" | tee -a "$OUT/decode.txt"; [ "$rc" = 0 ] || status=1
         timeout "$BENCH_S" "$PY" -m diffmamba.cli bench speculative --device cuda --batch-sizes 1 8 64 \
-            2>&1 | tee "$OUT/decode.txt"
-        rc=${PIPESTATUS[0]}; echo "decode exit $rc" | tee -a "$OUT/decode.txt"; [ "$rc" = 0 ] || status=1 ;;
-    *) echo "unknown part '$part' (PARTS takes: env tests bench decode)" >&2; exit 2 ;;
+            2>&1 | tee "$OUT/speculative.txt"
+        rc=${PIPESTATUS[0]}; echo "speculative exit $rc" | tee -a "$OUT/speculative.txt"; [ "$rc" = 0 ] || status=1 ;;
+    *) echo "unknown part '$part' (PARTS takes: env tests tests-backward tests-rest tests-split-p bench train decode)" >&2; exit 2 ;;
     esac
 done
 exit $status

@@ -29,13 +29,19 @@ class Dims:
 
 
 # CPU: tiny heads so the interpreter stays at a few programs per launch. S < N/2 keeps some
-# unrotated channels in play. GPU: the brief's realistic shape (B*T >= 8k, H >= 8, N 128, P 64).
+# unrotated channels in play. GPU: a realistic shape (B*T >= 8k from T = 16 up, H >= 8, N 128, P 64).
 DIMS = Dims(H=8, N=128, P=64, S=32, R=4, chunk=64, tokens=8192) if CUDA else Dims(
     H=2, N=32, P=16, S=5, R=2, chunk=16, tokens=2)
 
 
+# At most this many sequences on the GPU: at T = 1 a batch of B*T = 8k made each of the float64
+# oracle's [B, H, P, N] states 4.3 GB (> 22 GB per test), and parallel test workers ran the
+# H200 out of memory (2026-11-27). 512 keeps every case under ~6 GB and still fills the GPU.
+MAX_GPU_BATCH = 512
+
+
 def batch_for(T: int) -> int:
-    return max(1, math.ceil(DIMS.tokens / T)) if CUDA else DIMS.tokens
+    return min(max(1, math.ceil(DIMS.tokens / T)), MAX_GPU_BATCH) if CUDA else DIMS.tokens
 
 
 def make_inputs(B, T, dtype, R=None, seed=0, device=DEVICE, dims=DIMS):
