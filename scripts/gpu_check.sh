@@ -87,7 +87,7 @@ for part in $PARTS; do
     tests-backward|tests-rest|tests-split-p) test_group "$part" ;;
     bench)
         timeout "$BENCH_S" "$PY" scripts/bench_kernels.py --shapes $BENCH_SHAPES \
-            --ops fwd bi fwdbwd bibwd bwdparts step --rep 50 --warmup 10 --json "$OUT/bench.json" \
+            --ops fwd bi fwdbwd bibwd bwdparts step --profile --rep 50 --warmup 10 --json "$OUT/bench.json" \
             2>&1 | tee "$OUT/bench.txt"
         rc=${PIPESTATUS[0]}; echo "bench exit $rc" | tee -a "$OUT/bench.txt"; [ "$rc" = 0 ] || status=1 ;;
     train)

@@ -24,7 +24,7 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
     """The GPU-only rows (Triton fwd+bwd, recompute A/B, backward parts) run under the interpreter,
     so a harness bug cannot cost a GPU session its device time. Times here mean nothing."""
     assert main(["bench", "kernels", "--interpreter", "--shapes", "cpu-micro", "cpu-micro-mimo",
-                 "--ops", "fwd", "fwdbwd", "bwdparts", "--step-shapes", "--rep", "1", "--warmup", "0"]) == 0
+                 "--ops", "fwd", "fwdbwd", "bwdparts", "--profile", "--step-shapes", "--rep", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "Triton interpreter" in out
     for shape in ("cpu-micro", "cpu-micro-mimo"):
@@ -34,6 +34,7 @@ def test_bench_kernels_interpreter_runs_every_triton_path(capsys):
                        "pre-pass bwd", "glue (rest)"):
             assert any(needle in line for line in rows), (shape, needle, out)
     assert "recompute backward / with the Triton backward" in out
+    assert "backward profile, 3 calls" in out and "Self CPU" in out  # --profile's table
 
 
 def test_bench_resources_refuses_the_interpreter(monkeypatch):

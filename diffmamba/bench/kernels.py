@@ -187,7 +187,26 @@ def bench_bwd_parts(name, xs, seed, args):
     glue = ms_of["bwd (whole)"] - sum(ms for part, ms in ms_of.items() if part != "bwd (whole)")
     out.append(dict(shape=name, op="bwdparts", impl="glue (rest)", ms=glue))
     print(f"{name:18s} {'bwdpart':7s} {'glue (rest)':12s} {glue:9.3f} ms  (whole minus the three parts)", flush=True)
+    if args.profile:
+        print_profile(name, whole, q.device.type)
     return out
+
+
+def print_profile(name: str, fn, device: str, calls: int = 3, rows: int = 20) -> None:
+    """The ops and kernels of ``calls`` runs of ``fn`` by self time (torch.profiler), after one warm-up."""
+    from torch.profiler import ProfilerActivity, profile  # lazy: only with --profile
+    fn()
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    print(f"{name}: backward profile, {calls} calls, top {rows} by self {'device' if cuda else 'CPU'} time")
+    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                    row_limit=rows), flush=True)
 
 
 def main(argv=None) -> int:
@@ -204,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=25, help="warm-up, ms (do_bench)")
     ap.add_argument("--rep", type=float, default=100, help="timed repetition, ms (do_bench)")
     ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --ops bwdparts: also print the backward's ops and kernels by self time (torch.profiler)")
     ap.add_argument("--interpreter", action="store_true",
                     help="CPU only: also run the Triton paths in the Triton interpreter (needs TRITON_INTERPRET=1 "
                          "before the import); checks the harness, its times say nothing about GPU speed")
