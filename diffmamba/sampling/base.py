@@ -49,7 +49,8 @@ class SamplerOptions:
     schedule, schedule_eps: noise schedule of the time grid (log-linear, eps = 1e-3, as trained).
     time_eps: last time of the grid linspace(1, time_eps, steps + 1).
     progress: show a tqdm bar over steps; progress_desc labels it.
-    cuda_graph: AR mode: replay the decode step from a CUDA graph (``diffmamba.sampling.graphs``).
+    cuda_graph: AR and block modes: replay the decode step / the block denoiser from a CUDA graph
+        (``diffmamba.sampling.graphs``).
     """
 
     steps: int = 128

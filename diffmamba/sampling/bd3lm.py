@@ -36,6 +36,7 @@ from diffmamba.modules.two_stream import block_streams
 from diffmamba.ops import Mamba3State
 from diffmamba.sampling.base import SampleResult, SamplerOptions, prepare_canvas, progress_bar
 from diffmamba.sampling.canvas import leading_fixed
+from diffmamba.sampling.graphs import GraphedDenoiser
 from diffmamba.sampling.registry import get_sampler
 
 Cache = Optional[list[Mamba3State]]  # per-layer forward states; None = empty prefix
@@ -104,6 +105,7 @@ def block_sample(
     model, canvas: Tensor, fixed: Optional[Tensor], block_size: int, *, sampler: str = "ancestral",
     options: SamplerOptions = SamplerOptions(), generator: Optional[torch.Generator] = None,
     eos_id: Optional[int] = None, use_cache: bool = True, prefill_chunk: int = 1024, ar_prefix: bool = False,
+    cuda_graph: bool = False,
 ) -> SampleResult:
     """Generate the non-fixed positions of ``canvas`` block by block.
 
@@ -119,6 +121,8 @@ def block_sample(
         prefill_chunk: tokens per prefill call.
         ar_prefix: the cache holds AR-mode states (a ``dual`` checkpoint's conditioning) instead of
             the block-diffusion clean stream's.
+        cuda_graph: replay the denoiser from a CUDA graph (``diffmamba.sampling.graphs``; CUDA,
+            Mamba-3 layers only), captured at the first block with a non-empty prefix.
 
     Returns:
         SampleResult(tokens [B, T] with no mask, nfe = network calls (prefill chunks, denoiser calls
@@ -146,6 +150,7 @@ def block_sample(
                                      chunk_tokens=prefill_chunk, ar_prefix=ar_prefix)
         nfe += calls
     stopped = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    graphed = None
     with progress_bar(num_blocks - prefix_blocks, options) as bar:
         for b in range(prefix_blocks, num_blocks):
             span = slice(b * block_size, (b + 1) * block_size)
@@ -154,7 +159,10 @@ def block_sample(
                                              ar_prefix=ar_prefix)
                 nfe += calls
             if not fixed[:, span].all():
-                result = run(block_denoiser(model, cache), x[:, span], fixed[:, span], mask_id, inner, generator)
+                if cuda_graph and cache is not None and graphed is None:
+                    graphed = GraphedDenoiser(model, cache, block_size)
+                denoise = graphed.bind(cache) if graphed is not None else block_denoiser(model, cache)
+                result = run(denoise, x[:, span], fixed[:, span], mask_id, inner, generator)
                 x[:, span] = result.tokens
                 nfe, steps = nfe + result.nfe, steps + result.steps
             if eos_id is not None:

@@ -53,7 +53,7 @@ def generate(model, mode: str, canvas: Tensor, fixed: Optional[Tensor], options:
         if block_size is None:
             raise ValueError("mode 'block' needs block_size")
         return block_sample(model, canvas, fixed, block_size, sampler=sampler, options=options, generator=generator,
-                            eos_id=stop_id, ar_prefix=ar_prefix)
+                            eos_id=stop_id, ar_prefix=ar_prefix, cuda_graph=options.cuda_graph)
     if mode == "ar":
         return _ar(model, canvas, fixed, options, generator, start_id, stop_id)
     if mode == "speculative":

@@ -1,27 +1,31 @@
-"""The AR decode step replayed from a CUDA graph: one launch of the whole captured step per token.
+"""Decoding calls replayed from CUDA graphs: the AR step and the block denoiser.
 
     _, state = model.prefill(prompt)
     step = GraphedStep(model, state)            # copies the state, captures once (warm-up + capture)
     logits = step(token)                        # [B, V + 1]; read it before the next call
     state = step.state                          # the live state (to hand back to model.step)
-    step.load(other_state)                      # restart from another state of the same shapes
 
-At small batch an eager ``model.step`` is host-bound: each layer launches a few dozen kernels from
-Python (the demo model's 4-layer step took 6 ms on an H200, docs/benchmarks.md), while the state
-it moves is kilobytes. A CUDA graph records those launches once on fixed buffers and replays them
-with one call, so the per-token time approaches the kernels' own.
+    graphed = GraphedDenoiser(model, cache, block_size=16)   # a non-empty prefix's cache
+    denoise = graphed.bind(cache)               # per block: the cached prefix's states
+    logits = denoise(x)                         # [B, L', V + 1], as block_denoiser(model, cache)(x)
 
-The protocol: the captured step reads the token and the state from *static* input buffers and
-writes the logits and the next state to static output buffers; after each replay the outputs that
-are not already the inputs (the Triton step updates ``ssm`` in place, but returns new k_prev,
-v_prev and phase) are copied back into the inputs. Layers must have a fixed-size state, so a trunk
-with attention layers (a growing KV cache) is refused. ``graph=False`` runs the same static-buffer
-protocol eagerly, on any device: it is what the CPU tests check, and the A/B baseline of
-``diffmamba bench decode``.
+At small batch an eager call is host-bound: each layer launches a few dozen kernels from Python
+(the demo model's 4-layer AR step took 6 ms on an H200, docs/benchmarks.md), while the data it
+moves is kilobytes to megabytes. A CUDA graph records those launches once on fixed buffers and
+replays them with one call, so the time per call approaches the kernels' own.
+
+``CapturedCall`` is the protocol: the captured function reads *static* input buffers and writes
+static output buffers; a call copies new inputs in (values only: shapes and dtypes are fixed at
+capture) and replays. The AR step feeds its next state back: the outputs that are not already the
+inputs (the Triton step updates ``ssm`` in place, but returns new k_prev, v_prev and phase) are
+copied back after each replay. Layers must have a fixed-size state, so trunks with attention
+layers (a growing KV cache) are refused. ``graph=False`` runs the same protocol eagerly on any
+device: what the CPU tests check.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -30,64 +34,122 @@ from diffmamba.core.errors import UserError
 from diffmamba.ops.state import Mamba3State
 
 
-class GraphedStep:
-    """``model.step`` at a fixed batch size on static buffers, replayed from a CUDA graph."""
+class CapturedCall:
+    """``fn(*inputs) -> list of tensors`` on static copies of ``inputs``, captured once as a CUDA
+    graph (``graph=True``) and replayed by ``__call__``; ``load`` refills the inputs."""
 
-    def __init__(self, model, state: list, graph: bool = True, warmup: int = 2):
-        """``state``: per-layer states (from ``prefill``, ``init_state`` or ``step``); copied, so the
-        buffers have its shapes and dtypes, which fix the batch size."""
-        device = model.embedding.weight.device
+    def __init__(self, fn: Callable[..., list], inputs: list, graph: bool = True, warmup: int = 2):
+        device = inputs[0].device
         if graph and device.type != "cuda":
             raise UserError(f"a CUDA graph needs the model on a CUDA device (it is on {device}); "
                             "drop --cuda-graph on this machine")
-        if not all(isinstance(s, Mamba3State) for s in state):
-            raise UserError("--cuda-graph needs a trunk of Mamba-3 layers only: attention layers grow a KV cache, "
-                            "which a captured graph cannot; decode this model without it")
-        self.model, self.graph = model, None
-        self.state = [Mamba3State(*(t.clone() for t in layer)) for layer in state]
-        self.token = torch.zeros(self.state[0].ssm.shape[0], dtype=torch.long, device=device)
-        self._fields = [t for layer in self.state for t in layer]
+        self.fn, self.graph, self.outputs = fn, None, None
+        self.inputs = [t.clone() for t in inputs]
         if not graph:
-            self.logits, self._out = None, None
             return
         with torch.no_grad(), _uncached_autocast():
             # Warm up on a side stream (as torch.cuda.graphs asks), on copies: the Triton step updates
-            # the state in place, and Triton autotunes / compiles on first launch, never during capture.
+            # its state in place, and Triton autotunes and compiles on a first launch, never in a capture.
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(warmup):
-                    model.step(self.token, [Mamba3State(*(t.clone() for t in s)) for s in self.state])
+                    fn(*(t.clone() for t in self.inputs))
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits, out_state = model.step(self.token, self.state)
-        self._out = [t for layer in out_state for t in layer]
+                self.outputs = fn(*self.inputs)
 
-    def load(self, state: list) -> None:
-        """Copy ``state`` (from ``model.prefill``, ``init_state`` or another step) into the live buffers."""
-        fields = [t for layer in state for t in layer]
-        if len(fields) != len(self._fields) or any(a.shape != b.shape or a.dtype != b.dtype
-                                                   for a, b in zip(fields, self._fields)):
-            raise ValueError("state does not match this GraphedStep's model, batch size and dtypes")
-        for dst, src in zip(self._fields, fields):
+    def load(self, tensors: list, start: int = 0) -> None:
+        """Copy ``tensors`` into the inputs from index ``start`` on (same shapes and dtypes)."""
+        slots = self.inputs[start:start + len(tensors)]
+        if len(slots) != len(tensors) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(slots, tensors)):
+            raise ValueError("these tensors do not match the captured call's inputs (model, batch size, "
+                             "block size and dtypes are fixed at capture)")
+        for dst, src in zip(slots, tensors):
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
 
     @torch.no_grad()
-    def __call__(self, token: Tensor) -> Tensor:
-        """One AR token [B] from the live state: returns the logits [B, V + 1] (a static buffer,
-        overwritten by the next call) and advances ``self.state``."""
-        self.token.copy_(token)
+    def __call__(self) -> list:
+        """Run on the current inputs; the returned tensors are static buffers, overwritten by the next call."""
         if self.graph is None:
-            self.logits, out_state = self.model.step(self.token, self.state)
-            self._out = [t for layer in out_state for t in layer]
+            self.outputs = self.fn(*self.inputs)
         else:
             self.graph.replay()
-        for dst, src in zip(self._fields, self._out):
-            if dst.data_ptr() != src.data_ptr():
-                dst.copy_(src)
-        return self.logits
+        return self.outputs
+
+
+def _fields(states: list) -> list:
+    """Per-layer Mamba3States -> their tensors, flat (attention layers' KV caches are refused)."""
+    if not all(isinstance(s, Mamba3State) for s in states):
+        raise UserError("--cuda-graph needs a trunk of Mamba-3 layers only: attention layers grow a KV cache, "
+                        "which a captured graph cannot hold; sample this model without --cuda-graph")
+    return [t for layer in states for t in layer]
+
+
+def _states(fields: list) -> list:
+    width = len(Mamba3State._fields)
+    return [Mamba3State(*fields[i:i + width]) for i in range(0, len(fields), width)]
+
+
+class GraphedStep:
+    """``model.step`` at a fixed batch size, from a copy of ``state`` on, replayed per token."""
+
+    def __init__(self, model, state: list, graph: bool = True, warmup: int = 2):
+        fields = _fields(state)
+        token = torch.zeros(fields[0].shape[0], dtype=torch.long, device=fields[0].device)
+
+        def step(token_t, *state_fields):
+            logits, new_state = model.step(token_t, _states(list(state_fields)))
+            return [logits] + _fields(new_state)
+
+        self.call = CapturedCall(step, [token] + fields, graph=graph, warmup=warmup)
+
+    @property
+    def state(self) -> list:
+        """The live per-layer state (the call's buffers: copy it to keep it past the next call)."""
+        return _states(self.call.inputs[1:])
+
+    def load(self, state: list) -> None:
+        """Continue from ``state`` (from ``prefill``, ``init_state`` or a step; same shapes and dtypes)."""
+        self.call.load(_fields(state), start=1)
+
+    def __call__(self, token: Tensor) -> Tensor:
+        """One AR token [B]: the logits [B, V + 1] (a static buffer, overwritten by the next call);
+        advances ``state``."""
+        self.call.load([token])
+        logits, *new_fields = self.call()
+        self.call.load(new_fields, start=1)
+        return logits
+
+
+class GraphedDenoiser:
+    """The block denoiser ``model(x [B, L'], mode="diffusion", fwd_states=cache)`` at a fixed batch
+    and block size, replayed per call; ``bind(cache)`` per block. ``cache`` (per-layer states of a
+    non-empty prefix) fixes the states' shapes and dtypes: the first block with an empty prefix runs
+    eagerly (``block_sample``)."""
+
+    def __init__(self, model, cache: list, block_size: int, graph: bool = True, warmup: int = 2):
+        fields = _fields(cache)
+        x = torch.full((fields[0].shape[0], block_size), model.mask_token_id, dtype=torch.long,
+                       device=fields[0].device)
+
+        def denoise(x_t, *cache_fields):
+            return [model(x_t, mode="diffusion", fwd_states=_states(list(cache_fields)))]
+
+        self.call = CapturedCall(denoise, [x] + fields, graph=graph, warmup=warmup)
+
+    def bind(self, cache: list) -> Callable[[Tensor], Tensor]:
+        """``denoise(x) -> logits`` given ``cache``, as ``block_denoiser(model, cache)``."""
+        self.call.load(_fields(cache), start=1)
+
+        def denoise(x: Tensor) -> Tensor:
+            self.call.load([x])
+            # a copy: a sampler may keep one call's logits past the next call
+            return self.call()[0].clone()
+
+        return denoise
 
 
 def _uncached_autocast():

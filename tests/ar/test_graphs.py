@@ -1,14 +1,16 @@
-"""The static-buffer decode step (``diffmamba.sampling.graphs``) on CPU: the protocol a CUDA graph
-replays, run eagerly. The graph itself is checked against eager decoding on a GPU
-(tests/kernels/test_model_on_kernels.py, run by scripts/gpu_check.sh)."""
+"""The static-buffer calls of ``diffmamba.sampling.graphs`` on CPU: the protocol a CUDA graph
+replays, run eagerly (``graph=False``). The graphs themselves are checked against eager decoding
+on a GPU (tests/kernels/test_model_on_kernels.py, run by scripts/gpu_check.sh)."""
 import pytest
 import torch
 
 from diffmamba.config import ModelConfig
 from diffmamba.core.errors import UserError
 from diffmamba.model import DiffMamba
+from diffmamba.sampling import ar, bd3lm
 from diffmamba.sampling.ar import ar_generate
-from diffmamba.sampling.graphs import GraphedStep
+from diffmamba.sampling.base import SamplerOptions
+from diffmamba.sampling.graphs import GraphedDenoiser, GraphedStep
 
 V = 13
 
@@ -20,8 +22,12 @@ def tiny_model(rank: int = 1, pattern: str = "M") -> DiffMamba:
     return DiffMamba(config).eval()
 
 
+def same_state(a, b):
+    return all(torch.equal(x, y) for la, lb in zip(a, b) for x, y in zip(la, lb))
+
+
 @pytest.mark.parametrize("rank", [1, 2], ids=["siso", "mimo2"])
-def test_static_buffers_step_like_model_step(rank):
+def test_step_buffers_advance_like_model_step(rank):
     """After a prefill, each call equals model.step on the returned state: logits and every state field."""
     model = tiny_model(rank)
     tokens = torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(0))
@@ -30,14 +36,54 @@ def test_static_buffers_step_like_model_step(rank):
         step = GraphedStep(model, state, graph=False)
         for t in range(5, 12):
             logits, state = model.step(tokens[:, t], state)
-            got = step(tokens[:, t])
-            assert torch.equal(got, logits)
-            for mine, ref in zip(step.state, state):
-                assert all(torch.equal(a, b) for a, b in zip(mine, ref))
-    # the live state is the buffers' own: loading it again changes nothing
-    before = [t.clone() for layer in step.state for t in layer]
-    step.load(step.state)
-    assert all(torch.equal(a, b) for a, b in zip(before, [t for layer in step.state for t in layer]))
+            assert torch.equal(step(tokens[:, t]), logits)
+            assert same_state(step.state, state)
+        # load restarts from another state; loading the live state changes nothing
+        _, other = model.prefill(tokens[:, :2])
+        step.load(other)
+        assert same_state(step.state, other)
+        step.load(step.state)
+        assert same_state(step.state, other)
+
+
+def test_denoiser_buffers_answer_like_the_block_denoiser():
+    model = tiny_model()
+    tokens = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        graphed = None
+        for prefix in (4, 8, 12):  # one capture, rebound per block
+            cache = bd3lm.prefill_cache(model, tokens[:, :prefix], 4)[0]
+            graphed = graphed or GraphedDenoiser(model, cache, block_size=4, graph=False)
+            denoise = graphed.bind(cache)
+            for x in (tokens[:, prefix:prefix + 4], torch.full((2, 4), model.mask_token_id)):
+                assert torch.equal(denoise(x), bd3lm.block_denoiser(model, cache)(x))
+
+
+def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
+    """ar_generate / block_sample with cuda_graph=True, the calls run eagerly here: same tokens."""
+    built = []
+
+    def eager(cls):
+        return lambda *a, **kw: built.append(cls.__name__) or cls(*a, graph=False, **kw)
+
+    monkeypatch.setattr(ar, "GraphedStep", eager(GraphedStep))
+    monkeypatch.setattr(bd3lm, "GraphedDenoiser", eager(GraphedDenoiser))
+    model = tiny_model()
+    prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(2))
+    runs = [ar_generate(model, prompt, 9, torch.Generator().manual_seed(0), top_p=0.9, cuda_graph=graph)
+            for graph in (False, True)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
+    assert built == ["GraphedStep"]
+    canvas = torch.full((2, 14), model.mask_token_id)
+    canvas[:, :5] = prompt
+    fixed = canvas != model.mask_token_id
+    for prompt_len in (5, 0):  # with a prompt block, and from an empty prefix (first block eager)
+        fixed[:, prompt_len:] = False
+        runs = [bd3lm.block_sample(model, canvas, fixed, 4, options=SamplerOptions(steps=3),
+                                   generator=torch.Generator().manual_seed(0), cuda_graph=graph)
+                for graph in (False, True)]
+        assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
+    assert built == ["GraphedStep", "GraphedDenoiser", "GraphedDenoiser"]  # one capture per decode
 
 
 def test_refusals_are_one_line():
@@ -48,9 +94,9 @@ def test_refusals_are_one_line():
     with pytest.raises(UserError, match="Mamba-3 layers only"):
         GraphedStep(hybrid, hybrid.init_state(1), graph=False)
     step = GraphedStep(model, model.init_state(2), graph=False)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="do not match"):
         step.load(model.init_state(3))
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="do not match"):
         step.load([s._replace(k_prev=s.k_prev.double()) for s in model.init_state(2)])
     with pytest.raises(UserError, match="drop --cuda-graph"):
-        ar_generate(tiny_model(), torch.zeros(1, 2, dtype=torch.long), 4, cuda_graph=True)
+        ar_generate(model, torch.zeros(1, 2, dtype=torch.long), 4, cuda_graph=True)

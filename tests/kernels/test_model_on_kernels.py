@@ -94,8 +94,11 @@ def test_decode_on_kernels_matches_ar_forward(rank, monkeypatch):
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("rank", [1, 2], ids=["siso", "mimo2"])
 def test_cuda_graph_decode_matches_eager(rank, amp):
-    """AR decoding with the step replayed from a CUDA graph gives eager decoding's tokens and logits."""
+    """AR decoding with the step replayed from a CUDA graph gives eager decoding's tokens and logits;
+    block sampling with the denoiser replayed gives eager block sampling's tokens."""
     from diffmamba.sampling.ar import ar_generate
+    from diffmamba.sampling.base import SamplerOptions
+    from diffmamba.sampling.bd3lm import block_sample
     from diffmamba.sampling.graphs import GraphedStep
     model = make_model(rank).eval()
     prompt = torch.randint(0, V, (4, 30), generator=torch.Generator().manual_seed(3)).to(DEVICE)
@@ -113,3 +116,10 @@ def test_cuda_graph_decode_matches_eager(rank, amp):
             got = step(token)
             finite = torch.isfinite(logits)
             check(f"graph logits step {t}", got[finite], logits[finite], torch.bfloat16 if amp else torch.float32)
+        canvas = torch.full((4, 48), model.mask_token_id, device=DEVICE)
+        canvas[:, :20] = prompt[:, :20]
+        fixed = canvas != model.mask_token_id
+        blocks = [block_sample(model, canvas, fixed, 8, options=SamplerOptions(steps=4),
+                               generator=torch.Generator(DEVICE).manual_seed(0), cuda_graph=graph)
+                  for graph in (False, True)]
+        assert torch.equal(blocks[0].tokens, blocks[1].tokens)
