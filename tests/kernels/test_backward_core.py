@@ -181,6 +181,19 @@ def test_forward_switch(monkeypatch):
         forward_mode()
 
 
+def test_forward_rows_budget_and_its_override(monkeypatch):
+    """The fused forward's chunk rows: the register budget at N = 128 (32 rows), DIFFMAMBA_FWD_ROWS
+    for A/B timing, never more rows than the chunk holds, never fewer than R."""
+    from diffmamba.kernels.autograd import _rows
+    monkeypatch.delenv("DIFFMAMBA_FWD_ROWS", raising=False)
+    assert (_rows(64, 1, 128), _rows(128, 1, 32), _rows(16, 4, 128), _rows(4, 1, 128)) == (32, 128, 32, 16)
+    monkeypatch.setenv("DIFFMAMBA_FWD_ROWS", "64")
+    assert (_rows(64, 1, 128), _rows(16, 1, 128), _rows(8, 8, 128)) == (64, 16, 64)
+    monkeypatch.setenv("DIFFMAMBA_FWD_ROWS", "48")
+    with pytest.raises(ValueError, match="16, 32, 64 or 128"):
+        _rows(64, 1, 128)
+
+
 def test_compile_failure_falls_back_to_recompute(monkeypatch):
     """A GPU whose Triton rejects the backward kernels still trains: one RuntimeWarning, then
     the recompute backward from there on, with the same gradients."""
