@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from diffmamba.core.errors import UserError
-from diffmamba.data import build_datasets
-from diffmamba.data.datasets import WrapPacker, pad_rows
+from diffmamba.data.packing import WrapPacker, pad_rows
 from diffmamba.data.textfiles import check_text_file, iter_documents
 
 
@@ -65,7 +64,7 @@ def _read_documents(path: str) -> list[str]:
 
 
 def pack_documents(docs: list[str], tokenizer, seq_len: int, packing: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Tokenise and pack documents exactly like training does (``diffmamba.data.datasets``)."""
+    """Tokenise and pack documents exactly like training does (``diffmamba.data.packing``)."""
 
     ids = [np.asarray(x, dtype=np.int64) for x in tokenizer.encode_batch(docs)]
     if packing == "wrap":
@@ -94,6 +93,7 @@ def load_eval_data(ckpt, data_path: Optional[str] = None, max_rows: int = 0, seq
                 "seq_len": length, "packing": packing}
     else:
 
+        from diffmamba.data import build_datasets  # lazy: Hugging Face datasets, not needed by `eval speed`
         data_cfg = replace(cfg, seq_len=length, streaming=False)
         _, val = build_datasets(data_cfg, ckpt.tokenizer, progress=progress)
         rows = np.asarray(val.tokens, dtype=np.int64)

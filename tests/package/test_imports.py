@@ -180,12 +180,13 @@ def test_help_of_the_commands_that_promise_it_loads_no_torch():
 
 
 def test_benchmarks_and_sampling_need_no_hugging_face_datasets():
-    """`diffmamba bench train | kernels | speculative | decode` and sampling import no `datasets`: GPU images
+    """`diffmamba bench train | kernels | speculative | decode`, sampling and `eval speed` import no `datasets`
+    (the likelihood, generation and infilling evaluations do, on first use): GPU images
     often lack it (the H200 image of 2026-11-27 did), and a benchmark must run there as it is."""
     code = (
         "import sys\n"
         "import diffmamba.bench.train, diffmamba.bench.kernels, diffmamba.bench.speculative, diffmamba.bench.decode\n"
-        "import diffmamba.sampling\n"
+        "import diffmamba.sampling, diffmamba.eval.compare\n"
         "import diffmamba.train.optim\n"
         "assert 'datasets' not in sys.modules, 'datasets was imported'\n"
     )
