@@ -96,6 +96,9 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--speed-prompt-len", type=int, default=0, help="prompt tokens before generation (0 = none)")
         t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
+        t.add_argument("--cuda-graph", action="store_true",
+                       help="AR and block decoding replay their calls from CUDA graphs (CUDA, Mamba-3 trunks; "
+                            "captured once per shape in the warm-up, so keep --warmup >= 1)")
     add_block_eval_arguments(p, parts)
     add_trunk_arguments(g, parts)
     add_decoding_eval_arguments(p, parts)
@@ -141,7 +144,7 @@ def options_from_args(args: argparse.Namespace):
                        seed=args.seed, batch_size=args.batch_size, command=command_line())
     for name in ("data", "seq_len", "max_rows", "repeats", "temperature", "length", "judge", "num_samples",
                  "prompt_len", "infill_span", "infill_rows", "infill_sampler", "speed_prompt_len", "warmup",
-                 "speed_repeats"):
+                 "speed_repeats", "cuda_graph"):
         if hasattr(args, name):
             setattr(opts, name, getattr(args, name))
     for name in ("samplers", "steps", "top_p", "tasks", "speed_samplers", "speed_steps", "batch_sizes", "lengths"):

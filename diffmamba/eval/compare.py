@@ -75,6 +75,7 @@ class EvalOptions:
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
+    cuda_graph: bool = False  # AR and block decoding replay their calls from CUDA graphs
     command: str = ""
 
 
@@ -144,6 +145,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     systems = _systems(opts)
     _check_modes(systems)
     device = resolve_device(opts.device)
+    if opts.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (this run is on {device}); drop --cuda-graph on this machine")
     dtype = resolve_dtype(opts.dtype, device)
     check_out_dir(opts.out)
     if opts.data is not None and not os.path.exists(opts.data):
@@ -302,7 +305,9 @@ def _speed(run: _Run) -> None:
         run.systems, run.ckpts,
         lambda s: settings_for(s, list(samplers), list(steps), [opts.top_p[0]], opts.temperature),
         batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
-        repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp)
+        repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp, cuda_graph=opts.cuda_graph)
+    if opts.cuda_graph:
+        env_line += "; AR and block decoding replayed from CUDA graphs (captured in the warm-up)"
     run.results["speed_environment"] = env_line
     if opts.contexts:
         run.results["context_speed"] = evaluate_context_speed(

@@ -75,19 +75,24 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
     return out
 
 
+GRAPHED_MODES = ("ar", "block")  # the modes whose calls have fixed shapes (diffmamba.sampling.graphs)
+
+
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
                    generator: torch.Generator, prompt: Optional[torch.Tensor] = None,
-                   eos_id: Optional[int] = None, progress: bool = False):
+                   eos_id: Optional[int] = None, progress: bool = False, cuda_graph: bool = False):
     """One batch: returns (tokens [B, P + length] including the prompt, nfe, stats). Block diffusion
     steps are per block (None = one per block token); every mode generates exactly ``length`` tokens.
-    stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty."""
+    stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty.
+    ``cuda_graph``: AR and block decoding replay their calls from CUDA graphs (same tokens)."""
     block_size = system.settings.get("block_size")
     block_size = None if block_size is None else int(block_size)
     default_steps = block_size if system.mode == "block" else length
     extra = {k: v for k, v in dict(setting.extra).items() if k in ("block_length", "eta", "top_k", "threshold")}
     desc = f"{system.name} {setting.sampler}" if system.mode == "block" else f"{setting.sampler} x{setting.steps}"
     options = SamplerOptions(steps=setting.steps or default_steps, temperature=setting.temperature,
-                             top_p=setting.top_p, progress=progress, progress_desc=desc, **extra)
+                             top_p=setting.top_p, progress=progress, progress_desc=desc,
+                             cuda_graph=cuda_graph and system.mode in GRAPHED_MODES, **extra)
     canvas, fixed = prompt_canvas(model.mask_token_id, batch_size, length, generator.device, prompt)
     settings = system.settings
     result = generate_tokens(model, system.mode, canvas, fixed, options, generator, sampler=setting.sampler,

@@ -19,7 +19,7 @@ SECTION_OPTIONS = {
     "generate": _COMMON + _SAMPLING + ("judge", "tasks", "num_samples", "prompt_len"),
     "infill": _COMMON + ("infill_span", "infill_rows", "infill_sampler", "repeats"),
     "speed": _COMMON + _SAMPLING + ("speed_samplers", "speed_steps", "batch_sizes", "lengths", "contexts",
-                                    "speed_prompt_len", "warmup", "speed_repeats"),
+                                    "speed_prompt_len", "warmup", "speed_repeats", "cuda_graph"),
 }
 
 

@@ -58,7 +58,7 @@ def ar_generate(
     next_logits = logits[:, -1]
     graphed = None
     if cuda_graph and max_new_tokens > 1:
-        graphed = GraphedStep(model, state)
+        graphed = GraphedStep.reused(model, state)
     out = torch.empty(prompt.shape[0], max_new_tokens, dtype=prompt.dtype, device=prompt.device)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     steps = 0

@@ -160,7 +160,7 @@ def block_sample(
                 nfe += calls
             if not fixed[:, span].all():
                 if cuda_graph and cache is not None and graphed is None:
-                    graphed = GraphedDenoiser(model, cache, block_size)
+                    graphed = GraphedDenoiser.reused(model, cache, block_size)
                 denoise = graphed.bind(cache) if graphed is not None else block_denoiser(model, cache)
                 result = run(denoise, x[:, span], fixed[:, span], mask_id, inner, generator)
                 x[:, span] = result.tokens

@@ -93,8 +93,33 @@ def _states(fields: list) -> list:
     return [Mamba3State(*fields[i:i + width]) for i in range(0, len(fields), width)]
 
 
+def reuse(model, kind: str, tensors: list, build: Callable[[], object]):
+    """The captured call ``build()`` made for ``model`` with inputs shaped like ``tensors``, under the
+    same autocast: kept on the model, so decoding several batches of one size (``eval speed``'s
+    repeats, ``sample``'s batches) captures once. Capturing again on another shape keeps both;
+    moving or reloading the weights (their addresses change, and a graph reads them by address)
+    drops every kept call."""
+    weights = tuple(p.data_ptr() for p in model.parameters())
+    kept = model.__dict__.get("_captured_calls")
+    if kept is None or kept[0] != weights:
+        kept = (weights, {})
+        model.__dict__["_captured_calls"] = kept
+    key = (kind, tuple((tuple(t.shape), t.dtype) for t in tensors), torch.is_autocast_enabled("cuda"),
+           torch.get_autocast_dtype("cuda"))
+    if key not in kept[1]:
+        kept[1][key] = build()
+    return kept[1][key]
+
+
 class GraphedStep:
     """``model.step`` at a fixed batch size, from a copy of ``state`` on, replayed per token."""
+
+    @classmethod
+    def reused(cls, model, state: list) -> "GraphedStep":
+        """A kept capture for ``state``'s shapes (``reuse``), loaded with ``state``."""
+        step = reuse(model, "step", _fields(state), lambda: cls(model, state))
+        step.load(state)
+        return step
 
     def __init__(self, model, state: list, graph: bool = True, warmup: int = 2):
         fields = _fields(state)
@@ -139,6 +164,11 @@ class GraphedDenoiser:
             return [model(x_t, mode="diffusion", fwd_states=_states(list(cache_fields)))]
 
         self.call = CapturedCall(denoise, [x] + fields, graph=graph, warmup=warmup)
+
+    @classmethod
+    def reused(cls, model, cache: list, block_size: int) -> "GraphedDenoiser":
+        """A kept capture for ``cache``'s shapes and ``block_size`` (``reuse``)."""
+        return reuse(model, f"denoiser {block_size}", _fields(cache), lambda: cls(model, cache, block_size))
 
     def bind(self, cache: list) -> Callable[[Tensor], Tensor]:
         """``denoise(x) -> logits`` given ``cache``, as ``block_denoiser(model, cache)``."""

@@ -7,7 +7,7 @@ import torch
 from diffmamba.config import ModelConfig
 from diffmamba.core.errors import UserError
 from diffmamba.model import DiffMamba
-from diffmamba.sampling import ar, bd3lm
+from diffmamba.sampling import bd3lm, graphs
 from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.base import SamplerOptions
 from diffmamba.sampling.graphs import GraphedDenoiser, GraphedStep
@@ -60,20 +60,23 @@ def test_denoiser_buffers_answer_like_the_block_denoiser():
 
 
 def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
-    """ar_generate / block_sample with cuda_graph=True, the calls run eagerly here: same tokens."""
+    """ar_generate / block_sample with cuda_graph=True, the captures run eagerly here: same tokens;
+    one capture per shape, kept on the model across calls until its weights move."""
     built = []
+    real_init = graphs.CapturedCall.__init__
 
-    def eager(cls):
-        return lambda *a, **kw: built.append(cls.__name__) or cls(*a, graph=False, **kw)
+    def eager_init(self, fn, inputs, graph=True, warmup=2):
+        built.append(len(inputs))
+        real_init(self, fn, inputs, graph=False)
 
-    monkeypatch.setattr(ar, "GraphedStep", eager(GraphedStep))
-    monkeypatch.setattr(bd3lm, "GraphedDenoiser", eager(GraphedDenoiser))
+    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
     model = tiny_model()
     prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(2))
-    runs = [ar_generate(model, prompt, 9, torch.Generator().manual_seed(0), top_p=0.9, cuda_graph=graph)
-            for graph in (False, True)]
-    assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
-    assert built == ["GraphedStep"]
+    for _ in range(2):
+        runs = [ar_generate(model, prompt, 9, torch.Generator().manual_seed(0), top_p=0.9, cuda_graph=graph)
+                for graph in (False, True)]
+        assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
+    assert len(built) == 1  # the second decode reused the first capture
     canvas = torch.full((2, 14), model.mask_token_id)
     canvas[:, :5] = prompt
     fixed = canvas != model.mask_token_id
@@ -83,7 +86,10 @@ def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
                                    generator=torch.Generator().manual_seed(0), cuda_graph=graph)
                 for graph in (False, True)]
         assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
-    assert built == ["GraphedStep", "GraphedDenoiser", "GraphedDenoiser"]  # one capture per decode
+    assert len(built) == 2  # one denoiser capture for both block decodes
+    model.double().float()  # new weight tensors: the kept captures would read freed memory
+    ar_generate(model, prompt, 3, torch.Generator().manual_seed(0), cuda_graph=True)
+    assert len(built) == 3
 
 
 def test_refusals_are_one_line():

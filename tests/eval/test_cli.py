@@ -112,6 +112,31 @@ def test_bad_inputs_exit_2_with_one_line(tiny_ckpts, tmp_path, capsys):
     rc = main(["eval", "likelihood", "--diffusion", str(tmp_path / "nope"), "--out", out])
     line = _error_line(capsys)
     assert rc == 2 and "does not exist" in line
+    rc = main(["eval", "speed", "--ar", tiny_ckpts["ar"], "--cuda-graph", "--device", "cpu", "--out", out])
+    line = _error_line(capsys)
+    assert rc == 2 and "--cuda-graph needs a CUDA device" in line
+
+
+def test_speed_cuda_graph_reaches_the_ar_and_block_modes_only(monkeypatch):
+    """`eval speed --cuda-graph`: the fixed-shape modes (AR, block) decode with captured calls."""
+    import torch
+
+    from diffmamba.eval import sampling
+    from diffmamba.eval.systems import System
+    from diffmamba.sampling.base import SampleResult
+    seen = {}
+
+    def fake_generate(model, mode, canvas, fixed, options, generator, **kw):
+        seen[mode] = options.cuda_graph
+        return SampleResult(canvas, 1, 1)
+
+    monkeypatch.setattr(sampling, "generate_tokens", fake_generate)
+    model = type("M", (), {"mask_token_id": 9})()
+    for mode, settings in (("ar", {}), ("diffusion", {}), ("block", {"block_size": 4}), ("speculative", {"draft_len": 3})):
+        setting = sampling.GenSetting("ar" if mode == "ar" else "ancestral", 4)
+        sampling.generate_batch(model, System(mode, mode, "ckpt", settings), setting, 2, 8,
+                                torch.Generator(), cuda_graph=True)
+    assert seen == {"ar": True, "diffusion": False, "block": True, "speculative": False}
 
 
 def test_compare_help_shows_the_defaults(capsys):
