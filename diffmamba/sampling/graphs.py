@@ -101,14 +101,24 @@ def reuse(model, kind: str, tensors: list, build: Callable[[], object]):
     drops every kept call."""
     weights = tuple(p.data_ptr() for p in model.parameters())
     kept = model.__dict__.get("_captured_calls")
-    if kept is None or kept[0] != weights:
-        kept = (weights, {})
-        model.__dict__["_captured_calls"] = kept
+    if kept is None or kept.weights != weights:
+        kept = model.__dict__["_captured_calls"] = _Kept(weights)
     key = (kind, tuple((tuple(t.shape), t.dtype) for t in tensors), torch.is_autocast_enabled("cuda"),
            torch.get_autocast_dtype("cuda"))
-    if key not in kept[1]:
-        kept[1][key] = build()
-    return kept[1][key]
+    if key not in kept.calls:
+        kept.calls[key] = build()
+    return kept.calls[key]
+
+
+class _Kept:
+    """A model's kept captures and the weight addresses they read. A copy of the model (new weights)
+    starts with none: ``copy.deepcopy`` of a model that decoded with graphs must not copy them."""
+
+    def __init__(self, weights: tuple):
+        self.weights, self.calls = weights, {}
+
+    def __deepcopy__(self, memo) -> "_Kept":
+        return _Kept(())
 
 
 class GraphedStep:

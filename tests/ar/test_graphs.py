@@ -1,6 +1,8 @@
 """The static-buffer calls of ``diffmamba.sampling.graphs`` on CPU: the protocol a CUDA graph
 replays, run eagerly (``graph=False``). The graphs themselves are checked against eager decoding
 on a GPU (tests/kernels/test_model_on_kernels.py, run by scripts/gpu_check.sh)."""
+import copy
+
 import pytest
 import torch
 
@@ -90,6 +92,8 @@ def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
     model.double().float()  # new weight tensors: the kept captures would read freed memory
     ar_generate(model, prompt, 3, torch.Generator().manual_seed(0), cuda_graph=True)
     assert len(built) == 3
+    twin = copy.deepcopy(model)  # a copy has its own weights, so none of the captures
+    assert twin.__dict__["_captured_calls"].calls == {}
 
 
 def test_refusals_are_one_line():
