@@ -20,7 +20,8 @@ capture) and replays. The AR step feeds its next state back: the outputs that ar
 inputs (the Triton step updates ``ssm`` in place, but returns new k_prev, v_prev and phase) are
 copied back after each replay. Layers must have a fixed-size state, so trunks with attention
 layers (a growing KV cache) are refused. ``graph=False`` runs the same protocol eagerly on any
-device: what the CPU tests check.
+device: what the CPU tests check. ``ar_generate`` and ``block_sample`` take their captures from
+``reuse``, which keeps them on the model per shape, so repeated decodes capture once.
 """
 from __future__ import annotations
 
