@@ -8,6 +8,7 @@
 #   PARTS="env tests" bash scripts/gpu_check.sh; PARTS="bench decode" bash scripts/gpu_check.sh
 #                                             # the same in two calls (a 10-minute command limit)
 #   PARTS=train bash scripts/gpu_check.sh      # small (130M) trunks, one optimizer step, L = 1024
+#   PARTS=speed bash scripts/gpu_check.sh      # the demo models' sampling speed (carry their final/)
 #
 # Works in an installed checkout (scripts/install.sh) and on a bare GPU image that already has
 # torch + triton but cannot pip-install: then diffmamba.kernels is linked to kernels/ (what
@@ -108,7 +109,21 @@ for part in $PARTS; do
         timeout "$BENCH_S" "$PY" -m diffmamba.cli bench speculative --device cuda --batch-sizes 1 8 64 \
             2>&1 | tee "$OUT/speculative.txt"
         rc=${PIPESTATUS[0]}; echo "speculative exit $rc" | tee -a "$OUT/speculative.txt"; [ "$rc" = 0 ] || status=1 ;;
-    *) echo "unknown part '$part' (PARTS takes: env tests tests-backward tests-rest tests-split-p bench train decode)" >&2; exit 2 ;;
+    speed)
+        # Sampling tokens/s of the CPU-trained demo models (carry runs/demo-{ar,adapted,block}/final):
+        # AR, diffusion and block diffusion at batch 1 / 8 / 64, eager and with CUDA graphs.
+        models=(runs/demo-ar/final runs/demo-adapted/final runs/demo-block/final)
+        for m in "${models[@]}"; do
+            [ -d "$m" ] || { echo "speed: $m is missing (train it with configs/demo.yaml, then carry it)"; status=1; continue 2; }
+        done
+        for graph in "" --cuda-graph; do
+            name=speed${graph:+-graph}
+            timeout "$BENCH_S" "$PY" -m diffmamba.cli eval speed --ar "${models[0]}" --diffusion "${models[1]}" \
+                --block "${models[2]}" --batch-sizes 1 8 64 --lengths 128 --speed-samplers ancestral \
+                --speed-steps 16 64 $graph --out "$OUT/$name" 2>&1 | tee "$OUT/$name.txt"
+            rc=${PIPESTATUS[0]}; echo "$name exit $rc" | tee -a "$OUT/$name.txt"; [ "$rc" = 0 ] || status=1
+        done ;;
+    *) echo "unknown part '$part' (PARTS takes: env tests tests-backward tests-rest tests-split-p bench train decode speed)" >&2; exit 2 ;;
     esac
 done
 exit $status
