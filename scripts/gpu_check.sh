@@ -16,9 +16,10 @@
 # Kernel failures must not hide behind the backward's compile-failure fallback, so the run sets
 # DIFFMAMBA_SCAN_BWD=triton. Each pytest run and the benchmark have their own time limit
 # (TESTS_S, BENCH_S, TRAIN_S seconds), so a slow compile still leaves the other logs. Kernel compiles
-# dominate the tests, so with pytest-xdist at hand they run in WORKERS processes (default 4: each
-# test's float64 oracle takes up to ~6 GB of GPU memory; 8-12 workers with the earlier batch of
-# 8192 sequences at T = 1 ran an H200 out of memory and failed tests for that reason alone).
+# dominate the tests, so with pytest-xdist at hand they run in WORKERS processes (default 6: each
+# test's float64 oracle takes up to ~6 GB of GPU memory, ~40 GB in all; 8-12 workers with the
+# earlier batch of 8192 sequences at T = 1 ran an H200 out of memory and failed tests for that
+# reason alone).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -26,7 +27,7 @@ PARTS=${PARTS:-env tests bench train decode}
 TESTS_S=${TESTS_S:-200}
 BENCH_S=${BENCH_S:-240}
 TRAIN_S=${TRAIN_S:-240}
-WORKERS=${WORKERS:-4}
+WORKERS=${WORKERS:-6}
 BENCH_SHAPES=${BENCH_SHAPES:-bt16k-h16 mimo4-bt16k-h16}
 if [ -z "${PY:-}" ]; then
     PY=python3
