@@ -75,3 +75,12 @@ def test_bench_decode_times_a_saved_model(capsys, tmp_path):
     assert main(["bench", "decode", "--checkpoint", str(tmp_path / "run"), "--batch-sizes", "1", "--contexts", "4",
                  "--tokens", "1", "--repeats", "1"]) == 0
     assert "layers M;" in capsys.readouterr().out
+
+
+def test_bench_decode_times_a_hybrid_trunk_whose_cache_grows(capsys, tmp_path):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "--config", "configs/model/tiny-hybrid.yaml", "--batch-sizes", "1",
+                 "--contexts", "8", "32", "--tokens", "1", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["eager", "eager"]
+    assert rows[1]["state_bytes"] > rows[0]["state_bytes"]  # the attention layer's KV cache grows

@@ -9,9 +9,10 @@ decode steps (a fixed token fed back; no sampling, so only the model's step is t
 ``model.step`` calls and, on CUDA, the step replayed from a CUDA graph
 (``diffmamba.sampling.graphs.GraphedStep``). Prints per-token microseconds, tokens/s, the graph's
 speed-up, each one's time at the longest context over its time at the shortest (a recurrent
-state is the same size at every context, so 1.0 is the ideal), and the memory-traffic floor of a
-step: every weight read once (bf16 under CUDA autocast, else the weights' dtype) plus the layers'
-states read and written, at ``--bw`` bytes/s.
+state is the same size at every context, so 1.0 is the ideal; an attention layer's KV cache
+grows, and its trunks are timed eagerly only), and on a GPU the memory-traffic floor of a step:
+every weight read once (bf16 under CUDA autocast, else the weights' dtype) plus the Mamba-3 states
+read and written and the KV caches read, at ``--bw`` bytes/s.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from diffmamba.core.device import autocast, resolve_device
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import write_json
 from diffmamba.eval.speed import environment, format_environment, measure
+from diffmamba.eval.trunks import cache_bytes
 from diffmamba.model import DiffMamba
+from diffmamba.modules.attention import KVCache
 from diffmamba.sampling.graphs import GraphedStep
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -75,9 +78,10 @@ def load_model(args, device: torch.device) -> DiffMamba:
 
 
 def traffic_floor_bytes(model: DiffMamba, state: list, amp: bool) -> tuple[int, int]:
-    """(bytes of weights one step reads, bytes of state it reads and writes)."""
+    """(bytes of weights one step reads, bytes of cache it moves): a Mamba-3 state is read and
+    written whole; an attention layer's KV cache is read whole (its one new entry is negligible)."""
     weight_bytes = sum(p.numel() * (2 if amp else p.element_size()) for p in model.parameters())
-    state_bytes = 2 * sum(t.numel() * t.element_size() for layer in state for t in layer)
+    state_bytes = sum(cache_bytes([layer]) * (1 if isinstance(layer, KVCache) else 2) for layer in state)
     return weight_bytes, state_bytes
 
 
@@ -97,7 +101,7 @@ def bench_row(model, batch: int, context: int, args, device, amp_dtype) -> list[
                 _, s = model.step(token, s)
 
         rows = [("eager", measure(eager, device, warmup=1, repeats=args.repeats))]
-        if device.type == "cuda":
+        if device.type == "cuda" and "A" not in model.config.layer_kinds:
             graphed = GraphedStep(model, state)
 
             def replay():
@@ -126,6 +130,8 @@ def main(argv=None) -> int:
     model = load_model(args, device)
     if not on_gpu:
         print("no CUDA device: timing eager steps only (a CUDA graph needs a GPU)")
+    elif "A" in model.config.layer_kinds:
+        print("attention layers (a KV cache that grows with the context): timing eager steps only")
     env = environment(device, amp_dtype)
     print(f"diffmamba bench decode: {format_environment(env)}")
     floor = f"; floor = weights + states at {args.bw / 1e12:.2f} TB/s" if on_gpu else ""
