@@ -408,6 +408,15 @@ def load_config(cls, path: Optional[str] = None, overrides: Sequence[str] = ()):
     return _build(cls, values)
 
 
+def load_model_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> "ModelConfig":
+    """A model config for a model built without a tokenizer (benchmarks, the smoke test): a
+    vocab_size the file leaves to the tokenizer becomes the built-in tokenizer's default size."""
+    cfg = load_config(ModelConfig, path, overrides)
+    if cfg.vocab_size is None:
+        cfg = load_config(ModelConfig, path, [*overrides, f"vocab_size={DataConfig.tokenizer_vocab_size}"])
+    return cfg
+
+
 def config_from_dict(cls, values: dict):
     """Strictly rebuild a dataclass from a plain dict (e.g. a checkpoint's config.json)."""
     return _build(cls, values)

@@ -21,19 +21,17 @@ import os
 
 import torch
 
-from diffmamba.config import ModelConfig, load_config
+from diffmamba.config import load_model_config
 from diffmamba.core.device import autocast, resolve_device
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import write_json
+from diffmamba.core.paths import MODEL_CONFIGS
 from diffmamba.eval.speed import environment, format_environment, measure
 from diffmamba.eval.trunks import cache_bytes
 from diffmamba.model import DiffMamba
 from diffmamba.modules.attention import KVCache
 from diffmamba.sampling.graphs import GraphedStep
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "configs", "model")
-DEFAULT_VOCAB = 4096  # for configs that leave vocab_size to the tokenizer
 PREFILL_CHUNK = 1024  # prompt tokens per prefill call: bounded memory at long contexts
 
 
@@ -67,14 +65,11 @@ def load_model(args, device: torch.device) -> DiffMamba:
     if args.checkpoint is not None:
         from diffmamba.model_folder import find_model_dir, load_model_folder  # lazy: only with --checkpoint
         return load_model_folder(find_model_dir(args.checkpoint)).to(device).eval()
-    path = args.config or os.path.join(CONFIG_DIR, "small.yaml" if device.type == "cuda" else "tiny.yaml")
+    path = args.config or os.path.join(MODEL_CONFIGS, "small.yaml" if device.type == "cuda" else "tiny.yaml")
     if not os.path.isfile(path):
         raise UserError(f"model config {path} does not exist; pass one such as configs/model/tiny.yaml")
-    cfg = load_config(ModelConfig, path)
-    if cfg.vocab_size is None:
-        cfg = load_config(ModelConfig, path, [f"vocab_size={DEFAULT_VOCAB}"])
     torch.manual_seed(0)
-    return DiffMamba(cfg).to(device).eval()
+    return DiffMamba(load_model_config(path)).to(device).eval()
 
 
 def traffic_floor_bytes(model: DiffMamba, state: list, amp: bool) -> tuple[int, int]:

@@ -20,10 +20,11 @@ import os
 
 import torch
 
-from diffmamba.config import ModelConfig, ObjectiveConfig, TrainConfig, load_config
+from diffmamba.config import ObjectiveConfig, TrainConfig, load_model_config
 from diffmamba.core.device import autocast, resolve_device
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import write_json
+from diffmamba.core.paths import MODEL_CONFIGS
 from diffmamba.eval.speed import environment, format_environment, measure
 from diffmamba.eval.trunks import trunk_name
 from diffmamba.model import DiffMamba
@@ -31,10 +32,7 @@ from diffmamba.objectives import OBJECTIVES, MicroBatch
 from diffmamba.train.log import device_peak_flops, format_mfu, model_flops_utilization
 from diffmamba.train.optim import build_optimizer
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "configs", "model")
 TRUNKS = ("", "-attention", "-hybrid")  # configs/model/{size}{trunk}.yaml
-DEFAULT_VOCAB = 4096  # for configs that leave vocab_size to the tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,15 +66,12 @@ def model_configs(args, device: torch.device) -> list:
     paths = args.configs
     if paths is None:
         size = args.size or ("small" if device.type == "cuda" else "tiny")
-        paths = [os.path.join(CONFIG_DIR, f"{size}{trunk}.yaml") for trunk in TRUNKS]
+        paths = [os.path.join(MODEL_CONFIGS, f"{size}{trunk}.yaml") for trunk in TRUNKS]
     configs = []
     for path in paths:
         if not os.path.isfile(path):
             raise UserError(f"model config {path} does not exist; pass files such as configs/model/tiny.yaml")
-        cfg = load_config(ModelConfig, path)
-        if cfg.vocab_size is None:
-            cfg = load_config(ModelConfig, path, [f"vocab_size={DEFAULT_VOCAB}"])
-        configs.append((path, cfg))
+        configs.append((path, load_model_config(path)))
     return configs
 
 

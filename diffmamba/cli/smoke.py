@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffmamba.config import ModelConfig, load_config
+from diffmamba.config import ModelConfig, load_model_config
 from diffmamba.core.errors import UserError
-from diffmamba.core.paths import REPO_ROOT
+from diffmamba.core.paths import MODEL_CONFIGS
 from diffmamba.model import DiffMamba
 
-DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "model", "tiny.yaml")
-DEFAULT_VOCAB = 4096  # the built-in tokenizer's size, used when the config leaves vocab_size unset
+DEFAULT_CONFIG = os.path.join(MODEL_CONFIGS, "tiny.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +60,7 @@ def _resolve_device(name: str) -> torch.device:
 def _load_model_config(path, overrides) -> tuple[ModelConfig, str]:
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
-    cfg = load_config(ModelConfig, path, overrides)
-    if cfg.vocab_size is None:
-        cfg = load_config(ModelConfig, path, [*overrides, f"vocab_size={DEFAULT_VOCAB}"])
-    return cfg, path or "ModelConfig defaults"
+    return load_model_config(path, overrides), path or "ModelConfig defaults"
 
 
 def _loss(model, tokens: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
