@@ -52,6 +52,7 @@ from diffmamba.eval.loading import load_checkpoint
 from diffmamba.sampling.base import SampleResult, SamplerOptions
 from diffmamba.sampling.canvas import Canvas, build_canvas
 from diffmamba.sampling.generate import MODES, generate
+from diffmamba.sampling.graphs import check_graph_device
 from diffmamba.sampling.registry import SAMPLERS, UNSTEPPED, get_sampler
 
 DEFAULT_LENGTH = 128
@@ -195,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_out_file(args.output, "--output", args.overwrite)
     device = resolve_device(args.device)
-    if args.cuda_graph and device.type != "cuda":
-        raise UserError(f"--cuda-graph needs a CUDA device (this run is on {device}); drop --cuda-graph on this machine")
+    if args.cuda_graph:
+        check_graph_device(device)
     dtype = resolve_dtype(args.dtype, device)
     check_sampling_memory(args, DEFAULT_LENGTH, str(device))  # before anything large is allocated
     checkpoint = load_checkpoint(args.checkpoint, str(device))

@@ -32,6 +32,7 @@ from diffmamba.eval.sampling import settings_for
 from diffmamba.eval.sections import SectionStore, signatures
 from diffmamba.eval.systems import KNOWN_MODES, System, default_systems
 from diffmamba.eval.trunks import evaluate_cache_bytes
+from diffmamba.sampling.graphs import check_graph_device
 from diffmamba.sampling.registry import SAMPLERS
 
 PARTS = ("likelihood", "generate", "infill", "speed")
@@ -145,8 +146,8 @@ def run_evaluations(opts: EvalOptions, parts: tuple = PARTS) -> dict:
     systems = _systems(opts)
     _check_modes(systems)
     device = resolve_device(opts.device)
-    if opts.cuda_graph and device.type != "cuda":
-        raise UserError(f"--cuda-graph needs a CUDA device (this run is on {device}); drop --cuda-graph on this machine")
+    if opts.cuda_graph:
+        check_graph_device(device)
     dtype = resolve_dtype(opts.dtype, device)
     check_out_dir(opts.out)
     if opts.data is not None and not os.path.exists(opts.data):

@@ -16,9 +16,9 @@ replays them with one call, so the time per call approaches the kernels' own.
 
 ``CapturedCall`` is the protocol: the captured function reads *static* input buffers and writes
 static output buffers; a call copies new inputs in (values only: shapes and dtypes are fixed at
-capture) and replays. The AR step feeds its next state back: the outputs that are not already the
-inputs (the Triton step updates ``ssm`` in place, but returns new k_prev, v_prev and phase) are
-copied back after each replay. Layers must have a fixed-size state, so trunks with attention
+capture) and replays. The AR step feeds its next state back inside the captured function: the
+fields the step does not update in place (the Triton step updates ``ssm`` in place, but returns new
+k_prev, v_prev and phase) are copied onto its inputs, so a replay advances the state by itself. Layers must have a fixed-size state, so trunks with attention
 layers (a growing KV cache) are refused. ``graph=False`` runs the same protocol eagerly on any
 device: what the CPU tests check. ``ar_generate`` and ``block_sample`` take their captures from
 ``reuse``, which keeps them on the model per shape, so repeated decodes capture once.
@@ -35,15 +35,21 @@ from diffmamba.core.errors import UserError
 from diffmamba.ops.state import Mamba3State
 
 
+def check_graph_device(device) -> None:
+    """The one requirement of ``--cuda-graph`` known before any work is done: a CUDA device."""
+    if torch.device(device).type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (this run is on {device}); drop --cuda-graph on this "
+                        "machine")
+
+
 class CapturedCall:
     """``fn(*inputs) -> list of tensors`` on static copies of ``inputs``, captured once as a CUDA
     graph (``graph=True``) and replayed by ``__call__``; ``load`` refills the inputs."""
 
     def __init__(self, fn: Callable[..., list], inputs: list, graph: bool = True, warmup: int = 2):
         device = inputs[0].device
-        if graph and device.type != "cuda":
-            raise UserError(f"a CUDA graph needs the model on a CUDA device (it is on {device}); "
-                            "drop --cuda-graph on this machine")
+        if graph:
+            check_graph_device(device)
         self.fn, self.graph, self.outputs = fn, None, None
         self.inputs = [t.clone() for t in inputs]
         if not graph:
@@ -138,7 +144,14 @@ class GraphedStep:
 
         def step(token_t, *state_fields):
             logits, new_state = model.step(token_t, _states(list(state_fields)))
-            return [logits] + _fields(new_state)
+            new_fields = _fields(new_state)
+            if any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(state_fields, new_fields)):
+                raise ValueError("the step returned a state of other shapes or dtypes than it was given; "
+                                 "load a state of the step's own dtypes (e.g. one from prefill)")
+            for dst, src in zip(state_fields, new_fields):  # captured copies: the replay feeds back itself
+                if dst.data_ptr() != src.data_ptr():
+                    dst.copy_(src)
+            return [logits]
 
         self.call = CapturedCall(step, [token] + fields, graph=graph, warmup=warmup)
 
@@ -155,9 +168,7 @@ class GraphedStep:
         """One AR token [B]: the logits [B, V + 1] (a static buffer, overwritten by the next call);
         advances ``state``."""
         self.call.load([token])
-        logits, *new_fields = self.call()
-        self.call.load(new_fields, start=1)
-        return logits
+        return self.call()[0]
 
 
 class GraphedDenoiser:

@@ -98,7 +98,7 @@ def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
 
 def test_refusals_are_one_line():
     model = tiny_model()
-    with pytest.raises(UserError, match="needs the model on a CUDA device"):
+    with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):
         GraphedStep(model, model.init_state(1))
     hybrid = tiny_model(pattern="MA")
     with pytest.raises(UserError, match="Mamba-3 layers only"):
