@@ -27,6 +27,8 @@ from diffmamba.ops.reference import TWO_PI
 
 from .scan_fwd import _load_pair, _rotate
 
+PHASE_CHUNK = 64  # steps per float32 partial sum of the phase; the carry between them is float64
+
 
 @triton.jit
 def _pair_masks(ok, j, N: tl.constexpr):
@@ -130,19 +132,41 @@ def _prepass_bwd(q_ptr, k_ptr, ph_ptr, sc_ptr, gam_ptr, dqr_ptr, dkp_ptr, dc_ptr
     _store_pairs(dk_ptr, rows, j, ok, dke, dko, N)
 
 
+def cumulative_phase(dph, ph0, reverse, chunk=PHASE_CHUNK):
+    """Phi [B, T, H, S] float32 in [0, 2pi): prefix sums of dph [B, T, H, S] (suffix sums in
+    reverse) plus ph0 [B, H, S] or None, differentiable.
+
+    Float32 sums within chunks of ``chunk`` steps on top of a carry kept mod 2pi, the carry (the
+    chunk totals, T / chunk of them) summed in float64, so angles do not drift over long T: the
+    error is that of a float32 sum of ``chunk`` terms, whatever T. A single float64 cumsum over T instead runs one sequential thread per
+    (b, h, s) column on the GPU: 1.6 ms of the 5.1 ms backward at bt16k-h16 on the H200
+    (docs/benchmarks.md).
+    """
+    B, T, H, S = dph.shape
+    x = dph.float()
+    x = x.flip(1) if reverse else x
+    nc = -(-T // chunk)
+    chunks = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, nc * chunk - T)).view(B, nc, chunk, H, S)
+    local = chunks.cumsum(2)
+    # totals summed in float64 too: float32 totals would carry each chunk's rounding into all later ones
+    totals = chunks.double().sum(2)  # [B, nc, H, S]
+    carry = totals.cumsum(1) - totals  # phase entering each chunk
+    if ph0 is not None:
+        carry = carry + ph0.double().unsqueeze(1)
+    carry = torch.remainder(carry, TWO_PI).float()
+    phase = torch.remainder(carry.unsqueeze(2) + local, TWO_PI).view(B, nc * chunk, H, S)[:, :T]
+    return phase.flip(1) if reverse else phase
+
+
 def phase_and_scales(dt, lam, dph, ph0, reverse):
     """Differentiable [B, T, H]-sized part of the pre-pass (reference semantics, physical order).
 
     dt, lam: [B, T, H]; dph: [B, T, H, S]; ph0: [B, H, S] or None. Returns the cumulative phase
-    [B, T, H, S] (float64 sums reduced mod 2pi, as the reference, docs/mamba3.md §6.3; reverse: suffix
-    sums, the logical order being the mirrored physical one), gamma, beta and the shifted scale
-    gamma + beta~ (beta of the next logical step: physical t + 1, or t - 1 in reverse).
+    [B, T, H, S] (``cumulative_phase``; reverse: suffix sums, the logical order being the mirrored
+    physical one), gamma, beta and the shifted scale gamma + beta~ (beta of the next logical step:
+    physical t + 1, or t - 1 in reverse).
     """
-    d64 = dph.double()
-    cum = d64.flip(1).cumsum(1).flip(1) if reverse else d64.cumsum(1)
-    if ph0 is not None:
-        cum = cum + ph0.double().unsqueeze(1)
-    phase = torch.remainder(cum, TWO_PI).float()
+    phase = cumulative_phase(dph, ph0, reverse)
     gamma = lam * dt
     beta = (1.0 - lam) * dt
     zero = beta.new_zeros(beta.shape[0], 1, beta.shape[2])

@@ -120,8 +120,12 @@ def _triton_backward(q, k, v, a, dt, lam, dph, D, init, dy, dfinal, *, reverse, 
 
     # diagonal block: y += c @ v  ->  dc = dy @ v^T, dv += c^T @ dy; the final v_prev is the last v
     dyf, vf = dy.float(), v.float()
-    dc = dyf @ vf.transpose(-1, -2)
-    dv += c.detach().transpose(-1, -2) @ dyf
+    if R == 1:  # a dot product and a scaling: as batched 1 x P matmuls they took 0.9 ms at bt16k-h16
+        dc = (dyf * vf).sum(-1, keepdim=True)  # [B, T, H, 1, 1]
+        dv += c.detach() * dyf
+    else:
+        dc = dyf @ vf.transpose(-1, -2)
+        dv += c.detach().transpose(-1, -2) @ dyf
     if dvp1 is not None:
         dv[:, last] += dvp1.float()
     dq, dk, dphi, dscale = prepass_backward(q, k, phase_c, scale_c, gamma_c, dq_core, dk_core,
