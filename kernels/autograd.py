@@ -34,12 +34,13 @@ def new_empty(*shape, device, dtype) -> torch.Tensor:
 def _rows(chunk_size: int, R: int, N: int) -> int:
     """Rows of the fused forward's chunk for ``chunk_size`` time steps of rank R (as in the
     reference, a chunk holds chunk_size x R rows): rounded up to a power of two, clamped to
-    [max(16, R), 128], and to rows x N <= 4096. The last bound is the register budget: the
+    [max(16, R), 128], and to rows x N <= 8192. The last bound is the register budget: the
     program keeps four [rows, N/2] rotated q/k tiles, the [rows, rows] scores and two [N/2, BLOCK_P]
-    state halves live; at N = 128 with 64 rows ptxas spilled 1.2 KB per thread on sm_90 and with
-    32 none (`diffmamba bench resources`). It changes rounding only. ``DIFFMAMBA_FWD_ROWS``
-    (a power of two in [16, 128]) replaces the register budget, for A/B timing: on the H200 the
-    capped forward took 0.90 ms where the uncapped one had taken 0.69 ms on an H100."""
+    state halves live. At N = 128, 64 rows make ptxas spill ~1.2 KB per thread on sm_90 and 32 rows
+    none (`diffmamba bench resources`), yet 64 rows ran faster: 0.707 ms against 0.907 ms at
+    bt16k-h16 bf16 on the H200 (docs/benchmarks.md), half the sequential chunk walk outweighing
+    the spills. It changes rounding only. ``DIFFMAMBA_FWD_ROWS`` (a power of two in [16, 128])
+    replaces the budget, for A/B timing."""
     rows = 1
     while rows < int(chunk_size) * R:
         rows *= 2
@@ -49,7 +50,7 @@ def _rows(chunk_size: int, R: int, N: int) -> int:
             raise ValueError(f"DIFFMAMBA_FWD_ROWS must be 16, 32, 64 or 128, got {forced!r}")
         return max(16, min(rows, int(forced)), R)
     budget = 16
-    while budget * 2 * max(N, 1) <= 4096:
+    while budget * 2 * max(N, 1) <= 8192:
         budget *= 2
     return max(16, min(rows, 128, budget), R)
 

@@ -213,13 +213,14 @@ def test_forward_switch(monkeypatch):
 
 
 def test_forward_rows_budget_and_its_override(monkeypatch):
-    """The fused forward's chunk rows: the register budget at N = 128 (32 rows), DIFFMAMBA_FWD_ROWS
-    for A/B timing, never more rows than the chunk holds, never fewer than R."""
+    """The fused forward's chunk rows: the register budget (64 rows at N = 128, 32 at N = 256),
+    DIFFMAMBA_FWD_ROWS for A/B timing, never more rows than the chunk holds, never fewer than R."""
     from diffmamba.kernels.autograd import _rows
     monkeypatch.delenv("DIFFMAMBA_FWD_ROWS", raising=False)
-    assert (_rows(64, 1, 128), _rows(128, 1, 32), _rows(16, 4, 128), _rows(4, 1, 128)) == (32, 128, 32, 16)
-    monkeypatch.setenv("DIFFMAMBA_FWD_ROWS", "64")
-    assert (_rows(64, 1, 128), _rows(16, 1, 128), _rows(8, 8, 128)) == (64, 16, 64)
+    assert (_rows(64, 1, 128), _rows(64, 1, 256), _rows(128, 1, 32), _rows(16, 8, 128), _rows(4, 1, 128)) \
+        == (64, 32, 128, 64, 16)
+    monkeypatch.setenv("DIFFMAMBA_FWD_ROWS", "32")
+    assert (_rows(64, 1, 128), _rows(16, 1, 128), _rows(8, 8, 128)) == (32, 16, 32)
     monkeypatch.setenv("DIFFMAMBA_FWD_ROWS", "48")
     with pytest.raises(ValueError, match="16, 32, 64 or 128"):
         _rows(64, 1, 128)

@@ -18,9 +18,12 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# Spill budgets, bytes of local-memory stores per thread. 0 where none is needed; the two
-# exceptions are the measured values of kernels/README.md ("What ptxas says") plus headroom.
-SPILL_BUDGET = {("bf16", "_chunk_grads"): 512, ("fp32", "_chunk_grads"): 4096, ("fp32", "_fwd_kernel_impl"): 4096}
+# Spill budgets, bytes of local-memory stores per thread. 0 where none is needed; the exceptions
+# are the measured values of kernels/README.md ("What ptxas says") plus headroom. The bf16 forward
+# spills ~1.2 KB with its 64-row chunks at N = 128, kept because they measured faster on the H200
+# than the spill-free 32 rows (kernels/autograd.py `_rows`).
+SPILL_BUDGET = {("bf16", "_chunk_grads"): 512, ("fp32", "_chunk_grads"): 4096, ("fp32", "_fwd_kernel_impl"): 4096,
+                ("bf16", "_fwd_kernel_impl"): 2048}
 DEFAULT_PATH = {"_fwd_kernel_impl", "_prepass_fwd", "_walk_states", "_chunk_grads", "_prepass_bwd", "_step_kernel_impl"}
 
 
