@@ -91,7 +91,8 @@ def test_ar_mode_continues_the_prompt(checkpoint, capsys, tmp_path):
     (["--sampler", "ddim"], "unknown sampler 'ddim'; choose one of: ancestral, ancestral-nocache"),
     (["--mode", "ar", "--prompt", "The [MASK:2] cat"], "--mode ar can only continue a prefix"),
     (["--mode", "ar", "--sampler", "confidence"], "--sampler applies to --mode diffusion"),
-    (["--cuda-graph"], "--cuda-graph applies to --mode ar and block"),
+    (["--mode", "speculative", "--draft-len", "3", "--cuda-graph"], "--cuda-graph applies to --mode ar, diffusion and block"),
+    (["--cuda-graph", "--device", "cpu"], "drop --cuda-graph on this machine"),
     (["--mode", "ar", "--cuda-graph", "--device", "cpu"], "drop --cuda-graph on this machine"),
 ])
 def test_bad_input_is_one_line_and_exit_2(checkpoint, capsys, argv, message):

@@ -119,9 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matmul precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="--mode ar or block on CUDA: capture the AR step / the block denoiser once as a CUDA graph "
-                             "and replay it per call (same tokens, less per-call host overhead at small batch; "
-                             "Mamba-3 trunks only)")
+                        help="--mode ar, diffusion or block on CUDA: capture the AR step / the denoiser once as a CUDA "
+                             "graph and replay it per call (same tokens, less per-call host overhead at small batch; "
+                             "ar and block: Mamba-3 trunks only)")
 
 
 # ------------------------------------------------------------------------------- validation
@@ -136,8 +136,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--sampler applies to --mode diffusion or block; --mode {args.mode} has no sampler, drop it")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.cuda_graph and args.mode not in ("ar", "block"):
-        raise UserError(f"--cuda-graph applies to --mode ar and block (calls of fixed shapes); drop it for "
+    if args.cuda_graph and args.mode not in ("ar", "diffusion", "block"):
+        raise UserError(f"--cuda-graph applies to --mode ar, diffusion and block (calls of fixed shapes); drop it for "
                         f"--mode {args.mode}")
     if args.length is not None and args.length < 1:
         raise UserError(f"--length must be >= 1, got {args.length}")

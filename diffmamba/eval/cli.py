@@ -97,8 +97,8 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
         t.add_argument("--cuda-graph", action="store_true",
-                       help="AR and block decoding replay their calls from CUDA graphs (CUDA, Mamba-3 trunks; "
-                            "captured once per shape in the warm-up, so keep --warmup >= 1)")
+                       help="AR, diffusion and block decoding replay their calls from CUDA graphs (CUDA; AR and "
+                            "block: Mamba-3 trunks; captured once per shape in the warm-up, so keep --warmup >= 1)")
     add_block_eval_arguments(p, parts)
     add_trunk_arguments(g, parts)
     add_decoding_eval_arguments(p, parts)

@@ -76,7 +76,7 @@ class EvalOptions:
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
-    cuda_graph: bool = False  # AR and block decoding replay their calls from CUDA graphs
+    cuda_graph: bool = False  # AR, diffusion and block decoding replay their calls from CUDA graphs
     command: str = ""
 
 
@@ -308,7 +308,7 @@ def _speed(run: _Run) -> None:
         batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
         repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp, cuda_graph=opts.cuda_graph)
     if opts.cuda_graph:
-        env_line += "; AR and block decoding replayed from CUDA graphs (captured in the warm-up)"
+        env_line += "; AR, diffusion and block decoding replayed from CUDA graphs (captured in the warm-up)"
     run.results["speed_environment"] = env_line
     if opts.contexts:
         run.results["context_speed"] = evaluate_context_speed(

@@ -75,7 +75,7 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
     return out
 
 
-GRAPHED_MODES = ("ar", "block")  # the modes whose calls have fixed shapes (diffmamba.sampling.graphs)
+GRAPHED_MODES = ("ar", "diffusion", "block")  # the modes whose calls have fixed shapes (diffmamba.sampling.graphs)
 
 
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
@@ -84,7 +84,7 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     """One batch: returns (tokens [B, P + length] including the prompt, nfe, stats). Block diffusion
     steps are per block (None = one per block token); every mode generates exactly ``length`` tokens.
     stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty.
-    ``cuda_graph``: AR and block decoding replay their calls from CUDA graphs (same tokens)."""
+    ``cuda_graph``: AR, diffusion and block decoding replay their calls from CUDA graphs (same tokens)."""
     block_size = system.settings.get("block_size")
     block_size = None if block_size is None else int(block_size)
     default_steps = block_size if system.mode == "block" else length

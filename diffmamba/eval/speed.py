@@ -165,7 +165,8 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
 
     Unconditional generation of ``length`` tokens (AR from one EOS token); with ``prompt_len`` > 0
     a random prompt of that many tokens is given first (AR prefill time is then reported apart).
-    ``cuda_graph``: AR and block systems replay their calls from CUDA graphs (``diffmamba.sampling.graphs``)."""
+    ``cuda_graph``: AR, diffusion and block systems replay their calls from CUDA graphs (``diffmamba.sampling.graphs``;
+    speculative decoding's are not graphed)."""
 
 
 

@@ -3,7 +3,7 @@
 | mode | what runs | ``options.steps`` |
 |---|---|---|
 | ``ar`` | ``sampling.ar``: one chunked prefill over the prompt, then one recurrent step per token | unused |
-| ``diffusion`` | a registered sampler over the whole canvas (``sampling.registry``) | over the canvas |
+| ``diffusion`` | a registered sampler over the whole canvas (``sampling.registry``); ``options.cuda_graph`` replays the denoiser from a CUDA graph | over the canvas |
 | ``block`` | block diffusion (``sampling.bd3lm``): the sampler inside each block of ``block_size``, with the per-layer state cache (``ar_prefix``: AR-mode states, dual checkpoints) | per block |
 | ``speculative`` | ``sampling.speculative``: the block denoiser drafts ``draft_len`` tokens from the AR state, one AR scan verifies (dual checkpoints; AR's exact distribution) | unused |
 
@@ -26,6 +26,7 @@ from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.base import SampleResult, SamplerOptions, denoiser_from_model
 from diffmamba.sampling.bd3lm import block_sample
 from diffmamba.sampling.canvas import leading_fixed
+from diffmamba.sampling.graphs import GraphedDenoiser
 from diffmamba.sampling.registry import run_sampler
 from diffmamba.sampling.speculative import speculative_generate
 
@@ -47,8 +48,9 @@ def generate(model, mode: str, canvas: Tensor, fixed: Optional[Tensor], options:
     if fixed is None:
         fixed = torch.zeros_like(canvas, dtype=torch.bool)
     if mode == "diffusion":
-        return run_sampler(sampler, denoiser_from_model(model), canvas, fixed, model.mask_token_id, options,
-                           generator)
+        denoise = (GraphedDenoiser.reused(model, None, canvas.shape[1], canvas.shape[0]).bind()
+                   if options.cuda_graph else denoiser_from_model(model))
+        return run_sampler(sampler, denoise, canvas, fixed, model.mask_token_id, options, generator)
     if mode == "block":
         if block_size is None:
             raise ValueError("mode 'block' needs block_size")

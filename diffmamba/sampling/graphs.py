@@ -1,13 +1,16 @@
-"""Decoding calls replayed from CUDA graphs: the AR step and the block denoiser.
+"""Decoding calls replayed from CUDA graphs: the AR step and the diffusion / block denoisers.
 
     _, state = model.prefill(prompt)
     step = GraphedStep(model, state)            # copies the state, captures once (warm-up + capture)
     logits = step(token)                        # [B, V + 1]; read it before the next call
     state = step.state                          # the live state (to hand back to model.step)
 
-    graphed = GraphedDenoiser(model, cache, block_size=16)   # a non-empty prefix's cache
+    graphed = GraphedDenoiser(model, cache, 16)  # a non-empty prefix's cache, blocks of 16
     denoise = graphed.bind(cache)               # per block: the cached prefix's states
     logits = denoise(x)                         # [B, L', V + 1], as block_denoiser(model, cache)(x)
+
+    denoise = GraphedDenoiser(model, None, 128, batch=8).bind()   # the whole [8, 128] canvas
+    logits = denoise(x)                         # as denoiser_from_model(model)(x)
 
 At small batch an eager call is host-bound: each layer launches a few dozen kernels from Python
 (the demo model's 4-layer AR step took 6 ms on an H200, docs/benchmarks.md), while the data it
@@ -18,15 +21,16 @@ replays them with one call, so the time per call approaches the kernels' own.
 static output buffers; a call copies new inputs in (values only: shapes and dtypes are fixed at
 capture) and replays. The AR step feeds its next state back inside the captured function: the
 fields the step does not update in place (the Triton step updates ``ssm`` in place, but returns new
-k_prev, v_prev and phase) are copied onto its inputs, so a replay advances the state by itself. Layers must have a fixed-size state, so trunks with attention
-layers (a growing KV cache) are refused. ``graph=False`` runs the same protocol eagerly on any
-device: what the CPU tests check. ``ar_generate`` and ``block_sample`` take their captures from
+k_prev, v_prev and phase) are copied onto its inputs, so a replay advances the state by itself. The step and the block denoiser carry states across calls,
+so their layers must have fixed-size ones: trunks with attention layers (a growing KV cache) are
+refused there; the whole-canvas denoiser carries none and takes any trunk. ``graph=False`` runs the same protocol eagerly on any
+device: what the CPU tests check. ``ar_generate``, ``block_sample`` and ``generate``'s diffusion mode take their captures from
 ``reuse``, which keeps them on the model per shape, so repeated decodes capture once.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -172,29 +176,39 @@ class GraphedStep:
 
 
 class GraphedDenoiser:
-    """The block denoiser ``model(x [B, L'], mode="diffusion", fwd_states=cache)`` at a fixed batch
-    and block size, replayed per call; ``bind(cache)`` per block. ``cache`` (per-layer states of a
-    non-empty prefix) fixes the states' shapes and dtypes: the first block with an empty prefix runs
-    eagerly (``block_sample``)."""
+    """The denoiser ``model(x [B, L], mode="diffusion"[, fwd_states=cache])`` at a fixed batch and
+    length, replayed per call. With ``cache`` (per-layer states of a non-empty prefix: block
+    diffusion) it is bound per block (``bind(cache)``); the cache fixes the states' shapes and
+    dtypes, so the first block with an empty prefix runs eagerly (``block_sample``). With
+    ``cache=None`` it is the whole-canvas denoiser of mode ``diffusion`` (``batch`` then gives B):
+    every sampler calls it on the same [B, L] canvas at every step, and since one call holds no
+    state across calls, attention layers are welcome here."""
 
-    def __init__(self, model, cache: list, block_size: int, graph: bool = True, warmup: int = 2):
-        fields = _fields(cache)
-        x = torch.full((fields[0].shape[0], block_size), model.mask_token_id, dtype=torch.long,
-                       device=fields[0].device)
+    def __init__(self, model, cache: Optional[list], length: int, batch: Optional[int] = None,
+                 graph: bool = True, warmup: int = 2):
+        fields = [] if cache is None else _fields(cache)
+        device = fields[0].device if fields else next(model.parameters()).device
+        batch = fields[0].shape[0] if fields else batch
+        x = torch.full((batch, length), model.mask_token_id, dtype=torch.long, device=device)
 
         def denoise(x_t, *cache_fields):
-            return [model(x_t, mode="diffusion", fwd_states=_states(list(cache_fields)))]
+            states = _states(list(cache_fields)) if cache_fields else None
+            return [model(x_t, mode="diffusion", fwd_states=states)]
 
         self.call = CapturedCall(denoise, [x] + fields, graph=graph, warmup=warmup)
 
     @classmethod
-    def reused(cls, model, cache: list, block_size: int) -> "GraphedDenoiser":
-        """A kept capture for ``cache``'s shapes and ``block_size`` (``reuse``)."""
-        return reuse(model, f"denoiser {block_size}", _fields(cache), lambda: cls(model, cache, block_size))
+    def reused(cls, model, cache: Optional[list], length: int, batch: Optional[int] = None) -> "GraphedDenoiser":
+        """A kept capture for ``cache``'s shapes (or ``batch``) and ``length`` (``reuse``)."""
+        fields = [] if cache is None else _fields(cache)
+        shape = fields or [torch.empty(batch, 0)]  # only the key's shapes matter
+        return reuse(model, f"denoiser {length}", shape, lambda: cls(model, cache, length, batch))
 
-    def bind(self, cache: list) -> Callable[[Tensor], Tensor]:
-        """``denoise(x) -> logits`` given ``cache``, as ``block_denoiser(model, cache)``."""
-        self.call.load(_fields(cache), start=1)
+    def bind(self, cache: Optional[list] = None) -> Callable[[Tensor], Tensor]:
+        """``denoise(x) -> logits`` given ``cache``, as ``block_denoiser(model, cache)``, or with no
+        cache as ``denoiser_from_model(model)``."""
+        if cache is not None:
+            self.call.load(_fields(cache), start=1)
 
         def denoise(x: Tensor) -> Tensor:
             self.call.load([x])

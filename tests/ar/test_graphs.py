@@ -11,7 +11,8 @@ from diffmamba.core.errors import UserError
 from diffmamba.model import DiffMamba
 from diffmamba.sampling import bd3lm, graphs
 from diffmamba.sampling.ar import ar_generate
-from diffmamba.sampling.base import SamplerOptions
+from diffmamba.sampling.base import SamplerOptions, denoiser_from_model
+from diffmamba.sampling.generate import generate
 from diffmamba.sampling.graphs import GraphedDenoiser, GraphedStep
 
 V = 13
@@ -55,10 +56,42 @@ def test_denoiser_buffers_answer_like_the_block_denoiser():
         graphed = None
         for prefix in (4, 8, 12):  # one capture, rebound per block
             cache = bd3lm.prefill_cache(model, tokens[:, :prefix], 4)[0]
-            graphed = graphed or GraphedDenoiser(model, cache, block_size=4, graph=False)
+            graphed = graphed or GraphedDenoiser(model, cache, 4, graph=False)
             denoise = graphed.bind(cache)
             for x in (tokens[:, prefix:prefix + 4], torch.full((2, 4), model.mask_token_id)):
                 assert torch.equal(denoise(x), bd3lm.block_denoiser(model, cache)(x))
+
+
+@pytest.mark.parametrize("pattern", ["M", "MA"], ids=["mamba3", "hybrid"])
+def test_canvas_denoiser_answers_like_the_model_and_samples_the_same(monkeypatch, pattern):
+    """The whole-canvas denoiser (mode diffusion; no state across calls, so attention layers are
+    fine): each call equals denoiser_from_model; generate(mode="diffusion", cuda_graph=True) gives the
+    same tokens and NFE, with one capture per canvas shape kept across calls."""
+    model = tiny_model(pattern=pattern)
+    x = torch.randint(0, V + 1, (3, 10), generator=torch.Generator().manual_seed(4))
+    denoise = GraphedDenoiser(model, None, 10, batch=3, graph=False).bind()
+    with torch.no_grad():
+        for canvas in (x, torch.full_like(x, model.mask_token_id)):
+            first = denoise(canvas)
+            assert torch.equal(first, denoiser_from_model(model)(canvas))
+        assert not torch.equal(first, denoise(x))  # a copy: the next call does not overwrite it
+
+    built = []
+    real_init = graphs.CapturedCall.__init__
+
+    def eager_init(self, fn, inputs, graph=True, warmup=2):
+        built.append(len(inputs))
+        real_init(self, fn, inputs, graph=False)
+
+    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
+    canvas = torch.full((2, 12), model.mask_token_id)
+    canvas[:, :3] = x[:2, :3]
+    fixed = canvas != model.mask_token_id
+    for sampler in ("ancestral", "confidence", "parallel"):
+        runs = [generate(model, "diffusion", canvas, fixed, SamplerOptions(steps=5, cuda_graph=graph),
+                         torch.Generator().manual_seed(0), sampler=sampler) for graph in (False, True)]
+        assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe, sampler
+    assert built == [1]  # one capture ([B, L] canvas, no states) for every sampler and call
 
 
 def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):

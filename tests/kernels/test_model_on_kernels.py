@@ -95,10 +95,11 @@ def test_decode_on_kernels_matches_ar_forward(rank, monkeypatch):
 @pytest.mark.parametrize("rank", [1, 2], ids=["siso", "mimo2"])
 def test_cuda_graph_decode_matches_eager(rank, amp):
     """AR decoding with the step replayed from a CUDA graph gives eager decoding's tokens and logits;
-    block sampling with the denoiser replayed gives eager block sampling's tokens."""
+    block and whole-canvas diffusion sampling with the denoiser replayed give eager sampling's tokens."""
     from diffmamba.sampling.ar import ar_generate
     from diffmamba.sampling.base import SamplerOptions
     from diffmamba.sampling.bd3lm import block_sample
+    from diffmamba.sampling.generate import generate
     from diffmamba.sampling.graphs import GraphedStep
     model = make_model(rank).eval()
     prompt = torch.randint(0, V, (4, 30), generator=torch.Generator().manual_seed(3)).to(DEVICE)
@@ -123,3 +124,6 @@ def test_cuda_graph_decode_matches_eager(rank, amp):
                                generator=torch.Generator(DEVICE).manual_seed(0), cuda_graph=graph)
                   for graph in (False, True)]
         assert torch.equal(blocks[0].tokens, blocks[1].tokens)
+        runs = [generate(model, "diffusion", canvas, fixed, SamplerOptions(steps=6, cuda_graph=graph),
+                         torch.Generator(DEVICE).manual_seed(0)) for graph in (False, True)]
+        assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
