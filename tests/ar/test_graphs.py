@@ -25,6 +25,21 @@ def tiny_model(rank: int = 1, pattern: str = "M") -> DiffMamba:
     return DiffMamba(config).eval()
 
 
+@pytest.fixture
+def eager_captures(monkeypatch) -> list:
+    """Every CapturedCall built from here on runs eagerly (no GPU here); the list records one entry
+    (its number of inputs) per capture made."""
+    built = []
+    real_init = graphs.CapturedCall.__init__
+
+    def eager_init(self, fn, inputs, graph=True, warmup=2):
+        built.append(len(inputs))
+        real_init(self, fn, inputs, graph=False)
+
+    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
+    return built
+
+
 def same_state(a, b):
     return all(torch.equal(x, y) for la, lb in zip(a, b) for x, y in zip(la, lb))
 
@@ -63,7 +78,7 @@ def test_denoiser_buffers_answer_like_the_block_denoiser():
 
 
 @pytest.mark.parametrize("pattern", ["M", "MA"], ids=["mamba3", "hybrid"])
-def test_canvas_denoiser_answers_like_the_model_and_samples_the_same(monkeypatch, pattern):
+def test_canvas_denoiser_answers_like_the_model_and_samples_the_same(eager_captures, pattern):
     """The whole-canvas denoiser (mode diffusion; no state across calls, so attention layers are
     fine): each call equals denoiser_from_model; generate(mode="diffusion", cuda_graph=True) gives the
     same tokens and NFE, with one capture per canvas shape kept across calls."""
@@ -75,15 +90,7 @@ def test_canvas_denoiser_answers_like_the_model_and_samples_the_same(monkeypatch
             first = denoise(canvas)
             assert torch.equal(first, denoiser_from_model(model)(canvas))
         assert not torch.equal(first, denoise(x))  # a copy: the next call does not overwrite it
-
-    built = []
-    real_init = graphs.CapturedCall.__init__
-
-    def eager_init(self, fn, inputs, graph=True, warmup=2):
-        built.append(len(inputs))
-        real_init(self, fn, inputs, graph=False)
-
-    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
+    built = eager_captures
     canvas = torch.full((2, 12), model.mask_token_id)
     canvas[:, :3] = x[:2, :3]
     fixed = canvas != model.mask_token_id
@@ -91,20 +98,13 @@ def test_canvas_denoiser_answers_like_the_model_and_samples_the_same(monkeypatch
         runs = [generate(model, "diffusion", canvas, fixed, SamplerOptions(steps=5, cuda_graph=graph),
                          torch.Generator().manual_seed(0), sampler=sampler) for graph in (False, True)]
         assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe, sampler
-    assert built == [1]  # one capture ([B, L] canvas, no states) for every sampler and call
+    assert built == [1, 1]  # the one above, then one capture ([B, L] canvas, no states) for every sampler and call
 
 
-def test_decoding_with_the_captured_calls_gives_the_same_tokens(monkeypatch):
+def test_decoding_with_the_captured_calls_gives_the_same_tokens(eager_captures):
     """ar_generate / block_sample with cuda_graph=True, the captures run eagerly here: same tokens;
     one capture per shape, kept on the model across calls until its weights move."""
-    built = []
-    real_init = graphs.CapturedCall.__init__
-
-    def eager_init(self, fn, inputs, graph=True, warmup=2):
-        built.append(len(inputs))
-        real_init(self, fn, inputs, graph=False)
-
-    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
+    built = eager_captures
     model = tiny_model()
     prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(2))
     for _ in range(2):
