@@ -118,8 +118,8 @@ for part in $PARTS; do
         for m in "${models[@]}"; do
             [ -d "$m" ] || { echo "speed: $m is missing (train it with configs/demo.yaml, then carry it)"; status=1; continue 2; }
         done
-        for graph in "" --cuda-graph; do
-            name=speed${graph:+-graph}
+        for graph in --no-cuda-graph --cuda-graph; do
+            name=speed-${graph#--}
             timeout "$BENCH_S" "$PY" -m diffmamba.cli eval speed --ar "${models[0]}" --diffusion "${models[1]}" \
                 --block "${models[2]}" --batch-sizes 1 8 64 --lengths 128 --speed-samplers ancestral \
                 --speed-steps 64 $graph --out "$OUT/$name" 2>&1 | tee "$OUT/$name.txt"

@@ -77,6 +77,9 @@ def test_ar_mode_continues_the_prompt(checkpoint, capsys, tmp_path):
     assert all(len(r["tokens"]) == 12 and r["text"].startswith("The dog") for r in records)
     # One prefill call, then one step per generated token after the first.
     assert records[0]["sampler"] is None and records[0]["nfe"] == 1 + records[0]["generated_tokens"] - 1
+    assert records[0]["cuda_graph"] is False  # the default is on for CUDA devices only
+    code, out, err = sample(capsys, "--checkpoint", checkpoint, "--mode", "ar", "--length", "6", "--no-cuda-graph")
+    assert code == 0, err
     code, out, err = sample(capsys, "--checkpoint", checkpoint, "--mode", "ar", "--length", "6")
     assert code == 0, err  # unconditional: starts from EOS
 

@@ -52,7 +52,7 @@ from diffmamba.eval.loading import load_checkpoint
 from diffmamba.sampling.base import SampleResult, SamplerOptions
 from diffmamba.sampling.canvas import Canvas, build_canvas
 from diffmamba.sampling.generate import MODES, generate
-from diffmamba.sampling.graphs import check_graph_device
+from diffmamba.sampling.graphs import check_graph_device, resolve_cuda_graph
 from diffmamba.sampling.registry import SAMPLERS, UNSTEPPED, get_sampler
 
 DEFAULT_LENGTH = 128
@@ -118,10 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", metavar="DTYPE",
                         help="matmul precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--cuda-graph", action="store_true",
-                        help="--mode ar, diffusion or block on CUDA: capture the AR step / the denoiser once as a CUDA "
-                             "graph and replay it per call (same tokens, less per-call host overhead at small batch; "
-                             "ar and block: Mamba-3 trunks only)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay the AR step / the denoiser from a CUDA graph captured once (same tokens, "
+                             "8-13x faster AR steps at small batch). Default: on for CUDA in --mode ar, diffusion "
+                             "and block (ar and block: Mamba-3 trunks only), off otherwise; --cuda-graph insists "
+                             "(an error where impossible), --no-cuda-graph decodes eagerly")
 
 
 # ------------------------------------------------------------------------------- validation
@@ -153,7 +154,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _options(args: argparse.Namespace, steps: int) -> SamplerOptions:
     return SamplerOptions(steps=steps, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           block_length=args.block_length, eta=args.eta, threshold=args.threshold,
-                          progress=not args.no_progress, cuda_graph=args.cuda_graph)
+                          progress=not args.no_progress, cuda_graph=bool(args.cuda_graph))
 
 
 # ------------------------------------------------------------------------------------ modes
@@ -187,7 +188,7 @@ def _settings(args: argparse.Namespace, canvas: Canvas, steps: int) -> dict:
             "generated_tokens": canvas.num_generated, "prompt": args.prompt, "infill": args.infill,
             "span": args.span, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "block_length": args.block_length, "eta": args.eta,
-            "threshold": args.threshold if args.sampler == "parallel" else None}
+            "threshold": args.threshold if args.sampler == "parallel" else None, "cuda_graph": bool(args.cuda_graph)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "speculative":
         configure_speculative_mode(args, checkpoint)  # dual checkpoints only; --draft-len from the block size
     steps = args.steps or max(canvas.num_generated, 1)
+    args.cuda_graph = resolve_cuda_graph(args.cuda_graph, device, model, args.mode)
     options = _options(args, steps)
     job = SampleJob(model, tokenizer, canvas, args, options, device)
     batch_size = min(args.batch_size or args.num_samples, args.num_samples)

@@ -76,7 +76,7 @@ class EvalOptions:
     speed_prompt_len: int = 0
     warmup: int = 1
     speed_repeats: int = 3
-    cuda_graph: bool = False  # AR, diffusion and block decoding replay their calls from CUDA graphs
+    cuda_graph: Optional[bool] = None  # speed: calls replayed from CUDA graphs (None: where they work)
     command: str = ""
 
 
@@ -307,8 +307,9 @@ def _speed(run: _Run) -> None:
         lambda s: settings_for(s, list(samplers), list(steps), [opts.top_p[0]], opts.temperature),
         batch_sizes=opts.batch_sizes, lengths=lengths, prompt_len=opts.speed_prompt_len, warmup=opts.warmup,
         repeats=opts.speed_repeats, seed=opts.seed, device=run.device, amp=run.amp, cuda_graph=opts.cuda_graph)
-    if opts.cuda_graph:
-        env_line += "; AR, diffusion and block decoding replayed from CUDA graphs (captured in the warm-up)"
+    graphed = sorted({row["system"] for row in run.results["speed"] if row.get("cuda_graph")})
+    if graphed:
+        env_line += f"; replayed from CUDA graphs (captured in the warm-up): {', '.join(graphed)}"
     run.results["speed_environment"] = env_line
     if opts.contexts:
         run.results["context_speed"] = evaluate_context_speed(

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from diffmamba.core.device import synchronize
 from diffmamba.eval.sampling import GRAPHED_MODES, generate_batch
+from diffmamba.sampling.graphs import resolve_cuda_graph
 
 CPU_MEMORY_LABEL = "peak RSS increase during the call (sampled every 2 ms), MiB"
 CUDA_MEMORY_LABEL = "peak CUDA memory allocated during the call (torch.cuda.max_memory_allocated, weights included), MiB"
@@ -160,16 +161,14 @@ def speed_row(timing: Timing, batch_size: int, length: int, extra: Optional[dict
 
 def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64), lengths=(64,), prompt_len: int = 0,
                    warmup: int = 1, repeats: int = 3, seed: int = 0, device=None, amp=None,
-                   cuda_graph: bool = False) -> list[dict]:
+                   cuda_graph: Optional[bool] = False) -> list[dict]:
     """Speed rows for every system x setting (``settings_of(system)`` -> [GenSetting]) x batch x length.
 
     Unconditional generation of ``length`` tokens (AR from one EOS token); with ``prompt_len`` > 0
     a random prompt of that many tokens is given first (AR prefill time is then reported apart).
-    ``cuda_graph``: AR, diffusion and block systems replay their calls from CUDA graphs (``diffmamba.sampling.graphs``;
-    speculative decoding's are not graphed)."""
-
-
-
+    ``cuda_graph``: True / False / None (auto) as ``diffmamba.sampling.graphs.resolve_cuda_graph``, per
+    system: AR, diffusion and block systems can replay their calls from CUDA graphs, speculative
+    decoding's are never graphed. Each row says whether it was (``cuda_graph``)."""
     device = torch.device(device or "cpu")
     plan = [(s, st, b, n) for s in systems for st in settings_of(s) for b in batch_sizes for n in lengths]
     rows = []
@@ -182,15 +181,17 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
             prompt = torch.randint(0, ck.tokenizer.vocab_size, (bs, prompt_len),
                                    generator=torch.Generator().manual_seed(seed)).to(device)
 
+        graphed = resolve_cuda_graph(cuda_graph, device, model, system.mode)
+
         def run():
             gen.manual_seed(seed)
             with amp() if amp else contextlib.nullcontext(), torch.no_grad():
                 return generate_batch(model, system, setting, bs, length, gen, prompt, ck.tokenizer.eos_id,
-                                      cuda_graph=cuda_graph)
+                                      cuda_graph=graphed)
 
         timing = measure(run, device, warmup=warmup, repeats=repeats)
         extra = {"system": system.name, "mode": system.mode, **setting.as_dict(), "nfe": float(timing.result[1]),
-                 "cuda_graph": cuda_graph and system.mode in GRAPHED_MODES,
+                 "cuda_graph": graphed and system.mode in GRAPHED_MODES,
                  "prompt_length": prompt_len, **system.settings, **timing.result[2]}
         if system.is_ar and prompt is not None:
             def prefill():

@@ -46,6 +46,27 @@ def check_graph_device(device) -> None:
                         "machine")
 
 
+def graphable(model, mode: str) -> bool:
+    """Whether ``mode``'s decoding calls can be replayed from a CUDA graph for ``model``: the AR step
+    and the block denoiser carry per-layer states across calls, so they need a trunk of Mamba-3
+    layers (fixed-size states); the whole-canvas diffusion denoiser takes any trunk; speculative
+    decoding's calls change batch size as rows finish, so never."""
+    if mode == "diffusion":
+        return True
+    if mode in ("ar", "block"):
+        return all(isinstance(s, Mamba3State) for s in model.init_state(1))
+    return False
+
+
+def resolve_cuda_graph(flag, device, model, mode: str) -> bool:
+    """``--cuda-graph`` (True: asked, so refusals are errors), ``--no-cuda-graph`` (False) or neither
+    (None: on where it works, i.e. on a CUDA device for a ``graphable`` mode; measured 8-13x faster
+    than eager for a 130M model's AR step at batch 1 and 64 on an H200, docs/benchmarks.md)."""
+    if flag is not None:
+        return bool(flag)
+    return torch.device(device).type == "cuda" and graphable(model, mode)
+
+
 class CapturedCall:
     """``fn(*inputs) -> list of tensors`` on static copies of ``inputs``, captured once as a CUDA
     graph (``graph=True``) and replayed by ``__call__``; ``load`` refills the inputs."""
@@ -68,8 +89,13 @@ class CapturedCall:
                     fn(*(t.clone() for t in self.inputs))
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = fn(*self.inputs)
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.outputs = fn(*self.inputs)
+            except RuntimeError as e:  # e.g. out of memory for the graph's own pool
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"capturing the CUDA graph failed ({first}); rerun with --no-cuda-graph to "
+                                "decode eagerly") from e
 
     def load(self, tensors: list, start: int = 0) -> None:
         """Copy ``tensors`` into the inputs from index ``start`` on (same shapes and dtypes)."""
@@ -104,21 +130,28 @@ def _states(fields: list) -> list:
     return [Mamba3State(*fields[i:i + width]) for i in range(0, len(fields), width)]
 
 
+KEPT_CALLS = 4  # captures kept per model; each holds its own memory pool (a [64, 1024] canvas's logits alone are GBs)
+
+
 def reuse(model, kind: str, tensors: list, build: Callable[[], object]):
     """The captured call ``build()`` made for ``model`` with inputs shaped like ``tensors``, under the
     same autocast: kept on the model, so decoding several batches of one size (``eval speed``'s
-    repeats, ``sample``'s batches) captures once. Capturing again on another shape keeps both;
-    moving or reloading the weights (their addresses change, and a graph reads them by address)
-    drops every kept call."""
+    repeats, ``sample``'s batches) captures once. Capturing on another shape keeps the
+    ``KEPT_CALLS`` most recently used ones (the others' memory is freed); moving or reloading the
+    weights (their addresses change, and a graph reads them by address) drops every kept call."""
     weights = tuple(p.data_ptr() for p in model.parameters())
     kept = model.__dict__.get("_captured_calls")
     if kept is None or kept.weights != weights:
         kept = model.__dict__["_captured_calls"] = _Kept(weights)
     key = (kind, tuple((tuple(t.shape), t.dtype) for t in tensors), torch.is_autocast_enabled("cuda"),
            torch.get_autocast_dtype("cuda"))
-    if key not in kept.calls:
-        kept.calls[key] = build()
-    return kept.calls[key]
+    call = kept.calls.pop(key, None)
+    if call is None:
+        while len(kept.calls) >= KEPT_CALLS:
+            kept.calls.pop(next(iter(kept.calls)))  # the least recently used
+        call = build()
+    kept.calls[key] = call  # (re)inserted last: the most recently used
+    return call
 
 
 class _Kept:

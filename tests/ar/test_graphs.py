@@ -129,6 +129,33 @@ def test_decoding_with_the_captured_calls_gives_the_same_tokens(eager_captures):
     assert twin.__dict__["_captured_calls"].calls == {}
 
 
+def test_kept_captures_are_the_most_recently_used(eager_captures, monkeypatch):
+    """Each capture holds a memory pool, so a model keeps only the KEPT_CALLS most recently used."""
+    monkeypatch.setattr(graphs, "KEPT_CALLS", 2)
+    model = tiny_model()
+
+    def denoiser(batch):
+        return GraphedDenoiser.reused(model, None, 6, batch)
+
+    first, second = denoiser(1), denoiser(2)
+    assert denoiser(1) is first  # a hit makes batch 1 the most recent ...
+    denoiser(3)  # ... so batch 2 is the one dropped for batch 3
+    assert denoiser(1) is first and denoiser(2) is not second
+    assert len(eager_captures) == 4 and len(model.__dict__["_captured_calls"].calls) == 2
+
+
+def test_cuda_graph_default_is_on_where_it_works():
+    """No flag: graphs on a CUDA device for the modes whose calls can be replayed (AR and block on
+    Mamba-3 trunks, diffusion on any), eager elsewhere; --cuda-graph / --no-cuda-graph win."""
+    mamba, hybrid = tiny_model(), tiny_model(pattern="MA")
+    auto = lambda model, mode, device="cuda": graphs.resolve_cuda_graph(None, device, model, mode)  # noqa: E731
+    assert [auto(mamba, mode) for mode in ("ar", "block", "diffusion", "speculative")] == [True, True, True, False]
+    assert [auto(hybrid, mode) for mode in ("ar", "block", "diffusion")] == [False, False, True]
+    assert not auto(mamba, "ar", device="cpu")
+    assert graphs.resolve_cuda_graph(False, "cuda", mamba, "ar") is False
+    assert graphs.resolve_cuda_graph(True, "cpu", hybrid, "ar") is True  # asked: the capture then refuses
+
+
 def test_refusals_are_one_line():
     model = tiny_model()
     with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):

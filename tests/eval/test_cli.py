@@ -57,6 +57,7 @@ def test_compare_end_to_end(tiny_ckpts, tmp_path):
     assert res["judge"]["tokenizer_vocab_size"] == 280  # the judge's own tokenizer, not the models' (300)
     assert {r["context"] for r in res["infill"]} == {"left only", "both sides"}
     assert {(r["system"], r["batch_size"]) for r in res["speed"]} == {(s, b) for s in ("AR", "diffusion") for b in (1, 2)}
+    assert not any(r["cuda_graph"] for r in res["speed"])  # graphs by default on CUDA devices only
     md = open(os.path.join(out, "report.md")).read()
     assert res["judge"]["name"] in md and "≤" in md and "## Summary" in md and "Likelihood:" in md
     for plot in ("gen_ppl_vs_nfe", "pareto", "likelihood", "speed"):
