@@ -59,6 +59,15 @@ def test_bench_decode_on_cpu_times_eager_steps_over_context(capsys, tmp_path):
     assert all(r["us_per_token"] > 0 and r["state_bytes"] > 0 for r in rows)
 
 
+def test_bench_decode_profile_counts_what_a_token_dispatches(capsys):
+    assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--batch-sizes", "1", "--contexts", "8",
+                 "--tokens", "2", "--repeats", "1", "--profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "batch 1, context 8, eager steps profile, 1 calls" in printed and "Self CPU time total" in printed
+    (line,) = [x for x in printed.splitlines() if "aten ops dispatched" in x]
+    assert float(line.split(": ")[1].split()[0]) > 10  # a real count: a 4-layer step dispatches hundreds
+
+
 def test_bench_decode_refuses_two_model_sources(capsys):
     assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--checkpoint", "runs/x"]) == 2
     assert capsys.readouterr().err.strip() == "diffmamba bench: error: pass --config or --checkpoint, not both"

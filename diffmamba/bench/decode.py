@@ -3,6 +3,7 @@
     diffmamba bench decode                                   # GPU: small (130M), batch 1 and 64, context 512 and 8192
     diffmamba bench decode --config configs/model/demo.yaml --batch-sizes 1 8
     diffmamba bench decode --checkpoint runs/demo-ar          # a trained model's shape and weights
+    diffmamba bench decode --batch-sizes 1 --contexts 512 --profile   # which kernels a token launches
 
 After a prefill of ``--contexts`` random tokens, each measurement times ``--tokens`` consecutive
 decode steps (a fixed token fed back; no sampling, so only the model's step is timed): eager
@@ -21,6 +22,7 @@ import os
 
 import torch
 
+from diffmamba.bench.profiling import print_profile
 from diffmamba.config import load_model_config
 from diffmamba.core.device import autocast, resolve_device
 from diffmamba.core.errors import UserError
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timings per row; the median is printed (default 5)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--bw", type=float, default=3.0e12, help="memory ceiling, bytes/s (measured H100: 3.0e12)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print each row's ops and kernels by self time (torch.profiler) and the kernels one "
+                        "token launches (on CPU: aten ops dispatched)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows and environment here")
     args = p.parse_args(argv)
     if args.config is not None and args.checkpoint is not None:
@@ -104,6 +109,12 @@ def bench_row(model, batch: int, context: int, args, device, amp_dtype) -> list[
                     graphed(token)
 
             rows.append(("cuda-graph", measure(replay, device, warmup=1, repeats=args.repeats)))
+        if args.profile:
+            label = f"batch {batch}, context {context}"
+            print_profile(f"{label}, eager steps", eager, device.type, calls=1, per=args.tokens, unit="token")
+            if len(rows) > 1:
+                print_profile(f"{label}, cuda-graph replays", replay, device.type, calls=1, per=args.tokens,
+                              unit="token")
     weights, states = traffic_floor_bytes(model, state, amp_dtype != torch.float32)
     floor_us = (weights + states) / args.bw * 1e6 if device.type == "cuda" else None  # --bw is a GPU's
     out = []

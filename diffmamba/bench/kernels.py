@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from diffmamba.bench.profiling import print_profile
 from diffmamba.core.io import write_json
 from diffmamba.ops import reference
 from diffmamba.ops.state import Mamba3State
@@ -188,25 +189,8 @@ def bench_bwd_parts(name, xs, seed, args):
     out.append(dict(shape=name, op="bwdparts", impl="glue (rest)", ms=glue))
     print(f"{name:18s} {'bwdpart':7s} {'glue (rest)':12s} {glue:9.3f} ms  (whole minus the three parts)", flush=True)
     if args.profile:
-        print_profile(name, whole, q.device.type)
+        print_profile(f"{name}: backward", whole, q.device.type)
     return out
-
-
-def print_profile(name: str, fn, device: str, calls: int = 3, rows: int = 20) -> None:
-    """The ops and kernels of ``calls`` runs of ``fn`` by self time (torch.profiler), after one warm-up."""
-    from torch.profiler import ProfilerActivity, profile  # lazy: only with --profile
-    fn()
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        for _ in range(calls):
-            fn()
-        if cuda:
-            torch.cuda.synchronize()
-    print(f"{name}: backward profile, {calls} calls, top {rows} by self {'device' if cuda else 'CPU'} time")
-    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
-                                    row_limit=rows), flush=True)
 
 
 def main(argv=None) -> int:
