@@ -18,8 +18,9 @@ from diffmamba.ops.state import Mamba3State
 from . import autograd as _autograd
 from .autograd import mamba3_scan_autograd
 from .scan_step import launch_step
+from .step_fused import launch_fused_step
 
-__all__ = ["mamba3_scan_triton", "mamba3_step_triton"]
+__all__ = ["mamba3_scan_triton", "mamba3_step_triton", "mamba3_step_fused"]
 
 
 def _wants_float64(*tensors) -> bool:
@@ -146,3 +147,38 @@ def mamba3_step_triton(q, k, v, log_decay, dt, trap, dphase, D, state: Optional[
     if siso:
         y, kp1, vp1 = y.squeeze(2), kp1.squeeze(2), vp1.squeeze(2)
     return y, Mamba3State(ssm, kp1, vp1, ph1)
+
+
+def mamba3_step_fused(proj, x, z, params: dict, state: Optional[Mamba3State], *, R: int, N: int, S: int):
+    """One decode token of a Mamba-3 direction in one kernel (``step_fused.py``): the input transform
+    from the projection row, the step and the gate (``Mamba3Direction.step`` semantics).
+
+    proj: [B, >= 2RN + 3H + S] (its first 2RN + 3H + S columns: B, C, dd_dt, dd_A, trap, angles);
+    x, z: [B, H*P] (views of one projection are fine: rows may be strided, columns must be
+    contiguous); params: as ``launch_fused_step``; state: Mamba3State (SISO or rank form, as the
+    direction's ``init_state``) or None (fresh). Returns (gated y [B, H*P] in x's dtype, new state):
+    ``state.ssm`` is updated in place when it is a contiguous float32 tensor.
+    """
+    B, HP = x.shape
+    H = params["dt_bias"].shape[0]
+    P = HP // H
+    if z.stride(0) != x.stride(0) or x.stride(1) != 1 or z.stride(1) != 1 or proj.stride(1) != 1:
+        x, z, proj = x.contiguous(), z.contiguous(), proj.contiguous()
+        if z.stride(0) != x.stride(0):
+            raise ValueError("x and z must have the same row stride")
+    if state is None:
+        state = Mamba3State.zeros(B, H, P, N, S, R=R if R > 1 else None, dtype=x.dtype, device=x.device)
+    ssm, kp, vp, ph = state
+    siso = kp.dim() == 3
+    if ssm.dtype != torch.float32 or not ssm.is_contiguous():
+        ssm = ssm.float().contiguous()
+    out = _autograd.new_empty(B, HP, device=x.device, dtype=x.dtype)
+    kp1 = _autograd.new_empty(B, H, R, N, device=x.device, dtype=kp.dtype)
+    vp1 = _autograd.new_empty(B, H, R, P, device=x.device, dtype=vp.dtype)
+    ph1 = _autograd.new_empty(B, H, S, device=x.device, dtype=torch.float32)
+    with torch.no_grad():
+        launch_fused_step(proj, x, z, params, ssm, _c(kp), _c(vp), ph.float().contiguous(), out, kp1, vp1, ph1,
+                          R=R, N=N, P=P, S=S, H=H)
+    if siso:
+        kp1, vp1 = kp1.squeeze(2), vp1.squeeze(2)
+    return out, Mamba3State(ssm, kp1, vp1, ph1)

@@ -66,8 +66,9 @@ test_group() {  # the kernel tests in three pytest processes, in this order
     case $1 in
     tests-backward) tests tests-backward tests/kernels/test_backward_core.py tests/kernels/test_scan.py \
             -k "backward or resume or test_awkward_shapes or core or prepass or switch or tf32 or compile" ;;
-    tests-rest) tests tests-rest tests/kernels/test_model_on_kernels.py tests/kernels/test_scan.py \
-            tests/kernels/test_step_and_configs.py -k "not (backward or resume or test_awkward_shapes or split_p)" ;;
+    tests-rest) tests tests-rest tests/kernels/test_model_on_kernels.py tests/kernels/test_step_fused.py \
+            tests/kernels/test_scan.py tests/kernels/test_step_and_configs.py \
+            -k "not (backward or resume or test_awkward_shapes or split_p)" ;;
     tests-split-p) tests tests-split-p tests/kernels/test_step_and_configs.py -k split_p ;;
     esac
 }

@@ -63,9 +63,20 @@ def test_bench_decode_profile_counts_what_a_token_dispatches(capsys):
     assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--batch-sizes", "1", "--contexts", "8",
                  "--tokens", "2", "--repeats", "1", "--profile"]) == 0
     printed = capsys.readouterr().out
-    assert "batch 1, context 8, eager steps profile, 1 calls" in printed and "Self CPU time total" in printed
+    assert "batch 1, context 8, eager profile, 1 calls" in printed and "Self CPU time total" in printed
     (line,) = [x for x in printed.splitlines() if "aten ops dispatched" in x]
     assert float(line.split(": ")[1].split()[0]) > 10  # a real count: a 4-layer step dispatches hundreds
+
+
+def test_bench_decode_runs_the_fused_step_row_in_the_interpreter(capsys, tmp_path):
+    """--interpreter (TRITON_INTERPRET=1, set for the tests): the fused step kernel's row runs, so the
+    GPU run's fused rows cannot fail on a harness bug."""
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "--config", "configs/model/tiny.yaml", "--batch-sizes", "1", "--contexts", "8",
+                 "--tokens", "2", "--repeats", "1", "--interpreter", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["eager", "eager fused"] and rows[1]["us_per_token"] > 0
+    assert "| 1 | 8 | eager fused |" in capsys.readouterr().out
 
 
 def test_bench_decode_refuses_two_model_sources(capsys):

@@ -8,7 +8,8 @@
 After a prefill of ``--contexts`` random tokens, each measurement times ``--tokens`` consecutive
 decode steps (a fixed token fed back; no sampling, so only the model's step is timed): eager
 ``model.step`` calls and, on CUDA, the step replayed from a CUDA graph
-(``diffmamba.sampling.graphs.GraphedStep``). Prints per-token microseconds, tokens/s, the graph's
+(``diffmamba.sampling.graphs.GraphedStep``), each also with the fused step kernel
+(``DIFFMAMBA_STEP=fused``: a Mamba-3 layer's input transform, step and gate in one launch). Prints per-token microseconds, tokens/s, the graph's
 speed-up, each one's time at the longest context over its time at the shortest (a recurrent
 state is the same size at every context, so 1.0 is the ideal; an attention layer's KV cache
 grows, and its trunks are timed eagerly only), and on a GPU the memory-traffic floor of a step:
@@ -18,6 +19,7 @@ read and written and the KV caches read, at ``--bw`` bytes/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 import torch
@@ -32,6 +34,7 @@ from diffmamba.eval.speed import environment, format_environment, measure
 from diffmamba.eval.trunks import cache_bytes
 from diffmamba.model import DiffMamba
 from diffmamba.modules.attention import KVCache
+from diffmamba.ops.scan import STEP_ENV_VAR
 from diffmamba.sampling.graphs import GraphedStep
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill call: bounded memory at long contexts
@@ -51,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timings per row; the median is printed (default 5)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--bw", type=float, default=3.0e12, help="memory ceiling, bytes/s (measured H100: 3.0e12)")
+    p.add_argument("--interpreter", action="store_true",
+                   help="CPU only, with TRITON_INTERPRET=1 set: also run the fused step kernel's row in the Triton "
+                        "interpreter (a harness check: its time means nothing)")
     p.add_argument("--profile", action="store_true",
                    help="also print each row's ops and kernels by self time (torch.profiler) and the kernels one "
                         "token launches (on CPU: aten ops dispatched)")
@@ -63,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must all be >= 1")
     if args.tokens < 1 or args.repeats < 1 or args.bw <= 0:
         raise UserError("--tokens and --repeats must be >= 1 and --bw > 0")
+    if args.interpreter and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise UserError("--interpreter runs the Triton kernels on the CPU: set TRITON_INTERPRET=1 in the environment")
     return args
 
 
@@ -75,6 +83,20 @@ def load_model(args, device: torch.device) -> DiffMamba:
         raise UserError(f"model config {path} does not exist; pass one such as configs/model/tiny.yaml")
     torch.manual_seed(0)
     return DiffMamba(load_model_config(path)).to(device).eval()
+
+
+@contextlib.contextmanager
+def step_mode(mode: str):
+    """``$DIFFMAMBA_STEP`` set to ``mode`` inside the block (the decode step, ``ops.scan.fused_step_entry``)."""
+    before = os.environ.get(STEP_ENV_VAR)
+    os.environ[STEP_ENV_VAR] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[STEP_ENV_VAR]
+        else:
+            os.environ[STEP_ENV_VAR] = before
 
 
 def traffic_floor_bytes(model: DiffMamba, state: list, amp: bool) -> tuple[int, int]:
@@ -100,21 +122,32 @@ def bench_row(model, batch: int, context: int, args, device, amp_dtype) -> list[
             for _ in range(args.tokens):
                 _, s = model.step(token, s)
 
+        steps = {"eager": eager}
         rows = [("eager", measure(eager, device, warmup=1, repeats=args.repeats))]
+        if args.interpreter and "A" not in model.config.layer_kinds:  # CPU harness check of the fused rows
+            with step_mode("fused"):
+                steps["eager fused"] = eager
+                rows.append(("eager fused", measure(eager, device, warmup=0, repeats=1)))
         if device.type == "cuda" and "A" not in model.config.layer_kinds:
-            graphed = GraphedStep(model, state)
+            for fused in (False, True):  # the decode step unfused, then as one kernel per layer (DIFFMAMBA_STEP)
+                suffix = " fused" if fused else ""
+                with step_mode("fused" if fused else "unfused"):
+                    graphed = GraphedStep(model, state)  # captured with this step
+                    if fused:
+                        steps["eager fused"] = eager
+                        rows.append(("eager fused", measure(eager, device, warmup=1, repeats=args.repeats)))
 
-            def replay():
-                for _ in range(args.tokens):
-                    graphed(token)
+                def replay(graphed=graphed):
+                    for _ in range(args.tokens):
+                        graphed(token)
 
-            rows.append(("cuda-graph", measure(replay, device, warmup=1, repeats=args.repeats)))
+                steps["cuda-graph" + suffix] = replay
+                rows.append(("cuda-graph" + suffix, measure(replay, device, warmup=1, repeats=args.repeats)))
         if args.profile:
-            label = f"batch {batch}, context {context}"
-            print_profile(f"{label}, eager steps", eager, device.type, calls=1, per=args.tokens, unit="token")
-            if len(rows) > 1:
-                print_profile(f"{label}, cuda-graph replays", replay, device.type, calls=1, per=args.tokens,
-                              unit="token")
+            for impl, fn in steps.items():
+                with step_mode("fused" if "fused" in impl else "unfused"):
+                    print_profile(f"batch {batch}, context {context}, {impl}", fn, device.type, calls=1,
+                                  per=args.tokens, unit="token")
     weights, states = traffic_floor_bytes(model, state, amp_dtype != torch.float32)
     floor_us = (weights + states) / args.bw * 1e6 if device.type == "cuda" else None  # --bw is a GPU's
     out = []
@@ -149,7 +182,7 @@ def main(argv=None) -> int:
             for row in bench_row(model, batch, context, args, device, amp_dtype):
                 rows.append(row)
                 floor = "" if row["floor_us"] is None else f"  floor {row['floor_us']:.1f} us"
-                print(f"  batch {batch:<4} context {context:<6} {row['impl']:<10} {row['us_per_token']:10.1f} us/token "
+                print(f"  batch {batch:<4} context {context:<6} {row['impl']:<16} {row['us_per_token']:10.1f} us/token "
                       f"{row['tokens_per_s']:12,.0f} tokens/s{floor}", flush=True)
     print(table(rows))
     if args.json:

@@ -7,7 +7,7 @@ what ptxas says of each: registers per thread, spilled bytes, shared memory, res
 
 The kernels are built through the real call path (kernels/aot.py): forward and backward in both
 directions with and without an initial state, the fused forward with every autotune config, the
-split forward, and the decode step with every config. A kernel that spills keeps values in
+split forward, and the decode step with every config, unfused and fused (``DIFFMAMBA_STEP=fused``). A kernel that spills keeps values in
 local memory (L1/L2 traffic the roofline does not count); one that does not fit cannot launch.
 Exit status: 1 if any kernel fails to compile or does not fit (or spills, with --no-spills).
 Timing needs a GPU: `diffmamba bench kernels` there.
@@ -23,7 +23,9 @@ import sys
 import torch
 
 from diffmamba.bench.kernels import SHAPES, STEP_SHAPES, env, make, make_step
+from diffmamba.config import ModelConfig
 from diffmamba.core.io import write_json
+from diffmamba.modules.mamba3 import Mamba3Direction
 from diffmamba.ops.state import Mamba3State
 
 DEFAULT_SHAPES = ["bt16k-h16", "mimo4-bt16k-h16"]
@@ -71,6 +73,20 @@ def build_step(shape: str, dtype: torch.dtype, quick: bool = False) -> None:
         for cfg in [] if quick else STEP_CONFIGS[1:]:
             launch_step(q, k, v, *rest, torch.empty_like(v), st.ssm, kp, vp, st.phase,
                         torch.empty_like(kp), torch.empty_like(vp), torch.empty_like(st.phase), config=cfg)
+    build_fused_step(B, H, N, P, S, dtype)
+
+
+def build_fused_step(B: int, H: int, N: int, P: int, S: int, dtype: torch.dtype) -> None:
+    """The fused decode step (``DIFFMAMBA_STEP=fused``) of a SISO layer with these heads, through
+    its real call path: a Mamba3Direction's parameters and a projection row's strided views."""
+    from diffmamba.kernels import mamba3_step_fused  # lazy: optional dependency (triton)
+
+    layer = Mamba3Direction(ModelConfig(vocab_size=8, d_model=H * P // 2, headdim=P, d_state=N,
+                                        rope_fraction=2 * S / N))
+    width = 2 * N + 3 * H + S
+    z, x, proj = torch.randn(B, 2 * H * P + width).to(dtype).split([H * P, H * P, width], dim=-1)
+    with torch.no_grad():
+        mamba3_step_fused(proj, x, z, layer.step_params(), None, R=1, N=N, S=S)
 
 
 # The meta-parameters worth a column (the rest are in the full listing of --verbose).

@@ -32,6 +32,7 @@ from torch import nn
 from .norms import RMSNorm
 from diffmamba.config import ModelConfig
 from diffmamba.ops import Mamba3State, mamba3_scan, mamba3_scan_states, mamba3_step
+from diffmamba.ops.scan import fused_step_entry
 
 
 def ssm_proj_width(cfg: ModelConfig) -> int:
@@ -195,13 +196,26 @@ class Mamba3Direction(nn.Module):
     def step(self, x_t: torch.Tensor, z_t: torch.Tensor, ssm_proj_t: torch.Tensor,
              state: Optional[Mamba3State]):
         """One token of the causal recurrence: x_t, z_t [B, H*P], ssm_proj_t [B, width].
-        Returns (gated y_t [B, H*P], new state)."""
+        Returns (gated y_t [B, H*P], new state). ``DIFFMAMBA_STEP=fused`` runs all of it in one
+        kernel on a GPU (``fused_step_entry``)."""
+        fused = fused_step_entry(x_t)
+        if fused is not None:
+            return fused(ssm_proj_t, x_t, z_t, self.step_params(), state, R=self.rank, N=self.d_state,
+                         S=self.num_angles)
         inputs = self.scan_inputs(x_t, ssm_proj_t)
         y_t, state = mamba3_step(
             inputs["q"], inputs["k"], inputs["v"], inputs["log_decay"], inputs["dt"], inputs["trap"],
             inputs["dphase"], self.D, state,
         )
         return self.gate(y_t, z_t), state
+
+    def step_params(self) -> dict:
+        """The parameters of ``scan_inputs`` and ``gate``, for the fused step kernel."""
+        mimo = self.is_mimo
+        return dict(dt_bias=self.dt_bias, b_norm=self.B_norm.weight, c_norm=self.C_norm.weight, b_bias=self.B_bias,
+                    c_bias=self.C_bias, D=self.D, mimo_x=self.mimo_x if mimo else None,
+                    mimo_z=self.mimo_z if mimo else None, mimo_o=self.mimo_o if mimo else None,
+                    a_floor=self.a_floor, eps=self.B_norm.eps)
 
     def init_state(self, batch: int, device=None, dtype: torch.dtype = torch.float32) -> Mamba3State:
         """A fresh state (equal to starting from nothing) for ``batch`` sequences."""

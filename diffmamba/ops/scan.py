@@ -151,6 +151,27 @@ def _triton_entry(name: str):
     return function, None
 
 
+STEP_ENV_VAR = "DIFFMAMBA_STEP"
+
+
+def fused_step_entry(x: torch.Tensor):
+    """``diffmamba.kernels.mamba3_step_fused`` (a decode step's input transform, recurrence and gate
+    in one kernel) when ``$DIFFMAMBA_STEP`` is 'fused', x is on a CUDA device (or the Triton
+    interpreter runs: the tests) in fp32 / bf16 / fp16, and autograd is off (it has no backward);
+    else None: the transform in PyTorch, then ``mamba3_step``. Opt-in until timed on a GPU."""
+    mode = os.environ.get(STEP_ENV_VAR, "unfused")
+    if mode not in ("unfused", "fused"):
+        raise ValueError(f"${STEP_ENV_VAR} must be 'unfused' or 'fused', got {mode!r}")
+    if mode == "unfused" or torch.is_grad_enabled() or x.dtype == torch.float64:
+        return None
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")):
+        return None
+    function, why_not = _triton_entry("mamba3_step_fused")
+    if function is None:
+        raise ImportError(f"${STEP_ENV_VAR}=fused but {why_not}")
+    return function
+
+
 def _resolve_impl(impl: Optional[str], on_cuda: bool, triton_name: str):
     """Returns (impl, triton function or None)."""
     if impl is None:

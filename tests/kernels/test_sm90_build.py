@@ -23,8 +23,11 @@ pytestmark = pytest.mark.slow
 # spills ~1.2 KB with its 64-row chunks at N = 128, kept because they measured faster on the H200
 # than the spill-free 32 rows (kernels/autograd.py `_rows`).
 SPILL_BUDGET = {("bf16", "_chunk_grads"): 512, ("fp32", "_chunk_grads"): 4096, ("fp32", "_fwd_kernel_impl"): 4096,
-                ("bf16", "_fwd_kernel_impl"): 2048}
-DEFAULT_PATH = {"_fwd_kernel_impl", "_prepass_fwd", "_walk_states", "_chunk_grads", "_prepass_bwd", "_step_kernel_impl"}
+                ("bf16", "_fwd_kernel_impl"): 2048,
+                ("bf16", "_fused_step_impl"): 64}  # 16 B measured (80 registers: local scratch, not pressure)
+# --quick builds the default path plus the opt-in fused decode step (DIFFMAMBA_STEP=fused)
+DEFAULT_PATH = {"_fwd_kernel_impl", "_prepass_fwd", "_walk_states", "_chunk_grads", "_prepass_bwd", "_step_kernel_impl",
+                "_fused_step_impl"}
 
 
 @pytest.fixture(scope="module")
