@@ -21,6 +21,24 @@ from .configs import STEP_CONFIGS, active
 from .scan_fwd import _load_pair, _mod_2pi, _rotate
 
 
+@triton.jit
+def _advance_state(h_ptr, pp, j, p_ok, e_ok, o_ok, alpha, beta, gamma, vp, vv, kpe, kpo, kre, kro, qre, qro,
+                   N: tl.constexpr):
+    """h <- alpha h + beta sum_r vp_r kp_r^T + gamma sum_r v_r kr_r^T on this program's state rows
+    pp (even / odd columns, [BLOCK_P, HALF], in place at h_ptr, one head's [P, N] state), and
+    returns y = h qr per rank ([R, BLOCK_P], before the D skip). The rank-R outer products are
+    broadcast sums over r ([R, BLOCK_P, HALF]); R is tiny."""
+    hoff = pp[:, None] * N + 2 * j[None, :]
+    mh = p_ok[:, None] & e_ok[None, :]
+    mho = p_ok[:, None] & o_ok[None, :]
+    he, ho = _load_pair(h_ptr, hoff, mh, mho)
+    he = alpha * he + tl.sum(beta * vp[:, :, None] * kpe[:, None, :] + gamma * vv[:, :, None] * kre[:, None, :], axis=0)
+    ho = alpha * ho + tl.sum(beta * vp[:, :, None] * kpo[:, None, :] + gamma * vv[:, :, None] * kro[:, None, :], axis=0)
+    tl.store(h_ptr + hoff, he, mask=mh)
+    tl.store(h_ptr + hoff + 1, ho, mask=mho)
+    return tl.sum(he[None, :, :] * qre[:, None, :] + ho[None, :, :] * qro[:, None, :], axis=2)
+
+
 def _step_kernel_impl(
     q_ptr, k_ptr, v_ptr, a_ptr, dt_ptr, lam_ptr, dph_ptr, D_ptr, y_ptr,
     h_ptr, kp_ptr, vp_ptr, ph_ptr, kp1_ptr, vp1_ptr, ph1_ptr,
@@ -65,18 +83,8 @@ def _step_kernel_impl(
     vv = tl.load(v_ptr + rowv, mask=mv, other=0.0).to(tl.float32)
     vp = tl.load(vp_ptr + rowv, mask=mv, other=0.0).to(tl.float32)
 
-    # state rows pp, even/odd columns: [BLOCK_P, HALF]
-    hoff = pid_bh * P * N + pp[:, None] * N + 2 * j[None, :]
-    mh = p_ok[:, None] & e_ok[None, :]
-    mho = p_ok[:, None] & o_ok[None, :]
-    he, ho = _load_pair(h_ptr, hoff, mh, mho)
-    # rank-R outer products as broadcast sums over r ([R, BLOCK_P, HALF]); R is tiny.
-    he = alpha * he + tl.sum(beta * vp[:, :, None] * kpe[:, None, :] + gamma * vv[:, :, None] * kre[:, None, :], axis=0)
-    ho = alpha * ho + tl.sum(beta * vp[:, :, None] * kpo[:, None, :] + gamma * vv[:, :, None] * kro[:, None, :], axis=0)
-    tl.store(h_ptr + hoff, he, mask=mh)
-    tl.store(h_ptr + hoff + 1, ho, mask=mho)
-
-    y = tl.sum(he[None, :, :] * qre[:, None, :] + ho[None, :, :] * qro[:, None, :], axis=2)  # [R, BLOCK_P]
+    y = _advance_state(h_ptr + pid_bh * P * N, pp, j, p_ok, e_ok, o_ok, alpha, beta, gamma, vp, vv,
+                       kpe, kpo, kre, kro, qre, qro, N)
     if HAS_D:
         y += tl.load(D_ptr + h).to(tl.float32) * vv
     tl.store(y_ptr + rowv, y.to(y_ptr.dtype.element_ty), mask=mv)

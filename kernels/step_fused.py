@@ -23,6 +23,7 @@ import triton.language as tl
 
 from .configs import STEP_CONFIGS, active
 from .scan_fwd import _load_pair, _mod_2pi, _rotate
+from .scan_step import _advance_state
 
 
 @triton.jit
@@ -131,16 +132,9 @@ def _fused_step_impl(
         vv = tl.where(mv, xv[None, :], 0.0)
     vp = tl.load(vp_ptr + pid_bh * R * P + rowv, mask=mv, other=0.0).to(tl.float32)
 
-    # ---- the step (scan_step.py): state rows pp, even / odd columns [BLOCK_P, HALF], updated in place
-    hoff = pid_bh * P * N + pp[:, None] * N + 2 * j[None, :]
-    mh = p_ok[:, None] & e_ok[None, :]
-    mho = p_ok[:, None] & o_ok[None, :]
-    he, ho = _load_pair(h_ptr, hoff, mh, mho)
-    he = alpha * he + tl.sum(beta * vp[:, :, None] * kpe[:, None, :] + gamma * vv[:, :, None] * kre[:, None, :], axis=0)
-    ho = alpha * ho + tl.sum(beta * vp[:, :, None] * kpo[:, None, :] + gamma * vv[:, :, None] * kro[:, None, :], axis=0)
-    tl.store(h_ptr + hoff, he, mask=mh)
-    tl.store(h_ptr + hoff + 1, ho, mask=mho)
-    y = tl.sum(he[None, :, :] * qre[:, None, :] + ho[None, :, :] * qro[:, None, :], axis=2)  # [RP, BLOCK_P]
+    # ---- the step (scan_step.py), the state updated in place
+    y = _advance_state(h_ptr + pid_bh * P * N, pp, j, p_ok, e_ok, o_ok, alpha, beta, gamma, vp, vv,
+                       kpe, kpo, kre, kro, qre, qro, N)  # [RP, BLOCK_P]
     if HAS_D:
         y += tl.load(D_ptr + h).to(tl.float32) * vv
     y = _rounded(y, act)  # the step's output, in the activation dtype
