@@ -96,9 +96,12 @@ for part in $PARTS; do
     train)
         # One full optimizer step of the small (130M) Mamba-3, attention and hybrid trunks, bf16
         # autocast, 16k tokens per step at L = 1024: diffusion then AR objective (tokens/s, MFU).
+        # The diffusion run also profiles one step per trunk (--profile: kernels by self time).
         for objective in diffusion ar; do
+            profile=(); [ "$objective" = diffusion ] && profile=(--profile)
             timeout "$TRAIN_S" "$PY" -m diffmamba.cli bench train --size small --lengths 1024 --objective "$objective" \
-                --warmup 2 --repeats 5 --json "$OUT/train-$objective.json" 2>&1 | tee "$OUT/train-$objective.txt"
+                --warmup 2 --repeats 5 "${profile[@]}" --json "$OUT/train-$objective.json" 2>&1 \
+                | tee "$OUT/train-$objective.txt"
             rc=${PIPESTATUS[0]}; echo "train $objective exit $rc" | tee -a "$OUT/train-$objective.txt"
             [ "$rc" = 0 ] || status=1
         done ;;

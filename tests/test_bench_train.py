@@ -37,6 +37,14 @@ def test_rows_for_every_trunk_and_length_with_ratios(tmp_path, capsys, objective
     assert printed.count("1.00x") == 2  # the attention rows are the reference
 
 
+def test_profile_shows_where_a_step_goes(tmp_path, capsys):
+    assert main(["--configs", configs(tmp_path)[0], "--lengths", "16", "--tokens", "32", "--warmup", "0",
+                 "--repeats", "1", "--device", "cpu", "--profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "mamba3 L=16, one optimizer step profile, 1 calls" in printed and "Self CPU time total" in printed
+    assert "aten ops dispatched (nested included) per call" in printed
+
+
 def test_tokens_must_split_into_whole_rows(tmp_path):
     with pytest.raises(UserError, match="--tokens 100 is not a multiple of the length 16"):
         main(["--configs", *configs(tmp_path), "--lengths", "16", "--tokens", "100", "--device", "cpu"])

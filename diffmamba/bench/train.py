@@ -3,6 +3,7 @@
     diffmamba bench train                                  # GPU: small trunks, L = 1024 and 4096
     diffmamba bench train --lengths 128 512 --tokens 2048  # CPU defaults (tiny trunks)
     diffmamba bench train --configs configs/model/tiny.yaml configs/model/tiny-attention.yaml
+    diffmamba bench train --size small --lengths 1024 --profile   # where one step's time goes, kernel by kernel
 
 One *full optimizer step* per timing: the training objective's loss (``--objective``, the same
 function ``diffmamba train`` calls), backward, gradient clipping and the AdamW step, under bf16
@@ -20,6 +21,7 @@ import os
 
 import torch
 
+from diffmamba.bench.profiling import print_profile
 from diffmamba.config import ObjectiveConfig, TrainConfig, load_model_config
 from diffmamba.core.device import autocast, resolve_device
 from diffmamba.core.errors import UserError
@@ -54,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported (default 5)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each configuration's ops and kernels by self time over one step "
+                             "(torch.profiler) and the kernels it launches: where the step's time goes")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows and environment here")
     args = parser.parse_args(argv)
     for name in ("warmup", "repeats", "block_size"):
@@ -105,8 +110,12 @@ def bench_one(cfg, length: int, batch: int, args, device, amp_dtype) -> dict:
     def tokens_of():
         return torch.randint(0, cfg.vocab_size, (batch, length), generator=generator, device=device)
 
-    timing = measure(lambda: optimizer_step(model, optimizer, objective, tokens_of, device, amp_dtype), device,
-                     warmup=args.warmup, repeats=args.repeats)
+    def step():
+        return optimizer_step(model, optimizer, objective, tokens_of, device, amp_dtype)
+
+    timing = measure(step, device, warmup=args.warmup, repeats=args.repeats)
+    if args.profile:
+        print_profile(f"{trunk_name(cfg)} L={length}, one optimizer step", step, device.type, calls=1, rows=25)
     tokens_per_s = batch * length / timing.median_s
     flops_per_token = model.estimate_flops_per_token(length, mode=OBJECTIVES[args.objective].model_mode)
     row = {"trunk": trunk_name(cfg), "layers": cfg.layer_kinds, "length": length, "batch": batch,
