@@ -21,11 +21,14 @@ replays them with one call, so the time per call approaches the kernels' own.
 static output buffers; a call copies new inputs in (values only: shapes and dtypes are fixed at
 capture) and replays. The AR step feeds its next state back inside the captured function: the
 fields the step does not update in place (the Triton step updates ``ssm`` in place, but returns new
-k_prev, v_prev and phase) are copied onto its inputs, so a replay advances the state by itself. The step and the block denoiser carry states across calls,
-so their layers must have fixed-size ones: trunks with attention layers (a growing KV cache) are
-refused there; the whole-canvas denoiser carries none and takes any trunk. ``graph=False`` runs the same protocol eagerly on any
-device: what the CPU tests check. ``ar_generate``, ``block_sample`` and ``generate``'s diffusion mode take their captures from
-``reuse``, which keeps them on the model per shape, so repeated decodes capture once.
+k_prev, v_prev and phase) are copied onto its inputs, so a replay advances the state by itself.
+The step and the block denoiser carry states across calls, so their layers must have fixed-size
+ones: trunks with attention layers (a growing KV cache) are refused there; the whole-canvas
+denoiser carries none and takes any trunk. ``graph=False`` runs the same protocol eagerly on any
+device: what the CPU tests check. ``ar_generate``, ``block_sample`` and ``generate``'s diffusion
+mode take their captures from ``reuse``, which keeps the most recent ones on the model per shape,
+so repeated decodes capture once. On a CUDA device the CLIs use graphs wherever they work
+(``resolve_cuda_graph``).
 """
 from __future__ import annotations
 
