@@ -116,18 +116,19 @@ for part in $PARTS; do
             2>&1 | tee "$OUT/speculative.txt"
         rc=${PIPESTATUS[0]}; echo "speculative exit $rc" | tee -a "$OUT/speculative.txt"; [ "$rc" = 0 ] || status=1 ;;
     speed)
-        # Sampling tokens/s of the CPU-trained demo models (carry runs/demo-{ar,adapted,block}/final):
-        # AR, diffusion and block diffusion at batch 1, 8 and 64, eager (~2 min on an H200: host-bound)
+        # Sampling tokens/s of the CPU-trained demo models (carry runs/demo-{ar,adapted,block,dual}/final):
+        # AR, diffusion, block diffusion and the dual checkpoint's modes (AR, block on AR states,
+        # lossless speculative) at batch 1, 8 and 64, eager (a few minutes on an H200: host-bound)
         # and with CUDA graphs.
-        models=(runs/demo-ar/final runs/demo-adapted/final runs/demo-block/final)
+        models=(runs/demo-ar/final runs/demo-adapted/final runs/demo-block/final runs/demo-dual/final)
         for m in "${models[@]}"; do
             [ -d "$m" ] || { echo "speed: $m is missing (train it with configs/demo.yaml, then carry it)"; status=1; continue 2; }
         done
         for graph in --no-cuda-graph --cuda-graph; do
             name=speed-${graph#--}
             timeout "$BENCH_S" "$PY" -m diffmamba.cli eval speed --ar "${models[0]}" --diffusion "${models[1]}" \
-                --block "${models[2]}" --batch-sizes 1 8 64 --lengths 128 --speed-samplers ancestral \
-                --speed-steps 64 $graph --out "$OUT/$name" 2>&1 | tee "$OUT/$name.txt"
+                --block "${models[2]}" --dual "${models[3]}" --batch-sizes 1 8 64 --lengths 128 \
+                --speed-samplers ancestral --speed-steps 64 $graph --out "$OUT/$name" 2>&1 | tee "$OUT/$name.txt"
             rc=${PIPESTATUS[0]}; echo "$name exit $rc" | tee -a "$OUT/$name.txt"; [ "$rc" = 0 ] || status=1
         done ;;
     *) echo "unknown part '$part' (PARTS takes: env tests tests-backward tests-rest tests-split-p bench train decode speed)" >&2; exit 2 ;;

@@ -94,7 +94,6 @@ def test_ar_mode_continues_the_prompt(checkpoint, capsys, tmp_path):
     (["--sampler", "ddim"], "unknown sampler 'ddim'; choose one of: ancestral, ancestral-nocache"),
     (["--mode", "ar", "--prompt", "The [MASK:2] cat"], "--mode ar can only continue a prefix"),
     (["--mode", "ar", "--sampler", "confidence"], "--sampler applies to --mode diffusion"),
-    (["--mode", "speculative", "--draft-len", "3", "--cuda-graph"], "--cuda-graph applies to --mode ar, diffusion and block"),
     (["--cuda-graph", "--device", "cpu"], "drop --cuda-graph on this machine"),
     (["--mode", "ar", "--cuda-graph", "--device", "cpu"], "drop --cuda-graph on this machine"),
 ])

@@ -119,10 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matmul precision: auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                        help="replay the AR step / the denoiser from a CUDA graph captured once (same tokens, "
-                             "8-13x faster AR steps at small batch). Default: on for CUDA in --mode ar, diffusion "
-                             "and block (ar and block: Mamba-3 trunks only), off otherwise; --cuda-graph insists "
-                             "(an error where impossible), --no-cuda-graph decodes eagerly")
+                        help="replay the network calls (AR step, denoiser, speculative draft and score) from CUDA "
+                             "graphs captured once (same tokens, 8-13x faster AR steps at small batch). Default: on "
+                             "for CUDA where the trunk allows it (every mode but diffusion needs a Mamba-3 trunk), "
+                             "off otherwise; --cuda-graph insists (an error where impossible), --no-cuda-graph "
+                             "decodes eagerly")
 
 
 # ------------------------------------------------------------------------------- validation
@@ -137,9 +138,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--sampler applies to --mode diffusion or block; --mode {args.mode} has no sampler, drop it")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.cuda_graph and args.mode not in ("ar", "diffusion", "block"):
-        raise UserError(f"--cuda-graph applies to --mode ar, diffusion and block (calls of fixed shapes); drop it for "
-                        f"--mode {args.mode}")
     if args.length is not None and args.length < 1:
         raise UserError(f"--length must be >= 1, got {args.length}")
     if args.num_samples < 1:

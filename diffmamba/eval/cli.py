@@ -97,10 +97,10 @@ def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
         t.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
         t.add_argument("--speed-repeats", type=_positive, default=3, help="timed runs (median reported)")
         t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                       help="AR, diffusion and block decoding replay their calls from CUDA graphs, captured once per "
-                            "shape in the warm-up (keep --warmup >= 1). Default: on for CUDA where a system allows "
-                            "it (AR and block: Mamba-3 trunks), so AR is timed as it is served; --cuda-graph "
-                            "insists, --no-cuda-graph times every system eagerly")
+                       help="decoding replays its network calls from CUDA graphs, captured once per shape in the "
+                            "warm-up (keep --warmup >= 1). Default: on for CUDA where a system allows it (all but "
+                            "diffusion need a Mamba-3 trunk), so AR is timed as it is served; --cuda-graph insists, "
+                            "--no-cuda-graph times every system eagerly")
     add_block_eval_arguments(p, parts)
     add_trunk_arguments(g, parts)
     add_decoding_eval_arguments(p, parts)

@@ -75,7 +75,6 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
     return out
 
 
-GRAPHED_MODES = ("ar", "diffusion", "block")  # the modes whose calls have fixed shapes (diffmamba.sampling.graphs)
 
 
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
@@ -84,7 +83,8 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     """One batch: returns (tokens [B, P + length] including the prompt, nfe, stats). Block diffusion
     steps are per block (None = one per block token); every mode generates exactly ``length`` tokens.
     stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty.
-    ``cuda_graph``: AR, diffusion and block decoding replay their calls from CUDA graphs (same tokens)."""
+    ``cuda_graph``: replay the mode's network calls from CUDA graphs (same tokens; the caller decides
+    where they work, ``diffmamba.sampling.graphs.resolve_cuda_graph``)."""
     block_size = system.settings.get("block_size")
     block_size = None if block_size is None else int(block_size)
     default_steps = block_size if system.mode == "block" else length
@@ -92,7 +92,7 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
     desc = f"{system.name} {setting.sampler}" if system.mode == "block" else f"{setting.sampler} x{setting.steps}"
     options = SamplerOptions(steps=setting.steps or default_steps, temperature=setting.temperature,
                              top_p=setting.top_p, progress=progress, progress_desc=desc,
-                             cuda_graph=cuda_graph and system.mode in GRAPHED_MODES, **extra)
+                             cuda_graph=cuda_graph, **extra)
     canvas, fixed = prompt_canvas(model.mask_token_id, batch_size, length, generator.device, prompt)
     settings = system.settings
     result = generate_tokens(model, system.mode, canvas, fixed, options, generator, sampler=setting.sampler,

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffmamba.core.device import synchronize
-from diffmamba.eval.sampling import GRAPHED_MODES, generate_batch
+from diffmamba.eval.sampling import generate_batch
 from diffmamba.sampling.graphs import resolve_cuda_graph
 
 CPU_MEMORY_LABEL = "peak RSS increase during the call (sampled every 2 ms), MiB"
@@ -167,8 +167,8 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
     Unconditional generation of ``length`` tokens (AR from one EOS token); with ``prompt_len`` > 0
     a random prompt of that many tokens is given first (AR prefill time is then reported apart).
     ``cuda_graph``: True / False / None (auto) as ``diffmamba.sampling.graphs.resolve_cuda_graph``, per
-    system: AR, diffusion and block systems can replay their calls from CUDA graphs, speculative
-    decoding's are never graphed. Each row says whether it was (``cuda_graph``)."""
+    system (AR and block: Mamba-3 trunks). Each row says whether its calls were replayed from CUDA
+    graphs (``cuda_graph``)."""
     device = torch.device(device or "cpu")
     plan = [(s, st, b, n) for s in systems for st in settings_of(s) for b in batch_sizes for n in lengths]
     rows = []
@@ -191,7 +191,7 @@ def evaluate_speed(systems, ckpts: dict, settings_of, *, batch_sizes=(1, 8, 64),
 
         timing = measure(run, device, warmup=warmup, repeats=repeats)
         extra = {"system": system.name, "mode": system.mode, **setting.as_dict(), "nfe": float(timing.result[1]),
-                 "cuda_graph": graphed and system.mode in GRAPHED_MODES,
+                 "cuda_graph": graphed,
                  "prompt_length": prompt_len, **system.settings, **timing.result[2]}
         if system.is_ar and prompt is not None:
             def prefill():

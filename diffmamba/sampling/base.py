@@ -49,8 +49,8 @@ class SamplerOptions:
     schedule, schedule_eps: noise schedule of the time grid (log-linear, eps = 1e-3, as trained).
     time_eps: last time of the grid linspace(1, time_eps, steps + 1).
     progress: show a tqdm bar over steps; progress_desc labels it.
-    cuda_graph: replay the AR decode step / the diffusion or block denoiser from a CUDA graph
-        (``diffmamba.sampling.graphs``; speculative decoding's calls are not graphed).
+    cuda_graph: replay the mode's network calls from CUDA graphs: the AR step, the diffusion or
+        block denoiser, speculative decoding's draft and scoring calls (``diffmamba.sampling.graphs``).
     """
 
     steps: int = 128

@@ -65,7 +65,7 @@ def generate(model, mode: str, canvas: Tensor, fixed: Optional[Tensor], options:
         result = speculative_generate(model, start, canvas.shape[1] - given, generator, draft_len=draft_len,
                                       draft_steps=draft_steps, temperature=options.temperature, top_k=options.top_k,
                                       top_p=options.top_p, eos_id=stop_id, progress=options.progress,
-                                      progress_desc=options.progress_desc)
+                                      progress_desc=options.progress_desc, cuda_graph=options.cuda_graph)
         return dataclasses.replace(result, tokens=result.tokens if given else result.tokens[:, 1:])
     raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 

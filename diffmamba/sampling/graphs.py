@@ -50,15 +50,14 @@ def check_graph_device(device) -> None:
 
 
 def graphable(model, mode: str) -> bool:
-    """Whether ``mode``'s decoding calls can be replayed from a CUDA graph for ``model``: the AR step
-    and the block denoiser carry per-layer states across calls, so they need a trunk of Mamba-3
-    layers (fixed-size states); the whole-canvas diffusion denoiser takes any trunk; speculative
-    decoding's calls change batch size as rows finish, so never."""
+    """Whether ``mode``'s decoding calls can be replayed from a CUDA graph for ``model``: the AR step,
+    the block denoiser and speculative decoding's calls carry per-layer states across calls, so they
+    need a trunk of Mamba-3 layers (fixed-size states); the whole-canvas diffusion denoiser takes any."""
     if mode == "diffusion":
         return True
-    if mode in ("ar", "block"):
+    if mode in ("ar", "block", "speculative"):
         return all(isinstance(s, Mamba3State) for s in model.init_state(1))
-    return False
+    raise ValueError(f"unknown mode {mode!r}")
 
 
 def resolve_cuda_graph(flag, device, model, mode: str) -> bool:
@@ -100,15 +99,25 @@ class CapturedCall:
                 raise UserError(f"capturing the CUDA graph failed ({first}); rerun with --no-cuda-graph to "
                                 "decode eagerly") from e
 
-    def load(self, tensors: list, start: int = 0) -> None:
-        """Copy ``tensors`` into the inputs from index ``start`` on (same shapes and dtypes)."""
+    def load(self, tensors: list, start: int = 0, pad: bool = False) -> None:
+        """Copy ``tensors`` into the inputs from index ``start`` on (same shapes and dtypes). ``pad``:
+        tensors may have fewer rows (leading axis) than captured; the rest are filled with copies of
+        their first row, whose outputs the caller drops (a batch that shrinks keeps its capture)."""
         slots = self.inputs[start:start + len(tensors)]
-        if len(slots) != len(tensors) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(slots, tensors)):
+
+        def fits(slot, t):
+            rows_ok = t.shape[0] == slot.shape[0] or (pad and 0 < t.shape[0] < slot.shape[0])
+            return rows_ok and t.shape[1:] == slot.shape[1:] and t.dtype == slot.dtype
+
+        if len(slots) != len(tensors) or not all(fits(a, b) for a, b in zip(slots, tensors)):
             raise ValueError("these tensors do not match the captured call's inputs (model, batch size, "
                              "block size and dtypes are fixed at capture)")
         for dst, src in zip(slots, tensors):
             if dst.data_ptr() != src.data_ptr():
-                dst.copy_(src)
+                rows = src.shape[0]
+                dst[:rows].copy_(src)
+                if rows < dst.shape[0]:
+                    dst[rows:].copy_(src[:1].expand(dst.shape[0] - rows, *src.shape[1:]))
 
     @torch.no_grad()
     def __call__(self) -> list:
@@ -136,8 +145,13 @@ def _states(fields: list) -> list:
 KEPT_CALLS = 4  # captures kept per model; each holds its own memory pool (a [64, 1024] canvas's logits alone are GBs)
 
 
-def reuse(model, kind: str, tensors: list, build: Callable[[], object]):
-    """The captured call ``build()`` made for ``model`` with inputs shaped like ``tensors``, under the
+def shapes_of(tensors: list, batch: Optional[int] = None) -> tuple:
+    """The shapes and dtypes a capture is kept under (``reuse``), with ``batch`` rows if given."""
+    return tuple(((batch or t.shape[0], *t.shape[1:]), t.dtype) for t in tensors)
+
+
+def reuse(model, kind: str, shapes: tuple, build: Callable[[], object]):
+    """The captured call ``build()`` made for ``model`` with inputs of ``shapes`` (``shapes_of``), under the
     same autocast: kept on the model, so decoding several batches of one size (``eval speed``'s
     repeats, ``sample``'s batches) captures once. Capturing on another shape keeps the
     ``KEPT_CALLS`` most recently used ones (the others' memory is freed); moving or reloading the
@@ -146,8 +160,7 @@ def reuse(model, kind: str, tensors: list, build: Callable[[], object]):
     kept = model.__dict__.get("_captured_calls")
     if kept is None or kept.weights != weights:
         kept = model.__dict__["_captured_calls"] = _Kept(weights)
-    key = (kind, tuple((tuple(t.shape), t.dtype) for t in tensors), torch.is_autocast_enabled("cuda"),
-           torch.get_autocast_dtype("cuda"))
+    key = (kind, shapes, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
     call = kept.calls.pop(key, None)
     if call is None:
         while len(kept.calls) >= KEPT_CALLS:
@@ -174,7 +187,7 @@ class GraphedStep:
     @classmethod
     def reused(cls, model, state: list) -> "GraphedStep":
         """A kept capture for ``state``'s shapes (``reuse``), loaded with ``state``."""
-        step = reuse(model, "step", _fields(state), lambda: cls(model, state))
+        step = reuse(model, "step", shapes_of(_fields(state)), lambda: cls(model, state))
         step.load(state)
         return step
 
@@ -235,23 +248,68 @@ class GraphedDenoiser:
 
     @classmethod
     def reused(cls, model, cache: Optional[list], length: int, batch: Optional[int] = None) -> "GraphedDenoiser":
-        """A kept capture for ``cache``'s shapes (or ``batch``) and ``length`` (``reuse``)."""
-        fields = [] if cache is None else _fields(cache)
-        shape = fields or [torch.empty(batch, 0)]  # only the key's shapes matter
-        return reuse(model, f"denoiser {length}", shape, lambda: cls(model, cache, length, batch))
+        """A kept capture for ``length`` and ``batch`` rows (default: the cache's) of ``cache``'s
+        shapes (``reuse``); a cache with fewer rows is captured padded (``padded_rows``)."""
+        if cache is None:
+            return reuse(model, f"denoiser {length}", ((batch,),), lambda: cls(model, None, length, batch))
+        fields = _fields(cache)
+        batch = batch or fields[0].shape[0]
+        return reuse(model, f"denoiser {length}", shapes_of(fields, batch),
+                     lambda: cls(model, padded_rows(cache, batch), length))
 
     def bind(self, cache: Optional[list] = None) -> Callable[[Tensor], Tensor]:
         """``denoise(x) -> logits`` given ``cache``, as ``block_denoiser(model, cache)``, or with no
-        cache as ``denoiser_from_model(model)``."""
+        cache as ``denoiser_from_model(model)``. A cache and x with fewer rows than captured are
+        padded (``CapturedCall.load``), the logits cut back to x's rows."""
         if cache is not None:
-            self.call.load(_fields(cache), start=1)
+            self.call.load(_fields(cache), start=1, pad=True)
 
         def denoise(x: Tensor) -> Tensor:
-            self.call.load([x])
+            self.call.load([x], pad=True)
             # a copy: a sampler may keep one call's logits past the next call
-            return self.call()[0].clone()
+            return self.call()[0][:x.shape[0]].clone()
 
         return denoise
+
+
+class GraphedScore:
+    """Speculative decoding's scoring scan ``model.prefill(tokens [B, L], state, every_token=True)``
+    at a fixed batch and length, replayed per call; fewer live rows than captured are padded, so
+    the capture survives rows that finish."""
+
+    def __init__(self, model, state: list, length: int, graph: bool = True, warmup: int = 2):
+        fields = _fields(state)
+        tokens = torch.zeros(fields[0].shape[0], length, dtype=torch.long, device=fields[0].device)
+
+        def score(tokens_t, *state_fields):
+            logits, every = model.prefill(tokens_t, _states(list(state_fields)), every_token=True)
+            return [logits] + _fields(every)
+
+        self.call = CapturedCall(score, [tokens] + fields, graph=graph, warmup=warmup)
+
+    @classmethod
+    def reused(cls, model, state: list, length: int, batch: Optional[int] = None) -> "GraphedScore":
+        """A kept capture for ``length`` and ``batch`` rows (default: the state's) of ``state``'s
+        shapes (``reuse``)."""
+        fields = _fields(state)
+        batch = batch or fields[0].shape[0]
+        return reuse(model, f"score {length}", shapes_of(fields, batch),
+                     lambda: cls(model, padded_rows(state, batch), length))
+
+    def __call__(self, tokens: Tensor, state: list) -> tuple[Tensor, list]:
+        """(logits [b, L, V + 1], the states after every token) for the b live rows: views of the
+        call's buffers, overwritten by the next call (index them to keep them)."""
+        live = tokens.shape[0]
+        self.call.load([tokens] + _fields(state), pad=True)
+        logits, *every = self.call()
+        return logits[:live], _states([f[:live] for f in every])
+
+
+def padded_rows(states: list, batch: int) -> list:
+    """Per-layer states with ``batch`` rows: the given rows, then copies of the first (the shape a
+    capture made for ``batch`` rows wants; see ``CapturedCall.load``)."""
+    return [type(s)(*(torch.cat((x, x[:1].expand(batch - x.shape[0], *x.shape[1:]))) for x in s))
+            for s in states] if states[0][0].shape[0] < batch else states
 
 
 def _uncached_autocast():

@@ -45,6 +45,7 @@ from diffmamba.modules.attention import is_attention
 from diffmamba.sampling.base import SampleResult, SamplerOptions, progress_bar
 from diffmamba.sampling.bd3lm import block_denoiser, commit_block
 from diffmamba.sampling.categorical import clean_distribution, gumbel_argmax
+from diffmamba.sampling.graphs import GraphedDenoiser, GraphedScore
 
 
 @dataclass
@@ -78,13 +79,13 @@ def _take(state: list, *index: Tensor) -> list:
 # ------------------------------------------------------------------------------------- rounds
 
 
-def _draft(model, last: Tensor, state, k: int, draft_steps: int, options: SamplerOptions,
+def _draft(model, last: Tensor, denoise, k: int, draft_steps: int, options: SamplerOptions,
            generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
-    """(draft [b, k], q [b, k, V + 1] float64 — the distribution each draft token was drawn from, calls)."""
+    """(draft [b, k], q [b, k, V + 1] float64 — the distribution each draft token was drawn from, calls).
+    ``denoise``: the dual checkpoint's block denoiser from the AR state (``_calls``)."""
     mask_id = model.mask_token_id
     block = torch.cat((last[:, None], last.new_full((last.shape[0], k), mask_id)), dim=1)
     q = None
-    denoise = block_denoiser(model, state)  # the dual checkpoint's denoiser from the AR state
     groups = torch.arange(k).tensor_split(min(draft_steps, k))
     for group in groups:
         columns = group + 1
@@ -94,6 +95,20 @@ def _draft(model, last: Tensor, state, k: int, draft_steps: int, options: Sample
         block = block.clone()
         block[:, columns] = _sample(probs, options, generator)
     return block[:, 1:], q, len(groups)
+
+
+def _calls(model, state, k: int, draft_len: int, batch: int, cuda_graph: bool):
+    """A round's two network calls from the AR state ``state`` of the live rows: the draft's block
+    denoiser (``denoise(block [b, k + 1])``) and the scoring scan (``score(tokens [b, k + 1])`` ->
+    logits and the state after every token). With ``cuda_graph`` a full round (k = draft_len)
+    replays two captures made for the first round's ``batch`` rows (live rows are padded up to it),
+    so rows that finish cost no new capture; a round from no state (a one-token prompt's first) and
+    the shorter drafts of the last rounds run eagerly (other shapes, a few calls per decode)."""
+    if not cuda_graph or state is None or k < draft_len:
+        return block_denoiser(model, state), lambda tokens: model.prefill(tokens, state, every_token=True)
+    denoise = GraphedDenoiser.reused(model, state, k + 1, batch).bind(state)
+    scorer = GraphedScore.reused(model, state, k + 1, batch)
+    return denoise, lambda tokens: scorer(tokens, state)
 
 
 def _sample(probs: Tensor, options: SamplerOptions, generator: torch.Generator) -> Tensor:
@@ -123,13 +138,15 @@ def speculative_generate(
     model, prompt: Tensor, max_new_tokens: int, generator: torch.Generator, *, draft_len: int,
     draft_steps: int = 1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
     eos_id: Optional[int] = None, prefill_chunk: int = 1024, progress: bool = False, progress_desc: str = "speculative",
+    cuda_graph: bool = False,
 ) -> SpeculativeResult:
     """Sample ``max_new_tokens`` after ``prompt`` [B, P] (P >= 1), with AR decoding's exact law.
 
     draft_len: k, draft tokens per round (the draft block is k + 1 tokens: the last committed token
         and k masks; ``k + 1 = objective.block_size`` matches training). draft_steps: denoiser calls
         per draft, 1..k. eos_id: a row stops at its first emitted EOS and is padded with EOS after
-        it; decoding ends once every row has stopped. Other arguments as ``ar_generate``.
+        it; decoding ends once every row has stopped. cuda_graph: replay the draft and scoring calls
+        from CUDA graphs (``_calls``; same tokens). Other arguments as ``ar_generate``.
 
     Returns SpeculativeResult(tokens [B, P + max_new_tokens], nfe, steps = rounds, acceptance stats).
     """
@@ -161,12 +178,13 @@ def speculative_generate(
         while active.numel() and max_new_tokens:
             need = max_new_tokens - length[active]  # >= 1
             k = int(min(draft_len, int(need.max()) - 1))
+            denoise, score = _calls(model, state, k, draft_len, batch, cuda_graph)
             if k:
-                draft, q, calls = _draft(model, last, state, k, min(draft_steps, k), options, generator)
+                draft, q, calls = _draft(model, last, denoise, k, min(draft_steps, k), options, generator)
                 result.nfe += calls
             else:
                 draft = last.new_empty(last.shape[0], 0)
-            logits, scored_states = model.prefill(torch.cat((last[:, None], draft), dim=1), state, every_token=True)
+            logits, scored_states = score(torch.cat((last[:, None], draft), dim=1))
             result.nfe += 1
             p = clean_distribution(logits, mask_id, temperature, top_k, top_p)  # [a, k + 1, V + 1]
             rows = torch.arange(active.numel(), device=device)

@@ -13,6 +13,7 @@ from diffmamba.sampling import bd3lm, graphs
 from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.base import SamplerOptions, denoiser_from_model
 from diffmamba.sampling.generate import generate
+from diffmamba.sampling.speculative import speculative_generate
 from diffmamba.sampling.graphs import GraphedDenoiser, GraphedStep
 
 V = 13
@@ -144,13 +145,30 @@ def test_kept_captures_are_the_most_recently_used(eager_captures, monkeypatch):
     assert len(eager_captures) == 4 and len(model.__dict__["_captured_calls"].calls) == 2
 
 
+def test_speculative_decoding_with_captured_calls_gives_the_same_tokens(eager_captures):
+    """speculative_generate(cuda_graph=True): the draft and scoring calls of full rounds replay
+    captures made for the first round's batch; rows that stop (EOS) leave the batch and are padded
+    back up to it, so the same two captures serve every full round of both decodes (float64: a
+    padded batch's rounding cannot flip a token)."""
+    model = tiny_model().double()
+    prompt = torch.randint(0, V, (6, 3), generator=torch.Generator().manual_seed(3))
+    for temperature in (0.0, 1.0):
+        runs = [speculative_generate(model, prompt, 12, torch.Generator().manual_seed(0), draft_len=3,
+                                     temperature=temperature, eos_id=4, cuda_graph=graph) for graph in (False, True)]
+        assert torch.equal(runs[0].tokens, runs[1].tokens), temperature
+        assert (runs[0].nfe, runs[0].drafted, runs[0].accepted) == (runs[1].nfe, runs[1].drafted, runs[1].accepted)
+        stopped = (runs[1].tokens[:, 3:-1] == 4).any(1)
+        assert stopped.any() and not stopped.all()  # the batch shrank mid-way
+    assert len(eager_captures) == 2  # the draft's denoiser and the scoring scan, captured once
+
+
 def test_cuda_graph_default_is_on_where_it_works():
-    """No flag: graphs on a CUDA device for the modes whose calls can be replayed (AR and block on
-    Mamba-3 trunks, diffusion on any), eager elsewhere; --cuda-graph / --no-cuda-graph win."""
+    """No flag: graphs on a CUDA device for the modes whose calls can be replayed (AR, block and
+    speculative on Mamba-3 trunks, diffusion on any), eager elsewhere; --cuda-graph / --no-cuda-graph win."""
     mamba, hybrid = tiny_model(), tiny_model(pattern="MA")
     auto = lambda model, mode, device="cuda": graphs.resolve_cuda_graph(None, device, model, mode)  # noqa: E731
-    assert [auto(mamba, mode) for mode in ("ar", "block", "diffusion", "speculative")] == [True, True, True, False]
-    assert [auto(hybrid, mode) for mode in ("ar", "block", "diffusion")] == [False, False, True]
+    assert [auto(mamba, mode) for mode in ("ar", "block", "diffusion", "speculative")] == [True] * 4
+    assert [auto(hybrid, mode) for mode in ("ar", "block", "diffusion", "speculative")] == [False, False, True, False]
     assert not auto(mamba, "ar", device="cpu")
     assert graphs.resolve_cuda_graph(False, "cuda", mamba, "ar") is False
     assert graphs.resolve_cuda_graph(True, "cpu", hybrid, "ar") is True  # asked: the capture then refuses
