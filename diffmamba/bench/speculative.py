@@ -2,6 +2,7 @@
 
     diffmamba bench speculative --checkpoint runs/demo-dual --draft-lens 3 7 --batch-sizes 1 8
     diffmamba bench speculative --device cuda                  # a fresh model: call costs only
+    diffmamba bench speculative --device cuda --no-cuda-graph  # eager calls (graphed by default on CUDA)
 
 A round of ``--mode speculative`` is one draft call (the block denoiser on k + 1 tokens from the AR
 state) and one scoring call (an AR scan over the same k + 1 tokens that also returns the state after
@@ -29,6 +30,8 @@ from diffmamba.eval.speed import environment, format_environment, measure
 from diffmamba.model import DiffMamba
 from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.bd3lm import block_denoiser
+from diffmamba.sampling.graphs import (GraphedDenoiser, GraphedScore, GraphedStep, check_graph_device,
+                                       resolve_cuda_graph)
 from diffmamba.sampling.speculative import speculative_generate
 
 
@@ -45,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.9, help="(default 0.9, as eval compare)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement; the median is printed")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the calls and both decoders replayed from CUDA graphs, as decoding runs them "
+                        "(default: on CUDA; --no-cuda-graph: eager)")
     for name, default in (("vocab-size", 4096), ("d-model", 192), ("n-layers", 4), ("headdim", 48)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"fresh model shape (default {default})")
     args = p.parse_args(argv)
@@ -73,19 +79,26 @@ def load_model(args, device: torch.device) -> DiffMamba:
     return checkpoint.model
 
 
-def call_costs(model, batch: int, k: int, context: int, device, repeats: int) -> dict:
-    """Median seconds of an AR step, a draft call and a scoring call (k + 1 tokens) from one prefix state."""
+def call_costs(model, batch: int, k: int, context: int, device, repeats: int, cuda_graph: bool = False) -> dict:
+    """Median seconds of an AR step, a draft call and a scoring call (k + 1 tokens) from one prefix
+    state; with ``cuda_graph`` each replayed from its capture, as decoding then runs them."""
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(device)
     _, state = model.prefill(prompt)
     block = prompt[:, -(k + 1):].clone()
     drafted = block.clone()
     drafted[:, 1:] = model.mask_token_id
-    denoise = block_denoiser(model, state)
-    return {name: measure(fn, device, warmup=2, repeats=repeats).median_s for name, fn in (
-        ("step", lambda: model.step(block[:, 0], state)),
-        ("draft", lambda: denoise(drafted)),
-        ("score", lambda: model.prefill(block, state, every_token=True)))}
+    if cuda_graph:
+        graphed_step = GraphedStep(model, state)
+        denoise = GraphedDenoiser(model, state, k + 1).bind(state)
+        score = GraphedScore(model, state, k + 1)
+        calls = (("step", lambda: graphed_step(block[:, 0])), ("draft", lambda: denoise(drafted)),
+                 ("score", lambda: score(block, state)))
+    else:
+        denoise = block_denoiser(model, state)
+        calls = (("step", lambda: model.step(block[:, 0], state)), ("draft", lambda: denoise(drafted)),
+                 ("score", lambda: model.prefill(block, state, every_token=True)))
+    return {name: measure(fn, device, warmup=2, repeats=repeats).median_s for name, fn in calls}
 
 
 def decode_rates(model, batch: int, k: int, args, device) -> dict:
@@ -95,10 +108,11 @@ def decode_rates(model, batch: int, k: int, args, device) -> dict:
 
     def speculative():
         return speculative_generate(model, prompt, args.length, torch.Generator(device).manual_seed(0),
-                                    draft_len=k, **knobs)
+                                    draft_len=k, cuda_graph=args.cuda_graph, **knobs)
 
     def ar():
-        return ar_generate(model, prompt, args.length, torch.Generator(device).manual_seed(0), **knobs)
+        return ar_generate(model, prompt, args.length, torch.Generator(device).manual_seed(0),
+                           cuda_graph=args.cuda_graph, **knobs)
 
     spec, plain = (measure(fn, device, warmup=1, repeats=args.repeats) for fn in (speculative, ar))
     result = spec.result
@@ -110,12 +124,16 @@ def decode_rates(model, batch: int, k: int, args, device) -> dict:
 def run(args) -> None:
     device = resolve_device(args.device)
     model = load_model(args, device)
+    if args.cuda_graph:
+        check_graph_device(device)
+    args.cuda_graph = resolve_cuda_graph(args.cuda_graph, device, model, "speculative")
     dtype = next(model.parameters()).dtype
     print(format_environment(environment(device, dtype)), flush=True)
     what = args.checkpoint or "a fresh model (call costs only; acceptance needs a trained dual checkpoint)"
     print(f"{what}: {model.num_parameters() / 1e6:.2f}M parameters, {model.config.n_layers} layers; "
           f"{args.context}-token prompt state, {args.length} new tokens, temperature {args.temperature}, "
-          f"top-p {args.top_p}; medians of {args.repeats}", flush=True)
+          f"top-p {args.top_p}; medians of {args.repeats}; "
+          f"{'every call replayed from a CUDA graph' if args.cuda_graph else 'eager calls'}", flush=True)
     header = "| batch | k | AR step ms | draft ms | score ms | break-even tokens/round |"
     decoded = args.checkpoint is not None
     if decoded:
@@ -124,7 +142,7 @@ def run(args) -> None:
     print("|" + "---|" * header.count(" |"))
     for batch in args.batch_sizes:
         for k in args.draft_lens:
-            costs = call_costs(model, batch, k, args.context, device, args.repeats)
+            costs = call_costs(model, batch, k, args.context, device, args.repeats, args.cuda_graph)
             even = (costs["draft"] + costs["score"]) / costs["step"]
             row = (f"| {batch} | {k} | {1e3 * costs['step']:.2f} | {1e3 * costs['draft']:.2f} | "
                    f"{1e3 * costs['score']:.2f} | {even:.2f} (max {k + 1}) |")

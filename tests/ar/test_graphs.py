@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from graph_helpers import run_captures_eagerly
 
 from diffmamba.config import ModelConfig
 from diffmamba.core.errors import UserError
@@ -13,8 +14,8 @@ from diffmamba.sampling import bd3lm, graphs
 from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.base import SamplerOptions, denoiser_from_model
 from diffmamba.sampling.generate import generate
-from diffmamba.sampling.speculative import speculative_generate
 from diffmamba.sampling.graphs import GraphedDenoiser, GraphedStep
+from diffmamba.sampling.speculative import speculative_generate
 
 V = 13
 
@@ -28,17 +29,8 @@ def tiny_model(rank: int = 1, pattern: str = "M") -> DiffMamba:
 
 @pytest.fixture
 def eager_captures(monkeypatch) -> list:
-    """Every CapturedCall built from here on runs eagerly (no GPU here); the list records one entry
-    (its number of inputs) per capture made."""
-    built = []
-    real_init = graphs.CapturedCall.__init__
-
-    def eager_init(self, fn, inputs, graph=True, warmup=2):
-        built.append(len(inputs))
-        real_init(self, fn, inputs, graph=False)
-
-    monkeypatch.setattr(graphs.CapturedCall, "__init__", eager_init)
-    return built
+    """Captures run eagerly (no GPU here); one list entry per capture made."""
+    return run_captures_eagerly(monkeypatch)
 
 
 def same_state(a, b):

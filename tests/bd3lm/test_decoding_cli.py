@@ -98,6 +98,23 @@ def test_bench_speculative_prints_break_even_and_both_decoders(checkpoints, caps
     assert "only a dual checkpoint" in capsys.readouterr().err
     assert main(["bench", "speculative", "--draft-lens", "0", "--device", "cpu"]) == 2
     assert "--draft-lens must be in [1, 64]" in capsys.readouterr().err
+    assert main(["bench", "speculative", "--device", "cpu", "--cuda-graph"]) == 2
+    assert "drop --cuda-graph on this machine" in capsys.readouterr().err
+
+
+def test_bench_speculative_times_the_graphed_calls(checkpoints, capsys, monkeypatch):
+    """With graphs (run eagerly here: the capture protocol without a GPU) the same table comes out,
+    the calls going through GraphedStep / GraphedDenoiser / GraphedScore."""
+    from graph_helpers import run_captures_eagerly
+
+    from diffmamba.bench import speculative as bench
+    built = run_captures_eagerly(monkeypatch)
+    monkeypatch.setattr(bench, "check_graph_device", lambda device: None)
+    assert main(["bench", "speculative", "--checkpoint", checkpoints["dual"], "--draft-lens", "3", "--batch-sizes",
+                 "2", "--length", "6", "--context", "4", "--repeats", "1", "--device", "cpu", "--cuda-graph"]) == 0
+    out = capsys.readouterr().out
+    assert "every call replayed from a CUDA graph" in out and len([x for x in out.splitlines() if x.startswith("| 2 |")]) == 1
+    assert len(built) >= 3  # the step, the draft's denoiser and the scoring scan, then the decoders' own
     assert main(["bench", "speculative", "--batch-sizes", "0", "--device", "cpu"]) == 2
     assert "--batch-sizes, --length, --context and --repeats must be >= 1" in capsys.readouterr().err
     assert main(["bench", "speculative", "--d-model", "16", "--n-layers", "1", "--headdim", "8", "--vocab-size", "20",
