@@ -107,9 +107,9 @@ for part in $PARTS; do
         done ;;
     decode)
         # AR per-token latency of the small model, eager steps against the CUDA-graph replay, at
-        # context 512 and 8192, batch 1 and 64, with the kernels a token launches (--profile); then
-        # what speculative decoding's calls cost against an AR step (the break-even tokens per
-        # round), on the demo model's shape (no training needed).
+        # context 512 and 8192, batch 1 and 64, unfused and fused, with the kernels a token launches
+        # (--profile); then what speculative decoding's calls cost against an AR step (the break-even
+        # tokens per round), all replayed from CUDA graphs, on the demo model's shape (no training needed).
         timeout "$BENCH_S" "$PY" -m diffmamba.cli bench decode --profile --json "$OUT/decode.json" 2>&1 | tee "$OUT/decode.txt"
         rc=${PIPESTATUS[0]}; echo "bench decode exit $rc" | tee -a "$OUT/decode.txt"; [ "$rc" = 0 ] || status=1
         timeout "$BENCH_S" "$PY" -m diffmamba.cli bench speculative --device cuda --batch-sizes 1 8 64 \
