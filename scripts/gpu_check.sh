@@ -124,7 +124,7 @@ for part in $PARTS; do
         for m in "${models[@]}"; do
             [ -d "$m" ] || { echo "speed: $m is missing (train it with configs/demo.yaml, then carry it)"; status=1; continue 2; }
         done
-        for graph in --no-cuda-graph --cuda-graph; do
+        for graph in --cuda-graph --no-cuda-graph; do  # graphed first: the numbers not yet measured
             name=speed-${graph#--}
             timeout "$BENCH_S" "$PY" -m diffmamba.cli eval speed --ar "${models[0]}" --diffusion "${models[1]}" \
                 --block "${models[2]}" --dual "${models[3]}" --batch-sizes 1 8 64 --lengths 128 \
