@@ -163,9 +163,7 @@ def mamba3_step_fused(proj, x, z, params: dict, state: Optional[Mamba3State], *,
     H = params["dt_bias"].shape[0]
     P = HP // H
     if z.stride(0) != x.stride(0) or x.stride(1) != 1 or z.stride(1) != 1 or proj.stride(1) != 1:
-        x, z, proj = x.contiguous(), z.contiguous(), proj.contiguous()
-        if z.stride(0) != x.stride(0):
-            raise ValueError("x and z must have the same row stride")
+        x, z, proj = x.contiguous(), z.contiguous(), proj.contiguous()  # then both [B, H*P] rows
     if state is None:
         state = Mamba3State.zeros(B, H, P, N, S, R=R if R > 1 else None, dtype=x.dtype, device=x.device)
     ssm, kp, vp, ph = state

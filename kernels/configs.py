@@ -12,10 +12,9 @@ import os
 import torch
 import triton
 
+from diffmamba.core.device import triton_interpreting
 
-def interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+interpreting = triton_interpreting  # the kernels' name for it
 
 
 def _cfg(num_warps: int, num_stages: int, **meta) -> triton.Config:

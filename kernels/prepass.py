@@ -138,9 +138,9 @@ def cumulative_phase(dph, ph0, reverse, chunk=PHASE_CHUNK):
 
     Float32 sums within chunks of ``chunk`` steps on top of a carry kept mod 2pi, the carry (the
     chunk totals, T / chunk of them) summed in float64, so angles do not drift over long T: the
-    error is that of a float32 sum of ``chunk`` terms, whatever T. A single float64 cumsum over T instead runs one sequential thread per
-    (b, h, s) column on the GPU: 1.6 ms of the 5.1 ms backward at bt16k-h16 on the H200
-    (docs/benchmarks.md).
+    error is that of a float32 sum of ``chunk`` terms, whatever T. A single float64 cumsum over T
+    instead runs one sequential thread per (b, h, s) column on the GPU: 1.6 ms of the 5.1 ms
+    backward at bt16k-h16 on the H200 (docs/benchmarks.md).
     """
     B, T, H, S = dph.shape
     x = dph.float()

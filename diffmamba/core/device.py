@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Optional
 
 import torch
@@ -10,6 +11,12 @@ from diffmamba.core.errors import UserError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1): the CPU tests, and
+    the benchmarks' ``--interpreter`` harness checks."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def resolve_device(device: Optional[str]) -> torch.device:

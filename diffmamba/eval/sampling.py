@@ -75,8 +75,6 @@ def settings_for(system: System, samplers: list[str], steps: list[int], top_ps: 
     return out
 
 
-
-
 def generate_batch(model, system: System, setting: GenSetting, batch_size: int, length: int,
                    generator: torch.Generator, prompt: Optional[torch.Tensor] = None,
                    eos_id: Optional[int] = None, progress: bool = False, cuda_graph: bool = False):

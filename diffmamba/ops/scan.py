@@ -30,6 +30,8 @@ from typing import Optional
 
 import torch
 
+from diffmamba.core.device import triton_interpreting
+
 from . import reference
 from .state import Mamba3State
 
@@ -164,7 +166,7 @@ def fused_step_entry(x: torch.Tensor):
         raise ValueError(f"${STEP_ENV_VAR} must be 'unfused' or 'fused', got {mode!r}")
     if mode == "unfused" or torch.is_grad_enabled() or x.dtype == torch.float64:
         return None
-    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")):
+    if not (x.is_cuda or triton_interpreting()):
         return None
     function, why_not = _triton_entry("mamba3_step_fused")
     if function is None:
