@@ -19,14 +19,14 @@ read and written and the KV caches read, at ``--bw`` bytes/s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 import torch
 
+from diffmamba.bench.kernels import env
 from diffmamba.bench.profiling import print_profile
 from diffmamba.config import load_model_config
-from diffmamba.core.device import autocast, resolve_device
+from diffmamba.core.device import autocast, resolve_device, triton_interpreting
 from diffmamba.core.errors import UserError
 from diffmamba.core.io import write_json
 from diffmamba.core.paths import MODEL_CONFIGS
@@ -35,7 +35,7 @@ from diffmamba.eval.trunks import cache_bytes
 from diffmamba.model import DiffMamba
 from diffmamba.modules.attention import KVCache
 from diffmamba.ops.scan import STEP_ENV_VAR
-from diffmamba.sampling.graphs import GraphedStep
+from diffmamba.sampling.graphs import GraphedStep, graphable
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill call: bounded memory at long contexts
 
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} must all be >= 1")
     if args.tokens < 1 or args.repeats < 1 or args.bw <= 0:
         raise UserError("--tokens and --repeats must be >= 1 and --bw > 0")
-    if args.interpreter and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if args.interpreter and not triton_interpreting():
         raise UserError("--interpreter runs the Triton kernels on the CPU: set TRITON_INTERPRET=1 in the environment")
     return args
 
@@ -85,18 +85,9 @@ def load_model(args, device: torch.device) -> DiffMamba:
     return DiffMamba(load_model_config(path)).to(device).eval()
 
 
-@contextlib.contextmanager
 def step_mode(mode: str):
     """``$DIFFMAMBA_STEP`` set to ``mode`` inside the block (the decode step, ``ops.scan.fused_step_entry``)."""
-    before = os.environ.get(STEP_ENV_VAR)
-    os.environ[STEP_ENV_VAR] = mode
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[STEP_ENV_VAR]
-        else:
-            os.environ[STEP_ENV_VAR] = before
+    return env(**{STEP_ENV_VAR: mode})
 
 
 def traffic_floor_bytes(model: DiffMamba, state: list, amp: bool) -> tuple[int, int]:
@@ -124,18 +115,17 @@ def bench_row(model, batch: int, context: int, args, device, amp_dtype) -> list[
 
         steps = {"eager": eager}
         rows = [("eager", measure(eager, device, warmup=1, repeats=args.repeats))]
-        if args.interpreter and "A" not in model.config.layer_kinds:  # CPU harness check of the fused rows
+        on_gpu, mamba_only = device.type == "cuda", graphable(model, "ar")
+        if mamba_only and (on_gpu or args.interpreter):  # the fused step (on CPU: a harness check in the interpreter)
             with step_mode("fused"):
                 steps["eager fused"] = eager
-                rows.append(("eager fused", measure(eager, device, warmup=0, repeats=1)))
-        if device.type == "cuda" and "A" not in model.config.layer_kinds:
+                rows.append(("eager fused", measure(eager, device, warmup=int(on_gpu),
+                                                    repeats=args.repeats if on_gpu else 1)))
+        if on_gpu and mamba_only:
             for fused in (False, True):  # the decode step unfused, then as one kernel per layer (DIFFMAMBA_STEP)
                 suffix = " fused" if fused else ""
                 with step_mode("fused" if fused else "unfused"):
                     graphed = GraphedStep(model, state)  # captured with this step
-                    if fused:
-                        steps["eager fused"] = eager
-                        rows.append(("eager fused", measure(eager, device, warmup=1, repeats=args.repeats)))
 
                 def replay(graphed=graphed):
                     for _ in range(args.tokens):
@@ -169,7 +159,7 @@ def main(argv=None) -> int:
     model = load_model(args, device)
     if not on_gpu:
         print("no CUDA device: timing eager steps only (a CUDA graph needs a GPU)")
-    elif "A" in model.config.layer_kinds:
+    elif not graphable(model, "ar"):
         print("attention layers (a KV cache that grows with the context): timing eager steps only")
     env = environment(device, amp_dtype)
     print(f"diffmamba bench decode: {format_environment(env)}")
