@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command two: install into a virtual environment and run the whole test suite (CPU, ~7 min on 2 cores).
+# README command two: install into a virtual environment and run the whole test suite (CPU, ~8 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=${EXTRAS:-test,judge} bash scripts/install.sh
