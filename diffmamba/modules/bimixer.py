@@ -10,7 +10,7 @@ from torch import nn
 
 from diffmamba.config import ModelConfig
 from diffmamba.modules.mamba3 import Mamba3Direction, Mamba3Mixer, ssm_proj_width, zero_pads
-from diffmamba.ops import Mamba3State
+from diffmamba.ops import Mamba3State, mamba3_scan_pair
 
 TIE_MODES = ("full", "partial", "none")
 
@@ -36,9 +36,9 @@ class BiMixer(nn.Module):
 
     By linearity this is Caduceus' add-merge of two tied out_proj outputs, with one GEMM instead of
     two. ``none``: out = mixer_fwd(u) + mixer_rev(u). The self term (diagonal and D skip) is
-    counted once per direction. in_proj runs once; the reverse direction calls the scan with
-    ``reverse=True`` (no flips here). Causal mode computes only the forward rows of in_proj and
-    returns out_proj(gate_f(y_fwd)) — the AR path, identical parameters.
+    counted once per direction. in_proj runs once; both directions go to ``mamba3_scan_pair`` in
+    one call (no flips here: the op handles the reverse direction). Causal mode computes only the
+    forward rows of in_proj and returns out_proj(gate_f(y_fwd)) — the AR path, identical parameters.
 
     Block diffusion hook: the forward direction may start from ``fwd_initial_state`` and return
     its final state; the reverse direction always starts from zero (it depends on the future).
@@ -111,13 +111,21 @@ class BiMixer(nn.Module):
             return (out, state) if return_fwd_state else out
         z, x, ssm_fwd, ssm_rev = self.project(u, causal)
         x = zero_pads(x, valid_mask)
-        y, state = self.fwd.scan(x, ssm_fwd, initial_state=fwd_initial_state, return_final_state=return_fwd_state)
+        if causal or return_fwd_state == "every":
+            y, state = self.fwd.scan(x, ssm_fwd, initial_state=fwd_initial_state,
+                                     return_final_state=return_fwd_state)
+            y_rev = None if causal else self.rev.scan(x, ssm_rev, reverse=True)[0]
+        else:  # both directions in one call (on the PyTorch path, one scan over 2B rows)
+            y, y_rev, state = mamba3_scan_pair(
+                self.fwd.scan_inputs(x, ssm_fwd), self.rev.scan_inputs(x, ssm_rev), self.fwd.D, self.rev.D,
+                initial_state=fwd_initial_state, return_final_state=bool(return_fwd_state),
+                chunk_size=self.fwd.chunk_size)
         if causal:
             y = self.fwd.gate(y, z)
         elif self.fwd.is_mimo:  # each direction gates its ranks with its own vectors
-            y = self.fwd.gate(y, z) + self.rev.gate(self.rev.scan(x, ssm_rev, reverse=True)[0], z)
+            y = self.fwd.gate(y, z) + self.rev.gate(y_rev, z)
         else:  # the SISO gate has no parameters: (y_fwd + y_rev) * silu(z), one gate instead of two
-            y = self.fwd.gate(y + self.rev.scan(x, ssm_rev, reverse=True)[0], z)
+            y = self.fwd.gate(y + y_rev, z)
         out = self.out_proj(y)
         return (out, state) if return_fwd_state else out
 

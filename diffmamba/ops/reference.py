@@ -16,7 +16,9 @@ Recurrence per head in the RoPE frame (docs/contracts.md §1, docs/mamba3.md §1
 
 with h stored as [P, N] per head. MIMO replaces each outer product by a sum over the R ranks and
 gives one output per rank. Everything here runs in float64 for float64 inputs and in float32
-otherwise (bf16/fp16 inputs are upcast); ``y`` comes back in ``v``'s dtype.
+otherwise (bf16/fp16 inputs are upcast); ``y`` comes back in ``v``'s dtype. D is [H]; the scans
+here also take a per-row D [B, H] (``mamba3_scan_pair`` stacks two directions, each with its own
+D, along B).
 
 Internally SISO tensors are given a rank axis of size 1 ("rank form"), so one code path serves both.
 ``reverse=True`` is defined as flip -> forward scan -> flip along T and implemented exactly so.
@@ -153,7 +155,7 @@ def _step_core(q, k, v, a, dt, lam, dphase, D, state: Mamba3State):
     )
     y = torch.einsum("bhpn,bhrn->bhrp", ssm, qr)
     if D is not None:
-        y = y + D[:, None, None] * v
+        y = y + D[..., None, None] * v  # D [H], or [B, H] per row
     return y, Mamba3State(ssm, kr, v, phase)
 
 
@@ -300,7 +302,7 @@ def _scan_states(q, k, v, log_decay, dt, trap, dphase, D, initial_state):
     ssm = torch.stack(states, dim=1)  # [B, T, H, P, N]
     y = torch.einsum("bthpn,bthrn->bthrp", ssm, qr)
     if D is not None:
-        y = y + D.to(dtype)[:, None, None] * v
+        y = y + (D if D.dim() == 1 else D[:, None]).to(dtype)[..., None, None] * v  # [H] or per row [B, H]
     every = Mamba3State(ssm, kr.to(out_dtypes[0]), v.to(out_dtypes[1]), phase)
     if is_siso:
         y, every = y.squeeze(3), every._replace(k_prev=every.k_prev.squeeze(3), v_prev=every.v_prev.squeeze(3))
@@ -424,7 +426,7 @@ def scan_chunked_ref(
     diagonal = (q_c @ k_c.transpose(-1, -2)) * gamma[..., None, None]  # [B, H, nc, C, R, R]
     if D is not None:
         eye = torch.eye(rank, dtype=dtype, device=q.device)
-        diagonal = diagonal + D.to(dtype)[:, None, None, None, None] * eye
+        diagonal = diagonal + D.to(dtype)[..., None, None, None, None] * eye  # D [H] or per row [B, H]
     blocks = mixing.view(batch, heads, num_chunks, chunk, rank, chunk, rank)
     torch.diagonal(blocks, dim1=3, dim2=5).copy_(diagonal.movedim(3, -1))
 

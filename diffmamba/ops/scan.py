@@ -232,12 +232,73 @@ def mamba3_scan(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
             initial_state=initial_state, return_final_state=return_final_state, chunk_size=chunk_size,
         )
-    if impl is None and chosen == "reference" and not os.environ.get(IMPL_ENV_VAR) and _states_form_fits(
-            q, v, (q, k, v, log_decay, dt, trap, dphase, D, *(initial_state or ()))):
-        chosen = "states"
+    chosen = _pytorch_form(impl, chosen, q, v, (q, k, v, log_decay, dt, trap, dphase, D, *(initial_state or ())))
     return _reference_scan(
         q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_state, return_final_state, chunk_size, chosen,
     )
+
+
+SCAN_INPUTS = ("q", "k", "v", "log_decay", "dt", "trap", "dphase")
+
+
+def mamba3_scan_pair(
+    forward: dict,
+    backward: dict,
+    D_forward: Optional[torch.Tensor],
+    D_backward: Optional[torch.Tensor],
+    initial_state: Optional[Mamba3State] = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+    impl: Optional[str] = None,
+):
+    """Both directions of a bidirectional layer: ``mamba3_scan(**forward, D=D_forward, ...)`` and
+    ``mamba3_scan(**backward, D=D_backward, reverse=True)`` (fresh state), as one call.
+
+    forward, backward: dicts of the scan inputs (``SCAN_INPUTS``), shapes and dtypes alike.
+    Returns (y_forward, y_backward, the forward direction's final Mamba3State or None).
+
+    A Triton scan runs the two directions as two calls (its reverse needs no flip). The PyTorch
+    forms run them as ONE scan over 2B rows: the backward inputs flipped along T (which their
+    reverse scan does anyway) and stacked under the forward ones, each half with its own D and the
+    backward half from a zero state. Same arithmetic, half the ops, and ops are what a CPU's small
+    decoding calls cost: on 2 CPU cores a demo-model denoiser call runs 1.2x (64 tokens, batch 1) to
+    1.4x (a 4-token draft, batch 8) faster.
+    """
+    if set(forward) != set(SCAN_INPUTS) or set(backward) != set(SCAN_INPUTS):
+        raise ValueError(f"forward and backward must hold exactly the scan inputs {SCAN_INPUTS}")
+    batch = _check_inputs(**forward, D=D_forward, state=initial_state, time_axis=True)[0]
+    _check_inputs(**backward, D=D_backward, state=None, time_axis=True)
+    for name in SCAN_INPUTS:
+        if forward[name].shape != backward[name].shape or forward[name].dtype != backward[name].dtype:
+            raise ValueError(f"forward and backward {name} must match in shape and dtype, got "
+                             f"{_fmt(forward[name].shape)} {forward[name].dtype} and "
+                             f"{_fmt(backward[name].shape)} {backward[name].dtype}")
+    if (D_forward is None) != (D_backward is None):
+        raise ValueError("give both directions a D, or neither")
+    chosen, _ = _resolve_impl(impl, forward["q"].is_cuda, "mamba3_scan_triton")
+    if chosen == "triton":
+        y_forward, state = mamba3_scan(**forward, D=D_forward, initial_state=initial_state,
+                                       return_final_state=return_final_state, chunk_size=chunk_size, impl=impl)
+        y_backward, _ = mamba3_scan(**backward, D=D_backward, reverse=True, chunk_size=chunk_size, impl=impl)
+        return y_forward, y_backward, state
+    stacked = {name: torch.cat((forward[name], backward[name].flip(1))) for name in SCAN_INPUTS}
+    D = None if D_forward is None else torch.stack((D_forward, D_backward)).repeat_interleave(batch, dim=0)  # [2B, H]
+    if initial_state is not None:  # the backward half starts fresh: zeros are exactly no state
+        initial_state = Mamba3State(*(torch.cat((part, torch.zeros_like(part))) for part in initial_state))
+    chosen = _pytorch_form(impl, chosen, stacked["q"], stacked["v"], (*stacked.values(), D, *(initial_state or ())))
+    y, state = _reference_scan(**stacked, D=D, reverse=False, initial_state=initial_state,
+                               return_final_state=return_final_state, chunk_size=chunk_size, impl=chosen)
+    y_forward, y_backward = y.split(batch)
+    state = None if state is None else Mamba3State(*(part[:batch] for part in state))
+    return y_forward, y_backward.flip(1), state
+
+
+def _pytorch_form(impl: Optional[str], chosen: str, q: torch.Tensor, v: torch.Tensor, tensors) -> str:
+    """The PyTorch form auto picks: the states form for small scans without autograd, else ``chosen``."""
+    if impl is None and chosen == "reference" and not os.environ.get(IMPL_ENV_VAR) and _states_form_fits(
+            q, v, tensors):
+        return "states"
+    return chosen
 
 
 def _states_form_fits(q: torch.Tensor, v: torch.Tensor, tensors) -> bool:
