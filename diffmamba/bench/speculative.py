@@ -32,7 +32,7 @@ from diffmamba.sampling.ar import ar_generate
 from diffmamba.sampling.bd3lm import block_denoiser
 from diffmamba.sampling.graphs import (GraphedDenoiser, GraphedScore, GraphedStep, check_graph_device,
                                        resolve_cuda_graph)
-from diffmamba.sampling.speculative import speculative_generate
+from diffmamba.sampling.speculative import format_acceptance_by_position, speculative_generate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,6 +117,7 @@ def decode_rates(model, batch: int, k: int, args, device) -> dict:
     spec, plain = (measure(fn, device, warmup=1, repeats=args.repeats) for fn in (speculative, ar))
     result = spec.result
     return {"tokens_per_round": result.tokens_per_round, "acceptance": result.acceptance_rate,
+            "acceptance_by_position": result.acceptance_by_position,
             "speculative_tok_s": batch * args.length / spec.median_s, "ar_tok_s": batch * args.length / plain.median_s}
 
 
@@ -137,7 +138,8 @@ def run(args) -> None:
     header = "| batch | k | AR step ms | draft ms | score ms | break-even tokens/round |"
     decoded = args.checkpoint is not None
     if decoded:
-        header += " tokens/round | acceptance | speculative tok/s | AR tok/s | speculative / AR |"
+        header += (" tokens/round | acceptance | by draft position | speculative tok/s | AR tok/s | "
+                   "speculative / AR |")
     print(header)
     print("|" + "---|" * header.count(" |"))
     for batch in args.batch_sizes:
@@ -149,6 +151,7 @@ def run(args) -> None:
             if decoded:
                 rates = decode_rates(model, batch, k, args, device)
                 row += (f" {rates['tokens_per_round']:.2f} | {100 * rates['acceptance']:.0f}% | "
+                        f"{format_acceptance_by_position(rates['acceptance_by_position'])} | "
                         f"{rates['speculative_tok_s']:.1f} | {rates['ar_tok_s']:.1f} | "
                         f"{rates['speculative_tok_s'] / rates['ar_tok_s']:.2f}x |")
             print(row, flush=True)

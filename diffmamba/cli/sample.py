@@ -54,6 +54,7 @@ from diffmamba.sampling.canvas import Canvas, build_canvas
 from diffmamba.sampling.generate import MODES, generate
 from diffmamba.sampling.graphs import check_graph_device, resolve_cuda_graph
 from diffmamba.sampling.registry import SAMPLERS, UNSTEPPED, get_sampler
+from diffmamba.sampling.speculative import SpeculativeResult, format_acceptance_by_position
 
 DEFAULT_LENGTH = 128
 
@@ -218,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     num_batches = -(-args.num_samples // batch_size)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     settings = _settings(args, canvas, steps)
-    records, nfes, wall, rounds = [], [], 0.0, [0, 0, 0]  # speculative: row rounds, drafted, accepted
+    records, nfes, wall = [], [], 0.0
+    acceptance = SpeculativeResult(None, 0, 0)  # speculative: totals over batches
     for b in range(num_batches):
         n = min(batch_size, args.num_samples - b * batch_size)
         job.options = dataclasses.replace(options, progress_desc=f"batch {b + 1}/{num_batches}")
@@ -229,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
         synchronize(device)
         wall += time.perf_counter() - start
         nfes.append(result.nfe)
-        if hasattr(result, "row_rounds"):
-            rounds = [rounds[0] + result.row_rounds, rounds[1] + result.drafted, rounds[2] + result.accepted]
+        if isinstance(result, SpeculativeResult):
+            acceptance.absorb(result)
         for row in result.tokens.cpu().tolist():
             index = len(records)
             text = _text_of(tokenizer, row, args.stop_at_eos, canvas.prefix_length)
@@ -248,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
               f"device={stats['device']} dtype={stats['dtype']}")
         if args.mode == "speculative":
             print(f"stats: draft_len={args.draft_len} draft_steps={args.draft_steps} tokens_per_round="
-                  f"{(rounds[2] + rounds[0]) / max(rounds[0], 1):.2f} acceptance={rounds[2] / max(rounds[1], 1):.3f}")
+                  f"{acceptance.tokens_per_round:.2f} acceptance={acceptance.acceptance_rate:.3f} by draft position="
+                  f"{format_acceptance_by_position(acceptance.acceptance_by_position)} (each given the ones before "
+                  "it kept)")
     if args.output:
         _write_jsonl(args.output, records, stats)
     return 0

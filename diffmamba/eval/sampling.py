@@ -80,7 +80,8 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
                    eos_id: Optional[int] = None, progress: bool = False, cuda_graph: bool = False):
     """One batch: returns (tokens [B, P + length] including the prompt, nfe, stats). Block diffusion
     steps are per block (None = one per block token); every mode generates exactly ``length`` tokens.
-    stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``), else empty.
+    stats: speculative decoding's acceptance (``acceptance``, ``tokens_per_round``,
+    ``acceptance_by_position``), else empty.
     ``cuda_graph``: replay the mode's network calls from CUDA graphs (same tokens; the caller decides
     where they work, ``diffmamba.sampling.graphs.resolve_cuda_graph``)."""
     block_size = system.settings.get("block_size")
@@ -98,7 +99,8 @@ def generate_batch(model, system: System, setting: GenSetting, batch_size: int, 
                              draft_len=settings.get("draft_len"), draft_steps=int(settings.get("draft_steps", 1)))
     stats = {}
     if isinstance(result, SpeculativeResult):
-        stats = {"acceptance": result.acceptance_rate, "tokens_per_round": result.tokens_per_round}
+        stats = {"acceptance": result.acceptance_rate, "tokens_per_round": result.tokens_per_round,
+                 "acceptance_by_position": result.acceptance_by_position}
     return result.tokens, result.nfe, stats
 
 

@@ -33,7 +33,7 @@ every network call (drafts, scores, prompt prefill).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -55,6 +55,10 @@ class SpeculativeResult(SampleResult):
     row_rounds: int = 0  # rounds summed over rows
     drafted: int = 0  # draft tokens proposed, summed over rows
     accepted: int = 0  # draft tokens accepted, summed over rows
+    # per draft position i (0-based), summed over rows and rounds: how often d_i was judged (every
+    # draft before it kept) and how often it was kept
+    reached: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
 
     @property
     def tokens_per_round(self) -> float:
@@ -64,6 +68,34 @@ class SpeculativeResult(SampleResult):
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / max(self.drafted, 1)
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """P(d_i kept | d_1..d_{i-1} kept) per draft position: where a draft stops paying."""
+        return [kept / max(reached, 1) for kept, reached in zip(self.kept, self.reached)]
+
+    def absorb(self, other: "SpeculativeResult") -> None:
+        """Add another decode's acceptance counts to this one's (totals over batches)."""
+        self.row_rounds, self.drafted, self.accepted = (
+            self.row_rounds + other.row_rounds, self.drafted + other.drafted, self.accepted + other.accepted)
+        for i, (reached, kept) in enumerate(zip(other.reached, other.kept)):
+            if i == len(self.reached):
+                self.reached.append(0)
+                self.kept.append(0)
+            self.reached[i] += reached
+            self.kept[i] += kept
+
+    def count_positions(self, accepted: Tensor, k: int) -> None:
+        """Add a round's leading accepts ``accepted`` [rows] of a k-token draft to ``reached`` / ``kept``."""
+        positions = torch.arange(k, device=accepted.device)
+        round_counts = SpeculativeResult(None, 0, 0, reached=(accepted[:, None] >= positions).sum(0).tolist(),
+                                         kept=(accepted[:, None] > positions).sum(0).tolist())
+        self.absorb(round_counts)
+
+
+def format_acceptance_by_position(rates: list[float]) -> str:
+    """'77/32/22%': the per-position acceptance of ``SpeculativeResult.acceptance_by_position``."""
+    return "/".join(f"{100 * rate:.0f}" for rate in rates) + "%" if rates else "-"
 
 
 # --------------------------------------------------------------------------- per-row states
@@ -212,6 +244,7 @@ def speculative_generate(
             result.row_rounds += active.numel()
             result.drafted += k * active.numel()
             result.accepted += int(accepted.sum())
+            result.count_positions(accepted, k)
             result.steps += 1
             # Advance: row r continues from the state after its scored token accepted[r].
             state, last = _take(scored_states, rows, accepted), final

@@ -1,6 +1,7 @@
 """`diffmamba sample` with the parallel sampler and --mode speculative, end to end on tiny checkpoints,
 and their one-line errors."""
 import json
+import re
 
 import pytest
 
@@ -57,6 +58,8 @@ def test_speculative_greedy_equals_ar_greedy_from_the_command_line(checkpoints, 
     assert code == 0, err
     assert [r["tokens"] for r in records(output)] and out.split("stats:")[0] == ar_out
     assert "tokens_per_round=" in out and "acceptance=" in out
+    # greedy drafts of 7 tokens: a rate per draft position, each a percentage
+    assert re.search(r"by draft position=\d+(/\d+){6}%", out), out
     assert records(output)[0]["draft_len"] == 7 and records(output)[0]["draft_steps"] == 2
 
 
@@ -88,11 +91,13 @@ def test_bench_speculative_prints_break_even_and_both_decoders(checkpoints, caps
                  "--batch-sizes", "2", "--length", "6", "--context", "4", "--repeats", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 2 |")]
-    assert [r[1].strip() for r in rows] == ["1", "3"] and all(len(r) == 11 for r in rows), out
+    assert [r[1].strip() for r in rows] == ["1", "3"] and all(len(r) == 12 for r in rows), out
     for r in rows:
         step, draft, score, even = (float(r[i].split()[0]) for i in (2, 3, 4, 5))
         assert abs(even - (draft + score) / step) < 0.02 * even + 0.01
-        assert 1.0 <= float(r[6]) <= int(r[1]) + 1 and r[10].strip().endswith("x")
+        assert 1.0 <= float(r[6]) <= int(r[1]) + 1 and r[11].strip().endswith("x")
+        by_position = r[8].strip()  # e.g. "67/50/0%": one rate per draft position
+        assert re.fullmatch(r"\d+(/\d+)*%", by_position) and by_position.count("/") == int(r[1]) - 1, by_position
     assert "torch=" in out
     assert main(["bench", "speculative", "--checkpoint", checkpoints["diffusion"], "--device", "cpu"]) == 2
     assert "only a dual checkpoint" in capsys.readouterr().err

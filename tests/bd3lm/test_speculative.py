@@ -129,3 +129,31 @@ def test_greedy_speculative_stops_at_eos_as_ar_does(seed):
         assert (got.tokens[:, width:] == eos).all()
         stopped += int((want.tokens[:, 2:] == eos).any(1).sum())
     assert stopped, "the test needs rows that stop early"
+
+
+def test_acceptance_is_counted_per_draft_position():
+    """d_i is judged only when every draft before it was kept: the rates are conditional, summed
+    over rows and rounds, and batches merge by adding their counts."""
+    result = speculative.SpeculativeResult(None, 0, 0)
+    result.count_positions(torch.tensor([0, 2, 3]), 3)  # rows kept 0, 2 and all 3 drafts
+    assert (result.reached, result.kept) == ([3, 2, 2], [2, 2, 1])
+    assert result.acceptance_by_position == [2 / 3, 1.0, 0.5]
+    result.count_positions(torch.tensor([1]), 1)  # a shorter last draft adds to position 0 only
+    assert (result.reached, result.kept) == ([4, 2, 2], [3, 2, 1])
+    total = speculative.SpeculativeResult(None, 0, 0)
+    total.absorb(result)
+    total.absorb(result)
+    assert (total.reached, total.kept) == ([8, 4, 4], [6, 4, 2])
+    assert speculative.format_acceptance_by_position(result.acceptance_by_position) == "75/100/50%"
+
+
+def test_a_decode_counts_every_kept_draft_at_its_position():
+    model = sharp_model(4, 0)
+    result = speculative_generate(model, torch.zeros(5, 3, dtype=torch.long), 9, torch.Generator().manual_seed(1),
+                                  draft_len=3)
+    assert sum(result.kept) == result.accepted
+    assert 0 < sum(result.reached) - sum(result.kept) <= result.reached[0]  # at most one rejection per round
+    assert result.drafted / 3 <= result.reached[0] <= result.row_rounds  # rounds that drafted 1..3 tokens
+    # position i + 1 is judged at most as often as position i was kept (less only in short last drafts)
+    assert all(result.reached[i + 1] <= result.kept[i] for i in range(len(result.kept) - 1))
+    assert all(0 <= kept <= reached for kept, reached in zip(result.kept, result.reached))

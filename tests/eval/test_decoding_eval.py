@@ -46,6 +46,7 @@ def test_compare_with_a_dual_checkpoint(tiny_ckpts, dual_run, tiny_hf_judge, tmp
         assert ("acceptance" in r) == spec and ("tokens_per_round" in r) == spec
         if spec:
             assert 0 <= r["acceptance"] <= 1 and 1 <= r["tokens_per_round"] <= 4  # k = 3: at most 3 drafts + 1
+            assert len(r["acceptance_by_position"]) == 3 and all(0 <= a <= 1 for a in r["acceptance_by_position"])
     points = {(p["system"], p["sampler"]) for p in pareto_points(results)}
     assert ("speculative k=3 (dual)", "speculative") in points and ("block L'=8 (dual)", "parallel") in points
     assert os.path.getsize(os.path.join(out, "pareto.png")) > 1000

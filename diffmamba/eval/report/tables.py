@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from diffmamba.sampling.speculative import format_acceptance_by_position
+
 ENTROPY_TOLERANCE = 0.3  # nats; larger gaps make a gen-PPL comparison suspect (docs/masked-diffusion.md §3.3)
 
 
@@ -90,14 +92,17 @@ def speed_table(rows: list[dict]) -> str:
                      r["length"], fmt(r["tokens_per_s"]), fmt(r["latency_s"]), fmt(r.get("prefill_s")),
                      fmt(r["peak_mem_mib"]), r.get("repeats", "-"), _acceptance(r)])
     return table(["system", "sampler", "steps", "NFE", "batch", "length", "tokens/s", "latency/seq (s, median)",
-                  "prefill (s)", "peak mem (MiB)", "repeats", "tokens/round (acceptance)"], body)
+                  "prefill (s)", "peak mem (MiB)", "repeats", "tokens/round (acceptance; by draft position)"], body)
 
 
 def _acceptance(r: dict) -> str:
-    """Speculative decoding's mean tokens per round and draft acceptance rate; '-' for other modes."""
+    """Speculative decoding's mean tokens per round, draft acceptance rate and its rate per draft
+    position (each given the drafts before it kept); '-' for other modes."""
     if "tokens_per_round" not in r:
         return "-"
-    return f"{fmt(r['tokens_per_round'])} ({fmt(r.get('acceptance'))})"
+    by_position = r.get("acceptance_by_position")
+    positions = f"; {format_acceptance_by_position(by_position)}" if by_position else ""
+    return f"{fmt(r['tokens_per_round'])} ({fmt(r.get('acceptance'))}{positions})"
 
 
 # ---------------------------------------------------------------------------------- summary
