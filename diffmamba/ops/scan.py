@@ -136,6 +136,11 @@ def _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, state, time_axis: boo
     return batch, T, heads, rank, P, N, S
 
 
+def _check_chunk_size(chunk_size) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # dispatch
 
@@ -222,8 +227,7 @@ def mamba3_scan(
     Returns y (v's shape and dtype) and the final Mamba3State (None unless return_final_state).
     """
     _check_inputs(q, k, v, log_decay, dt, trap, dphase, D, initial_state, time_axis=True)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check_chunk_size(chunk_size)
     if initial_state is not None:
         initial_state = Mamba3State(*initial_state)
     chosen, triton_function = _resolve_impl(impl, q.is_cuda, "mamba3_scan_triton")
@@ -275,11 +279,15 @@ def mamba3_scan_pair(
                              f"{_fmt(backward[name].shape)} {backward[name].dtype}")
     if (D_forward is None) != (D_backward is None):
         raise ValueError("give both directions a D, or neither")
-    chosen, _ = _resolve_impl(impl, forward["q"].is_cuda, "mamba3_scan_triton")
-    if chosen == "triton":
-        y_forward, state = mamba3_scan(**forward, D=D_forward, initial_state=initial_state,
-                                       return_final_state=return_final_state, chunk_size=chunk_size, impl=impl)
-        y_backward, _ = mamba3_scan(**backward, D=D_backward, reverse=True, chunk_size=chunk_size, impl=impl)
+    _check_chunk_size(chunk_size)
+    if initial_state is not None:
+        initial_state = Mamba3State(*initial_state)
+    chosen, triton_function = _resolve_impl(impl, forward["q"].is_cuda, "mamba3_scan_triton")
+    if chosen == "triton":  # inputs checked above: straight to the kernels
+        y_forward, state = triton_function(**forward, D=D_forward, reverse=False, initial_state=initial_state,
+                                           return_final_state=return_final_state, chunk_size=chunk_size)
+        y_backward, _ = triton_function(**backward, D=D_backward, reverse=True, initial_state=None,
+                                        return_final_state=False, chunk_size=chunk_size)
         return y_forward, y_backward, state
     stacked = {name: torch.cat((forward[name], backward[name].flip(1))) for name in SCAN_INPUTS}
     D = None if D_forward is None else torch.stack((D_forward, D_backward)).repeat_interleave(batch, dim=0)  # [2B, H]

@@ -76,21 +76,26 @@ class SpeculativeResult(SampleResult):
 
     def absorb(self, other: "SpeculativeResult") -> None:
         """Add another decode's acceptance counts to this one's (totals over batches)."""
-        self.row_rounds, self.drafted, self.accepted = (
-            self.row_rounds + other.row_rounds, self.drafted + other.drafted, self.accepted + other.accepted)
-        for i, (reached, kept) in enumerate(zip(other.reached, other.kept)):
-            if i == len(self.reached):
-                self.reached.append(0)
-                self.kept.append(0)
-            self.reached[i] += reached
-            self.kept[i] += kept
+        self.row_rounds += other.row_rounds
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self._add_positions(other.reached, other.kept)
 
     def count_positions(self, accepted: Tensor, k: int) -> None:
         """Add a round's leading accepts ``accepted`` [rows] of a k-token draft to ``reached`` / ``kept``."""
         positions = torch.arange(k, device=accepted.device)
-        round_counts = SpeculativeResult(None, 0, 0, reached=(accepted[:, None] >= positions).sum(0).tolist(),
-                                         kept=(accepted[:, None] > positions).sum(0).tolist())
-        self.absorb(round_counts)
+        reached, kept = torch.stack(((accepted[:, None] >= positions).sum(0),
+                                     (accepted[:, None] > positions).sum(0))).tolist()  # one device sync
+        self._add_positions(reached, kept)
+
+    def _add_positions(self, reached: list[int], kept: list[int]) -> None:
+        missing = len(reached) - len(self.reached)
+        if missing > 0:
+            self.reached += [0] * missing
+            self.kept += [0] * missing
+        for i, (reached_i, kept_i) in enumerate(zip(reached, kept)):
+            self.reached[i] += reached_i
+            self.kept[i] += kept_i
 
 
 def format_acceptance_by_position(rates: list[float]) -> str:

@@ -96,6 +96,20 @@ def test_float32_halves_match_two_calls_of_the_public_scan(scan_tools):
     scan_tools.assert_close("y backward", y_b, want_b, 1e-5)
 
 
+def test_triton_runs_the_two_directions_as_two_kernel_scans(scan_tools):
+    """impl="triton" (the interpreter on CPU) goes straight to the kernels, forward then reverse."""
+    forward, backward, D_f, D_b = directions(scan_tools, 9, None, seed=92)
+    forward = {n: t.float() for n, t in forward.items()}
+    backward = {n: t.float() for n, t in backward.items()}
+    state = Mamba3State(*(t.float() for t in scan_tools.random_state(seed=93)))
+    y_f, y_b, final = mamba3_scan_pair(forward, backward, D_f.float(), D_b.float(), initial_state=state,
+                                       return_final_state=True, chunk_size=4, impl="triton")
+    want_f, want_b, want_final = loop_pair(forward, backward, D_f.float(), D_b.float(), state)
+    scan_tools.assert_close("y forward", y_f, want_f, 1e-4)
+    scan_tools.assert_close("y backward", y_b, want_b, 1e-4)
+    scan_tools.assert_states_close("final", final, want_final, 1e-4)
+
+
 def test_bad_arguments_name_the_problem(scan_tools):
     forward, backward, D_f, D_b = directions(scan_tools, 5, None, seed=95)
     with pytest.raises(ValueError, match="forward and backward q must match in shape and dtype"):
@@ -104,3 +118,5 @@ def test_bad_arguments_name_the_problem(scan_tools):
         mamba3_scan_pair(forward, backward, D_f, None)
     with pytest.raises(ValueError, match="exactly the scan inputs"):
         mamba3_scan_pair({**forward, "D": D_f}, backward, D_f, D_b)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        mamba3_scan_pair(forward, backward, D_f, D_b, chunk_size=0)
