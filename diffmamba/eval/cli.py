@@ -2,6 +2,7 @@
 
     diffmamba eval compare --diffusion runs/tiny-diffusion --ar runs/tiny-ar --judge smollm2 --out eval/tiny
     diffmamba eval compare --checkpoint runs/tiny-diffusion --out eval/one   # one checkpoint, both modes
+    diffmamba eval compare --diffusion runs/mdlm runs/mdlm-from-ar --ar runs/ar --out DIR   # several, side by side
     diffmamba eval likelihood --diffusion D --ar A --out DIR                  # AR exact NLL vs NELBO bound (≤)
     diffmamba eval generate --diffusion D --ar A --judge smollm2 --steps 8 32 128 --out DIR
     diffmamba eval infill --diffusion D --ar A --infill-span 16 --out DIR
@@ -47,7 +48,9 @@ def _top_p(v: str) -> float:
 
 def add_common(p: argparse.ArgumentParser, parts: tuple) -> None:
     g = p.add_argument_group("checkpoints and output")
-    g.add_argument("--diffusion", metavar="CKPT", help="checkpoint evaluated in diffusion mode (run folder or final/)")
+    g.add_argument("--diffusion", metavar="CKPT", nargs="+",
+                   help="checkpoint(s) evaluated in diffusion mode (run folder or final/); several, e.g. one trained "
+                        "from scratch and one adapted from AR (train.init_from), are compared side by side")
     g.add_argument("--ar", metavar="CKPT", help="checkpoint evaluated in AR mode")
     g.add_argument("--checkpoint", metavar="CKPT", help="one checkpoint evaluated in both modes (same weights)")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json, report.md, plots")
@@ -139,7 +142,7 @@ def options_from_args(args: argparse.Namespace):
     if args.checkpoint:
         if diffusion or ar:
             raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
-        diffusion = ar = args.checkpoint
+        diffusion, ar = [args.checkpoint], args.checkpoint
     if not diffusion and not ar and not args.block and not args.trunks and not getattr(args, "dual", None):
         raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
     opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from diffmamba.core.errors import UserError
+
 AR_MODES = ("ar",)
 DIFFUSION_MODES = ("diffusion",)
 # "block": diffmamba/eval/bd3lm.py; "speculative": diffmamba/eval/decoding.py (AR's law, exact)
@@ -33,13 +35,22 @@ class System:
         return self.mode in AR_MODES
 
 
-def default_systems(diffusion_ckpt: str | None, ar_ckpt: str | None) -> list[System]:
-    """The diffusion-vs-AR pair. Given one checkpoint for both, the same weights run in both modes,
-    and the names say so."""
+def default_systems(diffusion_ckpts, ar_ckpt: str | None) -> list[System]:
+    """The diffusion-vs-AR pair. ``diffusion_ckpts`` is one checkpoint or a list of them (e.g. one
+    trained from scratch and one adapted from AR); several are named by their paths. Given one
+    checkpoint for both modes, the same weights run in both, and the names say so."""
+    if diffusion_ckpts is None:
+        diffusion_ckpts = []
+    elif isinstance(diffusion_ckpts, str):
+        diffusion_ckpts = [diffusion_ckpts]
+    if len(set(diffusion_ckpts)) < len(diffusion_ckpts):
+        raise UserError("--diffusion got the same checkpoint twice; pass each checkpoint once")
     systems = []
-    same = diffusion_ckpt is not None and ar_ckpt is not None and diffusion_ckpt == ar_ckpt
+    same = len(diffusion_ckpts) == 1 and ar_ckpt is not None and diffusion_ckpts[0] == ar_ckpt
     if ar_ckpt is not None:
         systems.append(System("AR mode (same weights)" if same else "AR", "ar", ar_ckpt))
-    if diffusion_ckpt is not None:
-        systems.append(System("diffusion mode (same weights)" if same else "diffusion", "diffusion", diffusion_ckpt))
+    for path in diffusion_ckpts:
+        name = ("diffusion mode (same weights)" if same else "diffusion" if len(diffusion_ckpts) == 1
+                else f"diffusion ({path})")
+        systems.append(System(name, "diffusion", path))
     return systems

@@ -82,6 +82,24 @@ def test_one_checkpoint_both_modes_and_script(tiny_ckpts, tmp_path):
     assert res["likelihood"] and res["infill"]
 
 
+def test_several_diffusion_checkpoints_side_by_side(tiny_ckpts, tmp_path, capsys):
+    """`--diffusion A B`: e.g. a model trained from scratch beside one adapted from AR, each its own
+    system named by its path, each with its own bound on the same tokens."""
+    out = str(tmp_path / "two")
+    a, b = tiny_ckpts["diffusion"], tiny_ckpts["ar"]  # any weights run in diffusion mode
+    assert main(["eval", "likelihood", "--diffusion", a, b, "--ar", b, "--repeats", "1", "--out", out, *SMALL]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert [s["name"] for s in res["systems"]] == ["AR", f"diffusion ({a})", f"diffusion ({b})"]
+    bounds = {r["system"]: r for r in res["likelihood"] if r["kind"] == "bound"}
+    assert set(bounds) == {f"diffusion ({a})", f"diffusion ({b})"}
+    assert bounds[f"diffusion ({a})"]["ppl"] != bounds[f"diffusion ({b})"]["ppl"]  # two models, two numbers
+    assert len({r["tokens"] for r in res["likelihood"]}) == 1
+    capsys.readouterr()
+    rc = main(["eval", "likelihood", "--diffusion", a, a, "--out", str(tmp_path / "twice"), *SMALL])
+    line = _error_line(capsys)
+    assert rc == 2 and "same checkpoint twice" in line
+
+
 def _error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
