@@ -114,3 +114,15 @@ def test_pareto_points_per_batch_size():
     ones = pareto.pareto_points(res, 1)
     assert len(ones) == 4 and {p["batch_size"] for p in ones} == {1}
     assert [p["tokens_per_s"] for p in pareto.pareto_front(ones)] == [50.0, 100.0, 200.0, 800.0]  # each trades speed for quality
+
+
+def test_rows_that_differ_only_in_the_parallel_threshold_read_differently():
+    res = _results()
+    base = {"system": "diffusion", "mode": "diffusion", "task": "unconditional", "sampler": "parallel", "steps": None,
+            "nfe": 32.0, "top_p": 0.9, "temperature": 1.0, "length": 32, "gen_ppl": 9.0, "entropy": 2.0,
+            "num_samples": 4, "batch_size": 1, "tokens_per_s": 10.0, "latency_s": 3.2, "peak_mem_mib": 1.0}
+    rows = [dict(base, threshold=c) for c in (0.5, 0.9)]
+    for table in (report.generation_table(rows), report.speed_table(rows)):
+        assert "parallel C=0.500" in table and "parallel C=0.900" in table
+    res["generation"] += rows
+    assert "(parallel C=0.500, NFE 32.0)" in "\n".join(report.generation_summary(res["generation"]))

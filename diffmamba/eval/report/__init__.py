@@ -26,7 +26,7 @@ from diffmamba.eval.report.bd3lm import dial_section, plot_dial
 from diffmamba.eval.report.pareto import pareto_section, plot_pareto
 from diffmamba.eval.report.plots import plot_gen_ppl_vs_nfe, plot_likelihood, plot_speed
 from diffmamba.eval.report.tables import (ENTROPY_TOLERANCE, finite, fmt, generation_table, infill_table,
-                                          likelihood_table, speed_table)
+                                          likelihood_table, sampler_label, speed_table)
 from diffmamba.eval.report.trunks import plot_trunks, trunk_section
 
 UNSTABLE_TIMING = 1.5  # slowest / fastest timed repeat above this marks a speed comparison as noisy
@@ -110,7 +110,7 @@ def generation_summary(rows: list[dict]) -> list[str]:
 def _who(r: dict) -> str:
     if r.get("mode") == "ar":
         return r["system"]
-    return f"{r['system']} ({r.get('sampler')}, NFE {fmt(r.get('nfe'))})"
+    return f"{r['system']} ({sampler_label(r)}, NFE {fmt(r.get('nfe'))})"
 
 
 def infill_summary(rows: list[dict]) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 from diffmamba.eval.report.plots import MARKERS, judge_name, pyplot, save_figure
-from diffmamba.eval.report.tables import ENTROPY_TOLERANCE, finite, fmt, table
+from diffmamba.eval.report.tables import ENTROPY_TOLERANCE, finite, fmt, sampler_label, table
 
 GOAL_PPL_SLACK = 0.10  # gen-PPL within 10% of AR's
 _SAME_SETTING = ("system", "sampler", "steps", "threshold")
@@ -60,11 +60,6 @@ def pareto_front(points: list[dict]) -> list[dict]:
     return sorted(front, key=lambda p: p["tokens_per_s"])
 
 
-def _setting(p: dict) -> str:
-    threshold = p.get("threshold")
-    return f"{p['sampler']}" + (f" C={fmt(threshold)}" if threshold is not None else "")
-
-
 def meets_goal(point: dict, ar: dict) -> bool:
     """``point`` is at least as fast as ``ar``, within 10% of its gen-PPL, at its top-p and entropy."""
     return (point["tokens_per_s"] >= ar["tokens_per_s"] and point["gen_ppl"] <= (1 + GOAL_PPL_SLACK) * ar["gen_ppl"]
@@ -82,14 +77,14 @@ def goal_lines(points: list[dict]) -> list[str]:
         met = [p for p in others if meets_goal(p, ar)]
         if met:
             lines.append(head + "**met** by " + "; ".join(
-                f"{p['system']} {_setting(p)} ({fmt(p['tokens_per_s'] / ar['tokens_per_s'])}× the tokens/s, gen-PPL "
+                f"{p['system']} {sampler_label(p)} ({fmt(p['tokens_per_s'] / ar['tokens_per_s'])}× the tokens/s, gen-PPL "
                 f"{fmt(p['gen_ppl'])}, H {fmt(p.get('entropy'))})" for p in met) + ".")
             continue
         fast = [p for p in others if p["tokens_per_s"] >= ar["tokens_per_s"] and p.get("top_p") == ar.get("top_p")]
         closest = min(fast, key=lambda p: p["gen_ppl"]) if fast else None
         line = head + "**not met**: no point is at least as fast with gen-PPL within 10% at matched entropy."
         if closest is not None:
-            line += (f" The best at least as fast is {closest['system']} {_setting(closest)}: gen-PPL "
+            line += (f" The best at least as fast is {closest['system']} {sampler_label(closest)}: gen-PPL "
                      f"{fmt(closest['gen_ppl'])} ({fmt(closest['gen_ppl'] / ar['gen_ppl'])}× AR's), H "
                      f"{fmt(closest.get('entropy'))}.")
         lines.append(line)
@@ -110,7 +105,7 @@ def pareto_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
     verdicts = []
     for b, points in by_batch.items():
         front = pareto_front(points)
-        rows = [["★" if p in front else "", p["system"], _setting(p), fmt(p.get("nfe")), fmt(p.get("top_p")),
+        rows = [["★" if p in front else "", p["system"], sampler_label(p), fmt(p.get("nfe")), fmt(p.get("top_p")),
                  fmt(p["gen_ppl"]), fmt(p.get("entropy")), fmt(p["tokens_per_s"])]
                 for p in sorted(points, key=lambda p: -p["tokens_per_s"])]
         lines += [f"Batch {b}:", "", table(["front", "system", "setting", "NFE", "top-p", "gen-PPL", "entropy",
@@ -130,9 +125,9 @@ def plot_pareto(results: dict, path: str):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(by_batch), figsize=(6.0 * len(by_batch), 4.6), squeeze=False)
     for ax, (b, points) in zip(axes[0], by_batch.items()):
-        groups = sorted({(p["system"], _setting(p)) for p in points})
+        groups = sorted({(p["system"], sampler_label(p)) for p in points})
         for i, (system, setting) in enumerate(groups):
-            g = [p for p in points if (p["system"], _setting(p)) == (system, setting)]
+            g = [p for p in points if (p["system"], sampler_label(p)) == (system, setting)]
             # 20 colours against 10 markers: the 11th setting no longer looks like the 1st
             ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
                        color=plt.cm.tab20(i % 20), s=40, label=f"{system}: {setting}")

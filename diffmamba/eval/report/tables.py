@@ -62,10 +62,17 @@ def likelihood_table(rows: list[dict]) -> str:
     return table(["system", "mode", "measure", "NLL/token (nats)", "std over repeats", "perplexity", "tokens"], body)
 
 
+def sampler_label(row: dict) -> str:
+    """The sampler of a row with its parallel threshold, e.g. 'parallel C=0.900' (rows that differ
+    only in the threshold must not read alike)."""
+    threshold = row.get("threshold")
+    return f"{row.get('sampler', '-')}" + (f" C={fmt(threshold)}" if threshold is not None else "")
+
+
 def generation_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
-        body.append([r.get("task", "-"), r["system"], r.get("sampler", "-"), fmt(r.get("steps")), fmt(r.get("nfe")),
+        body.append([r.get("task", "-"), r["system"], sampler_label(r), fmt(r.get("steps")), fmt(r.get("nfe")),
                      fmt(r.get("top_p")), fmt(r.get("temperature")), fmt(r.get("gen_ppl")), fmt(r.get("entropy")),
                      fmt(r.get("distinct_2")), fmt(r.get("distinct_4")), fmt(r.get("corpus_distinct_4")),
                      r.get("num_samples", "-"), r.get("length", "-")])
@@ -88,7 +95,7 @@ def infill_table(rows: list[dict]) -> str:
 def speed_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
-        body.append([r["system"], r.get("sampler", "-"), fmt(r.get("steps")), fmt(r.get("nfe")), r["batch_size"],
+        body.append([r["system"], sampler_label(r), fmt(r.get("steps")), fmt(r.get("nfe")), r["batch_size"],
                      r["length"], fmt(r["tokens_per_s"]), fmt(r["latency_s"]), fmt(r.get("prefill_s")),
                      fmt(r["peak_mem_mib"]), r.get("repeats", "-"), _acceptance(r)])
     return table(["system", "sampler", "steps", "NFE", "batch", "length", "tokens/s", "latency/seq (s, median)",
