@@ -11,8 +11,7 @@
 #   PARTS=speed bash scripts/gpu_check.sh      # the demo models' sampling speed (carry their final/)
 #
 # Works in an installed checkout (scripts/install.sh) and on a bare GPU image that already has
-# torch + triton but cannot pip-install: then diffmamba.kernels is linked to kernels/ (what
-# pyproject.toml's package mapping does) for the run, and the link is removed at exit.
+# torch + triton but cannot pip-install: then the package is imported from this checkout.
 # Kernel failures must not hide behind the backward's compile-failure fallback, so the run sets
 # DIFFMAMBA_SCAN_BWD=triton. Each pytest run and the benchmark have their own time limit
 # (TESTS_S, BENCH_S, TRAIN_S seconds), so a slow compile still leaves the other logs. Kernel compiles
@@ -36,12 +35,8 @@ fi
 mkdir -p "$OUT"
 
 if ! "$PY" -c "import diffmamba.kernels" 2>/dev/null; then
-    if [ ! -e diffmamba/kernels ]; then
-        ln -s ../kernels diffmamba/kernels
-        trap 'rm -f diffmamba/kernels' EXIT
-    fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-    echo "diffmamba not installed: importing it from $PWD (diffmamba/kernels -> ../kernels for this run)"
+    echo "diffmamba not installed: importing it from $PWD"
 fi
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 DIFFMAMBA_SCAN_BWD=triton
 status=0

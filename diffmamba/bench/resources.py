@@ -5,7 +5,7 @@ what ptxas says of each: registers per thread, spilled bytes, shared memory, res
     diffmamba bench resources --arch 80 --dtype bf16   # A100
     diffmamba bench resources --no-spills              # also fail if a kernel spills registers
 
-The kernels are built through the real call path (kernels/aot.py): forward and backward in both
+The kernels are built through the real call path (diffmamba/kernels/aot.py): forward and backward in both
 directions with and without an initial state, the fused forward with every autotune config, the
 split forward, and the decode step with every config, unfused and fused (``DIFFMAMBA_STEP=fused``). A kernel that spills keeps values in
 local memory (L1/L2 traffic the roofline does not count); one that does not fit cannot launch.

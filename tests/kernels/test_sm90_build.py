@@ -1,7 +1,7 @@
 """The kernels as a GPU would build them: compiled for sm_90 (H100 / H200) on this machine, no GPU.
 
 `diffmamba bench resources` builds every kernel of the default path through the real call path
-(kernels/aot.py) and reads ptxas's report. The interpreter tests check what the kernels compute;
+(diffmamba/kernels/aot.py) and reads ptxas's report. The interpreter tests check what the kernels compute;
 these check what only the GPU build can get wrong: a kernel that does not compile (the R = 3 and
 tl.dot-minimum bugs were of this kind), does not fit the SM, or spills registers to local memory
 (the fp32 forward once used 56 KB of it per thread).
@@ -19,9 +19,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # Spill budgets, bytes of local-memory stores per thread. 0 where none is needed; the exceptions
-# are the measured values of kernels/README.md ("What ptxas says") plus headroom. The bf16 forward
+# are the measured values of diffmamba/kernels/README.md ("What ptxas says") plus headroom. The bf16 forward
 # spills ~1.2 KB with its 64-row chunks at N = 128, kept because they measured faster on the H200
-# than the spill-free 32 rows (kernels/autograd.py `_rows`).
+# than the spill-free 32 rows (diffmamba/kernels/autograd.py `_rows`).
 SPILL_BUDGET = {("bf16", "_chunk_grads"): 512, ("fp32", "_chunk_grads"): 4096, ("fp32", "_fwd_kernel_impl"): 4096,
                 ("bf16", "_fwd_kernel_impl"): 2048,
                 ("bf16", "_fused_step_impl"): 64}  # 16 B measured (80 registers: local scratch, not pressure)

@@ -1,4 +1,4 @@
-"""The fused decode step (kernels/step_fused.py, ``DIFFMAMBA_STEP=fused``) against the unfused
+"""The fused decode step (diffmamba/kernels/step_fused.py, ``DIFFMAMBA_STEP=fused``) against the unfused
 module step run in float64: each token's gated output and every state field, over a few tokens
 from a fresh state, SISO and MIMO (R = 2, and R = 3: not a power of two, with N / 2 and P not
 powers of two either), fp32 and bf16 activations; then a whole model's decode logits."""

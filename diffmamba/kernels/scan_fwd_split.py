@@ -14,7 +14,7 @@ docs/benchmarks.md). This forward splits the work as Mamba-2's SSD does, into
 at the price of writing qr, K' (fp32) and the chunk states to memory. Which is faster depends on
 B*H and the GPU: ``DIFFMAMBA_SCAN_FWD=split`` selects it, and ``scripts/bench_kernels.py`` times
 both side by side (``triton-split`` rows). Same arguments and results as the fused forward; the
-backward is the same either way. Equations: kernels/README.md ("Backward", the core recurrence).
+backward is the same either way. Equations: diffmamba/kernels/README.md ("Backward", the core recurrence).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Triton kernels behind the Mamba-3 scan-op contract (docs/contracts.md §1).
 
 Imported as ``diffmamba.kernels``. ``diffmamba.ops.mamba3_scan`` / ``mamba3_step`` dispatch here on
-CUDA tensors; the math, layout and design notes are in kernels/README.md, the oracle is
+CUDA tensors; the math, layout and design notes are in diffmamba/kernels/README.md, the oracle is
 ``diffmamba.ops.reference``.
 """
 

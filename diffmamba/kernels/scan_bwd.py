@@ -1,7 +1,7 @@
 """Backward of the chunked Mamba-3 scan.
 
 Reference: autograd of ``diffmamba.ops.reference.scan_chunked_ref``; the split and the equations
-are in kernels/README.md ("Backward").
+are in diffmamba/kernels/README.md ("Backward").
 
 Default (SISO and MIMO, any N): a **Triton backward** in three parts.
 

@@ -2,7 +2,7 @@
 
 Reference: the chunked form of ``diffmamba.ops.reference.scan_chunked_ref`` with the rotary,
 trapezoid and diagonal terms factored out (``prepass.py`` does that pre-pass); the equations are
-written out in ``kernels/README.md`` ("Backward").
+written out in ``diffmamba/kernels/README.md`` ("Backward").
 
 The core, per (batch, head), with per-token log decay a_t, rotated queries Qr_{t,r}, scaled
 rotated keys K_{t,r} = kr_{t,r} scale_t (both [N]) and values v_{t,r} [P], r < R (SISO: R = 1):

@@ -1,7 +1,7 @@
 """``torch.autograd.Function`` around the Triton forward scan.
 
 Forward: ``scan_fwd.launch_fwd`` (Triton). Backward: see ``scan_bwd.scan_backward`` for which
-backward runs (documented in kernels/README.md). Gradients reach every input (q, k, v, log_decay,
+backward runs (documented in diffmamba/kernels/README.md). Gradients reach every input (q, k, v, log_decay,
 dt, trap, dphase, D), the initial state's four fields, and flow in through the final state's
 four fields as well as through y.
 """

@@ -28,7 +28,7 @@ def _cfg(num_warps: int, num_stages: int, **meta) -> triton.Config:
 # recomputing the [rows, rows] score tile once per value block). Only single-stage BLOCK_P = 64
 # configs are listed: on H100 + Triton 3.6 the (4 warps, 2 stages, BLOCK_P 32) variant raised an
 # illegal memory access at B*T = 16k, H = 16 and the autotuned list containing BLOCK_P = 32 / 2-stage
-# entries crashed the benchmark too (root cause not established; see kernels/README.md).
+# entries crashed the benchmark too (root cause not established; see diffmamba/kernels/README.md).
 SCAN_FWD_CONFIGS = [
     _cfg(4, 1, BLOCK_P=64),
     _cfg(8, 1, BLOCK_P=64),

@@ -1,7 +1,7 @@
 """Triton forward kernel of the chunked Mamba-3 scan (SISO and MIMO, both directions).
 
 Reference: ``diffmamba.ops.reference.scan_chunked_ref`` (chunked form) and
-``scan_recurrent_ref`` (per-token recurrence); the math is written out in ``kernels/README.md``
+``scan_recurrent_ref`` (per-token recurrence); the math is written out in ``diffmamba/kernels/README.md``
 and docs/mamba3.md §2.2-2.4.
 
 Design: one program per (batch, head, value block) walks all chunks of its sequence in order
