@@ -126,3 +126,15 @@ def test_rows_that_differ_only_in_the_parallel_threshold_read_differently():
         assert "parallel C=0.500" in table and "parallel C=0.900" in table
     res["generation"] += rows
     assert "(parallel C=0.500, NFE 32.0)" in "\n".join(report.generation_summary(res["generation"]))
+
+
+def test_pareto_plot_has_one_legend_below_its_panels_with_each_setting_once(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(pareto, "save_figure", lambda fig, path: seen.setdefault("fig", fig) and path)
+    pareto.plot_pareto(_results(), str(tmp_path / "p.png"))
+    fig = seen["fig"]
+    assert len(fig.axes) == 2 and all(ax.get_legend() is None for ax in fig.axes)  # no legend over the points
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["AR: ar", "diffusion: ancestral", "Pareto front"]
+    colours = [tuple(ax.collections[1].get_facecolor()[0]) for ax in fig.axes]  # the diffusion points
+    assert colours[0] == colours[1]  # one setting, one colour in every panel

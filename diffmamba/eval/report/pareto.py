@@ -118,23 +118,30 @@ def pareto_section(results: dict, plot_file: Optional[str] = None) -> list[str]:
 
 
 def plot_pareto(results: dict, path: str):
-    """gen-PPL against tokens/s, one panel per batch size, the front drawn through each."""
+    """gen-PPL against tokens/s, one panel per batch size, the front drawn through each; one legend
+    below the panels, so a setting keeps its marker and colour in every panel and hides no point."""
     by_batch = points_by_batch(results)
     if not by_batch:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(by_batch), figsize=(6.0 * len(by_batch), 4.6), squeeze=False)
+    groups = sorted({(p["system"], sampler_label(p)) for points in by_batch.values() for p in points})
+    # 20 colours against 10 markers: the 11th setting no longer looks like the 1st
+    style = {g: (MARKERS[i % len(MARKERS)], plt.cm.tab20(i % 20)) for i, g in enumerate(groups)}
+    rows = -(-len(groups) // 3) + 1  # legend rows (3 columns, and the front)
+    legend_height = 0.14 * rows + 0.1  # inches
+    fig, axes = plt.subplots(1, len(by_batch), figsize=(6.0 * len(by_batch), 4.6 + legend_height), squeeze=False)
     for ax, (b, points) in zip(axes[0], by_batch.items()):
-        groups = sorted({(p["system"], sampler_label(p)) for p in points})
-        for i, (system, setting) in enumerate(groups):
-            g = [p for p in points if (p["system"], sampler_label(p)) == (system, setting)]
-            # 20 colours against 10 markers: the 11th setting no longer looks like the 1st
-            ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=MARKERS[i % len(MARKERS)],
-                       color=plt.cm.tab20(i % 20), s=40, label=f"{system}: {setting}")
+        for group in groups:
+            g = [p for p in points if (p["system"], sampler_label(p)) == group]
+            if not g:
+                continue
+            marker, colour = style[group]
+            ax.scatter([p["tokens_per_s"] for p in g], [p["gen_ppl"] for p in g], marker=marker, color=colour, s=40,
+                       label=f"{group[0]}: {group[1]}")
             for p in g:
                 label = (f"NFE {p['nfe']:g}" if finite(p.get("nfe")) else "") + \
                     (f", H {p['entropy']:.2f}" if finite(p.get("entropy")) else "")
-                ax.annotate(label, (p["tokens_per_s"], p["gen_ppl"]), fontsize=7, xytext=(3, 3),
+                ax.annotate(label, (p["tokens_per_s"], p["gen_ppl"]), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
         front = pareto_front(points)
         ax.plot([p["tokens_per_s"] for p in front], [p["gen_ppl"] for p in front], color="gray", linewidth=1,
@@ -146,6 +153,10 @@ def plot_pareto(results: dict, path: str):
         ax.set_title(f"batch {b}: quality vs speed (H = unigram entropy, nats)\njudge: {judge_name(results)}",
                      fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / (4.6 + legend_height), 1, 1))
     return save_figure(fig, path)
