@@ -51,21 +51,25 @@ def states_close(got: list, want: list, tol=1e-10):
 
 # ---------------------------------------------------------------------------------- all-Mamba
 
-def test_all_mamba_checkpoint_saved_before_layer_patterns_is_reproduced_bit_for_bit(monkeypatch):
+def test_all_mamba_checkpoint_saved_before_layer_patterns_is_reproduced(monkeypatch):
     """tests/fixtures/allm_v1 was written by the code before layer patterns (make_allm_fixture.py):
-    it loads, gives the same logits exactly, and the default pattern builds the same weights at the
-    same seed (same names, same init)."""
+    it loads, gives the same logits to float32 rounding, and the default pattern builds the same
+    weights at the same seed, bit for bit (same names, same init)."""
     # Its logits came from the chunked form; these 12-token no-grad scans would now take the
-    # states form (same math, other rounding), so the form is pinned to compare bit for bit.
+    # states form (same math, other rounding), so the form is pinned.
     monkeypatch.setenv(IMPL_ENV_VAR, "reference")
     expected = load_file(os.path.join(FIXTURE, "expected.safetensors"))
     model = DiffMamba.from_pretrained(FIXTURE).eval()
     assert model.config.layer_kinds == "MM"
+    # Logits agree to a few float32 ulps, not bit for bit: the CPU's matmul kernels depend on its
+    # instruction set (one CI machine differed from the fixture's by 2.4e-7 at |logit| ~1 in every
+    # mode). A wrong weight name, direction or layer moves them by orders of magnitude more.
+    ulps = dict(tol=1e-6)
     with torch.no_grad():
-        assert torch.equal(model(expected["tokens"], mode="diffusion"), expected["diffusion"])
-        assert torch.equal(model(expected["tokens"], mode="diffusion", valid_mask=expected["valid_mask"]),
-                           expected["diffusion_padded"])
-        assert torch.equal(model(expected["tokens"], mode="ar"), expected["ar"])
+        close(model(expected["tokens"], mode="diffusion"), expected["diffusion"], **ulps)
+        close(model(expected["tokens"], mode="diffusion", valid_mask=expected["valid_mask"]),
+              expected["diffusion_padded"], **ulps)
+        close(model(expected["tokens"], mode="ar"), expected["ar"], **ulps)
     with open(os.path.join(FIXTURE, "config.json")) as f:
         config = ModelConfig(**json.load(f)["model"])
     torch.manual_seed(0)
