@@ -106,10 +106,12 @@ def to_rank_form(q, k, v, state: Optional[Mamba3State], time_axis: bool):
     return is_siso, q, k, v, state
 
 
-def from_rank_form(is_siso: bool, y: torch.Tensor, state: Mamba3State, time_axis: bool):
+def from_rank_form(is_siso: bool, y: torch.Tensor, state: Optional[Mamba3State], time_axis: bool):
     if not is_siso:
         return y, state
     y = y.squeeze(3 if time_axis else 2)
+    if state is None:
+        return y, None
     return y, state._replace(k_prev=state.k_prev.squeeze(2), v_prev=state.v_prev.squeeze(2))
 
 
@@ -347,12 +349,15 @@ def _pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def scan_chunked_ref(
-    q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None, chunk_size=64
+    q, k, v, log_decay, dt, trap, dphase, D=None, reverse=False, initial_state=None, chunk_size=64,
+    final_state=True,
 ):
     """Chunked parallel form with the shifted-scale trick (docs/mamba3.md §2.2); autograd-friendly.
 
     Shapes as ``scan_recurrent_ref``; returns y (v's shape and dtype) and the final Mamba3State,
-    equal to the per-token loop up to rounding. Per chunk of C time steps (C*R rows for MIMO):
+    equal to the per-token loop up to rounding (None with ``final_state=False``, which skips the last
+    chunk's state update: a [B, H, P, N] product and sum per call, the bulk of a short scan such as
+    a block of block diffusion). Per chunk of C time steps (C*R rows for MIMO):
 
         y_i = exp(l_i) qr_i h_c^T                               inter-chunk (state entering it)
             + sum_{j<i} (qr_i . k'_j) exp(l_i - l_j) v_j        intra-chunk, strictly lower
@@ -366,7 +371,7 @@ def scan_chunked_ref(
     if reverse:
         flipped = _flip_time(q, k, v, log_decay, dt, trap, dphase)
         y, state = scan_chunked_ref(
-            *flipped, D=D, initial_state=initial_state, chunk_size=chunk_size
+            *flipped, D=D, initial_state=initial_state, chunk_size=chunk_size, final_state=final_state
         )
         return y.flip(1), state
     dtype = compute_dtype(q, k, v, log_decay, dt, trap, dphase)
@@ -430,16 +435,20 @@ def scan_chunked_ref(
     blocks = mixing.view(batch, heads, num_chunks, chunk, rank, chunk, rank)
     torch.diagonal(blocks, dim1=3, dim2=5).copy_(diagonal.movedim(3, -1))
 
-    # Each chunk's own contribution to the state after it, and its total decay.
-    decay_to_end = (local_cumsum[..., -1:] - local_cumsum).exp().repeat_interleave(rank, dim=-1)
-    chunk_inputs = (v_rows * decay_to_end[..., None]).transpose(-1, -2) @ k_rows  # [B, H, nc, P, N]
+    # Each chunk's own contribution to the state after it, and its total decay; without a final
+    # state the last chunk's is never read.
+    passed = num_chunks if final_state else num_chunks - 1
+    decay_to_end = (local_cumsum[..., :passed, -1:] - local_cumsum[..., :passed, :]).exp()
+    decay_to_end = decay_to_end.repeat_interleave(rank, dim=-1)
+    chunk_inputs = (v_rows[:, :, :passed] * decay_to_end[..., None]).transpose(-1, -2) @ k_rows[:, :, :passed]
     chunk_decay = local_cumsum[..., -1].exp()  # [B, H, nc]
 
     # Inter-chunk state passing: the only sequential part (nc = T / C steps).
     entering = []
     for c in range(num_chunks):
         entering.append(h_entering)
-        h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
+        if c < passed:
+            h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
     entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
     decay_from_start = local_cumsum.exp().repeat_interleave(rank, dim=-1)[..., None]
 
@@ -452,6 +461,8 @@ def scan_chunked_ref(
     )
     y = rearrange(y, "(b h nc) (c r) p -> b (nc c) h r p", b=batch, h=heads, c=chunk, r=rank)[:, :T]
     y = y.to(out_dtypes[1]).contiguous()  # [B, T, H, R, P]
+    if not final_state:
+        return from_rank_form(is_siso, y, None, time_axis=True)
     last_chunk, last_position = divmod(T - 1, chunk)
     final = Mamba3State(h_entering, kr[:, :, last_chunk, last_position], v[:, -1], phase[:, -1])
     return from_rank_form(is_siso, y, _state_out(final, *out_dtypes), time_axis=True)

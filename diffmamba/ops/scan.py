@@ -330,7 +330,7 @@ def _reference_scan(q, k, v, log_decay, dt, trap, dphase, D, reverse, initial_st
     else:
         y, state = reference.scan_chunked_ref(
             q, k, v, log_decay, dt, trap, dphase, D=D, reverse=reverse,
-            initial_state=initial_state, chunk_size=chunk_size,
+            initial_state=initial_state, chunk_size=chunk_size, final_state=return_final_state,
         )
     return y, (state if return_final_state else None)
 

@@ -1,7 +1,9 @@
 """Chunked form == per-token loop: outputs and the whole final state, on awkward lengths."""
 
 import pytest
+import torch
 
+from diffmamba.ops import Mamba3State
 from diffmamba.ops.reference import scan_chunked_ref, scan_recurrent_ref
 
 CHUNK = 8
@@ -65,3 +67,26 @@ def test_odd_state_size_no_angles_and_full_rotation(scan_tools, N, S):
     y_chunk, s_chunk = scan_chunked_ref(**inputs, initial_state=state, chunk_size=CHUNK)
     scan_tools.assert_close(f"N={N} S={S} y", y_chunk, y_loop, TOL)
     scan_tools.assert_states_close(f"N={N} S={S}", s_chunk, s_loop, TOL)
+
+
+@pytest.mark.parametrize("T", [1, CHUNK - 1, CHUNK, 3 * CHUNK + 5])
+@pytest.mark.parametrize("R", [None, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_without_the_final_state_the_outputs_and_gradients_are_the_same(scan_tools, T, R, reverse):
+    """``final_state=False`` skips the last chunk's state update, which no output reads: y and every
+    gradient equal the full call's bit for bit (same ops on the same values), and no state comes back."""
+    def run(final_state):
+        inputs = {name: t.clone().requires_grad_() for name, t in
+                  scan_tools.make_inputs(T=T, R=R, seed=T + (R or 0)).items()}
+        state = Mamba3State(*(s.clone().requires_grad_() for s in scan_tools.random_state(R=R)))
+        y, final = scan_chunked_ref(**inputs, reverse=reverse, initial_state=state, chunk_size=CHUNK,
+                                    final_state=final_state)
+        y.square().sum().backward()
+        return y, final, [t.grad for t in (*inputs.values(), *state)]
+
+    y_full, final_full, grads_full = run(True)
+    y, final, grads = run(False)
+    assert final is None and final_full is not None
+    assert torch.equal(y, y_full)
+    for got, want in zip(grads, grads_full, strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
