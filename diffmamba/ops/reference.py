@@ -387,10 +387,13 @@ def scan_chunked_ref(
 
     phase = cumulative_phase(state.phase, dphase, dtype)
 
-    # A resumed scan owes the first token's beta term to the cached previous token; the decay of
-    # chunk 0 supplies its exp(a_0) factor.
-    first_beta = ((1.0 - trap[:, 0]) * dt[:, 0])[..., None, None]
-    h_entering = state.ssm + first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
+    # A resumed scan owes the first token's beta term to the cached previous token,
+    # beta_0 kr_prev v_prev^T (R terms for MIMO); the decay of chunk 0 supplies its exp(a_0) factor.
+    # Chunk 0's outputs take it as R rank-one terms, beta_0 (qr_i . kr_prev) v_prev (below), so the
+    # [B, H, P, N] sum is formed only when a state passes on: several chunks, or a final state.
+    resumed = initial_state is not None
+    first_beta = ((1.0 - trap[:, 0]) * dt[:, 0])[..., None, None]  # [B, H, 1, 1]
+    h_entering = state.ssm
 
     # Pad to whole chunks with inert tokens: a = 0 (decay 1), dt = 0 (no input, and beta~ of the
     # last real token becomes 0 by itself) and zero queries/keys/values.
@@ -448,15 +451,23 @@ def scan_chunked_ref(
     for c in range(num_chunks):
         entering.append(h_entering)
         if c < passed:
+            if c == 0 and resumed:
+                h_entering = h_entering + first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
             h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
     entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
     decay_from_start = local_cumsum.exp().repeat_interleave(rank, dim=-1)[..., None]
 
-    # y = inter (state entering the chunk, decayed) + intra/diagonal, in one fused bmm-add.
+    # y = inter (state entering the chunk, decayed) + intra/diagonal, in one fused bmm-add; chunk 0
+    # adds the carried beta term of the previous token as rank-one terms.
     matrices = batch * heads * num_chunks
+    queries = q_rows * decay_from_start  # [B, H, nc, C*R, N]
+    intra = mixing @ v_rows  # [B, H, nc, C*R, P]
+    if resumed:
+        carried = (queries[:, :, 0] @ state.k_prev.transpose(-1, -2)) * first_beta  # [B, H, C*R, R]
+        intra[:, :, 0] += carried @ state.v_prev
     y = torch.baddbmm(
-        (mixing @ v_rows).view(matrices, rows, P),
-        (q_rows * decay_from_start).view(matrices, rows, N),
+        intra.view(matrices, rows, P),
+        queries.view(matrices, rows, N),
         entering_states.transpose(-1, -2).reshape(matrices, N, P),
     )
     y = rearrange(y, "(b h nc) (c r) p -> b (nc c) h r p", b=batch, h=heads, c=chunk, r=rank)[:, :T]
