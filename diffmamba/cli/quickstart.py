@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffmamba quickstart: {stop}; run the same command again to continue", file=sys.stderr)
         return 128 + stop.signal_number
 
-    opts = EvalOptions(out=os.path.join(args.out, "eval"), diffusion=diffusion_dir, ar=ar_dir,
+    opts = EvalOptions(out=os.path.join(args.out, "eval"), diffusion=(diffusion_dir,), ar=ar_dir,
                        judge=None if args.judge == "none" else args.judge, max_rows=32, repeats=3,
                        tasks=("unconditional",), num_samples=4, length=args.sample_length,
                        samplers=(args.sampler,), steps=(args.sampler_steps,), batch_sizes=(1,),

@@ -138,11 +138,11 @@ def options_from_args(args: argparse.Namespace):
     from diffmamba.eval.decoding_options import apply_decoding_options  # lazy: same
     from diffmamba.eval.trunks import apply_trunk_options  # lazy: same
 
-    diffusion, ar = args.diffusion, args.ar
+    diffusion, ar = tuple(args.diffusion or ()), args.ar
     if args.checkpoint:
         if diffusion or ar:
             raise UserError("pass either --checkpoint (one checkpoint, both modes) or --diffusion/--ar, not both")
-        diffusion, ar = [args.checkpoint], args.checkpoint
+        diffusion, ar = (args.checkpoint,), args.checkpoint
     if not diffusion and not ar and not args.block and not args.trunks and not getattr(args, "dual", None):
         raise UserError("no checkpoint given; pass --diffusion CKPT and --ar CKPT, or --checkpoint CKPT for both modes")
     opts = EvalOptions(out=args.out, diffusion=diffusion, ar=ar, device=args.device, dtype=args.dtype,

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from diffmamba.core.device import autocast, resolve_device, resolve_dtype
 from diffmamba.core.errors import UserError
@@ -41,7 +41,7 @@ PARTS = ("likelihood", "generate", "infill", "speed")
 @dataclass
 class EvalOptions:
     out: str
-    diffusion: Union[str, list, None] = None  # one checkpoint or a list of them (each its own system)
+    diffusion: tuple = ()  # checkpoints evaluated in diffusion mode, each its own system
     ar: Optional[str] = None
     systems: list = field(default_factory=list)  # extra System objects (e.g. block diffusion)
     judge: Optional[str] = "smollm2"  # None / "none" = no gen-PPL

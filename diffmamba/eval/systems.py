@@ -11,6 +11,7 @@ tables and plots pick them up. ``settings`` is copied into every row the system 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 from diffmamba.core.errors import UserError
 
@@ -35,14 +36,10 @@ class System:
         return self.mode in AR_MODES
 
 
-def default_systems(diffusion_ckpts, ar_ckpt: str | None) -> list[System]:
-    """The diffusion-vs-AR pair. ``diffusion_ckpts`` is one checkpoint or a list of them (e.g. one
-    trained from scratch and one adapted from AR); several are named by their paths. Given one
-    checkpoint for both modes, the same weights run in both, and the names say so."""
-    if diffusion_ckpts is None:
-        diffusion_ckpts = []
-    elif isinstance(diffusion_ckpts, str):
-        diffusion_ckpts = [diffusion_ckpts]
+def default_systems(diffusion_ckpts: Sequence[str], ar_ckpt: str | None) -> list[System]:
+    """The diffusion-vs-AR pair. ``diffusion_ckpts`` may hold several checkpoints (e.g. one trained
+    from scratch and one adapted from AR), then named by their paths. Given one checkpoint for both
+    modes, the same weights run in both, and the names say so."""
     if len(set(diffusion_ckpts)) < len(diffusion_ckpts):
         raise UserError("--diffusion got the same checkpoint twice; pass each checkpoint once")
     systems = []
