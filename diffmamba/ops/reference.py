@@ -445,14 +445,15 @@ def scan_chunked_ref(
     decay_to_end = decay_to_end.repeat_interleave(rank, dim=-1)
     chunk_inputs = (v_rows[:, :, :passed] * decay_to_end[..., None]).transpose(-1, -2) @ k_rows[:, :, :passed]
     chunk_decay = local_cumsum[..., -1].exp()  # [B, H, nc]
+    if resumed and passed:  # the state leaving chunk 0 also holds the carried term, decayed over it
+        carried_state = first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
+        chunk_inputs[:, :, 0] += chunk_decay[:, :, 0, None, None] * carried_state
 
     # Inter-chunk state passing: the only sequential part (nc = T / C steps).
     entering = []
     for c in range(num_chunks):
         entering.append(h_entering)
         if c < passed:
-            if c == 0 and resumed:
-                h_entering = h_entering + first_beta * torch.einsum("bhrp,bhrn->bhpn", state.v_prev, state.k_prev)
             h_entering = chunk_decay[:, :, c, None, None] * h_entering + chunk_inputs[:, :, c]
     entering_states = torch.stack(entering, dim=2)  # [B, H, nc, P, N]
     decay_from_start = local_cumsum.exp().repeat_interleave(rank, dim=-1)[..., None]
