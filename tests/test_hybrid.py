@@ -64,12 +64,11 @@ def test_all_mamba_checkpoint_saved_before_layer_patterns_is_reproduced(monkeypa
     # Logits agree to a few float32 ulps, not bit for bit: the CPU's matmul kernels depend on its
     # instruction set (one CI machine differed from the fixture's by 2.4e-7 at |logit| ~1 in every
     # mode). A wrong weight name, direction or layer moves them by orders of magnitude more.
-    ulps = dict(tol=1e-6)
     with torch.no_grad():
-        close(model(expected["tokens"], mode="diffusion"), expected["diffusion"], **ulps)
+        close(model(expected["tokens"], mode="diffusion"), expected["diffusion"], tol=1e-6)
         close(model(expected["tokens"], mode="diffusion", valid_mask=expected["valid_mask"]),
-              expected["diffusion_padded"], **ulps)
-        close(model(expected["tokens"], mode="ar"), expected["ar"], **ulps)
+              expected["diffusion_padded"], tol=1e-6)
+        close(model(expected["tokens"], mode="ar"), expected["ar"], tol=1e-6)
     with open(os.path.join(FIXTURE, "config.json")) as f:
         config = ModelConfig(**json.load(f)["model"])
     torch.manual_seed(0)
